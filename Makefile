@@ -1,0 +1,42 @@
+# Chorus developer commands. Everything built lives under $(CHORUS_CACHE)
+# (default ~/.cache/chorus), outside the repository.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help demo test cluster-up cluster-down db-up db-down control-plane tools fmt lint
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: ## run the demo (not available yet: the operator and runtime are still being built)
+	@echo "make demo: not available yet. The operator and chat runtime land in later issues;" >&2
+	@echo "until then, 'make cluster-up' and 'make db-up' start the real components." >&2
+	@exit 1
+
+test: ## every check: fmt, clippy, unit tests, integration suites on a real control plane + PostgreSQL
+	@scripts/test.sh
+
+cluster-up: ## start etcd + kube-apiserver in the background; prints `export KUBECONFIG=...`
+	@scripts/cluster.sh up
+
+cluster-down: ## stop the control plane started by cluster-up
+	@scripts/cluster.sh down
+
+db-up: ## start the dev PostgreSQL on 127.0.0.1:55432; prints the admin URL
+	@scripts/db.sh up dev
+
+db-down: ## stop the dev PostgreSQL
+	@scripts/db.sh down dev
+
+control-plane: ## build etcd, kube-apiserver and the launcher (cached)
+	@scripts/build-control-plane.sh
+
+tools: ## build helm and kubeconform from Go modules (cached)
+	@scripts/build-tools.sh
+
+fmt: ## format Rust and Go sources
+	cargo fmt --all
+	gofmt -w tests/control-plane
+
+lint: ## clippy with warnings denied
+	cargo clippy --workspace --all-targets -- -D warnings

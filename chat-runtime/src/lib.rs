@@ -1,0 +1,1 @@
+//! Chorus chat runtime: a tenant's real-time chat over WebSocket and HTTP.

@@ -1,0 +1,2 @@
+//! Chorus operator: reconciles `ChatTenant` resources into per-tenant databases,
+//! chat-runtime Deployments and the objects around them.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one test command (`make test`): formatting, lints, generated-file drift,
+# unit tests, then the integration suites against a real kube-apiserver and a
+# real PostgreSQL that this script starts (and always stops again).
+source "$(dirname "$0")/lib.sh"
+cd "$CHORUS_ROOT"
+state=$CHORUS_CACHE/run/test-cluster
+
+cleanup() {
+  local rc=$?
+  "$CHORUS_ROOT/scripts/cluster.sh" down "$state" || true
+  "$CHORUS_ROOT/scripts/db.sh" down test || true
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "checking formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "linting (cargo clippy --all-targets -D warnings)"
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
+
+step "building tests"
+cargo test --workspace --locked --no-run -q
+
+step "starting PostgreSQL and the control plane for this run"
+export CHORUS_TEST_DATABASE_URL
+CHORUS_TEST_DATABASE_URL=$("$CHORUS_ROOT/scripts/db.sh" up test)
+# The launcher watches this shell: if the run is killed, the control plane stops.
+kubeconfig_line=$(CHORUS_EXIT_WITH_PID=$$ "$CHORUS_ROOT/scripts/cluster.sh" up "$state")
+export CHORUS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
+
+step "running unit and integration tests"
+cargo test --workspace --locked
+
+step "all checks passed"

@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package tools pins the commands this module builds, so `go mod tidy` keeps
+// their dependencies in go.sum.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
