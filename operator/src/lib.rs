@@ -1,2 +1,11 @@
 //! Chorus operator: reconciles `ChatTenant` resources into per-tenant databases,
 //! chat-runtime Deployments and the objects around them.
+//!
+//! The reconcile pipeline reads top to bottom:
+//! [`crd`] (types) -> [`validate`] (pure) -> [`build`] (pure, one file per
+//! child kind) -> [`apply`] (server-side apply, orphan deletion) ->
+//! [`status`] (conditions). [`database`] provisions the tenant's PostgreSQL
+//! database and role; [`controller`] wires the steps into kube-runtime.
+
+pub mod crd;
+pub mod database;

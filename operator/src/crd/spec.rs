@@ -1,0 +1,617 @@
+//! `ChatTenant.spec`: what a SaaS admin asks for.
+//!
+//! Every field carries a doc comment (it becomes `kubectl explain` text) and
+//! the validation that the apiserver enforces at admission: schema ranges,
+//! patterns and enums, plus CEL rules (`x-kubernetes-validations`) for
+//! cross-field rules and immutable fields.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    autoscaling::v2::HorizontalPodAutoscalerBehavior,
+    core::v1::{EnvVar, ResourceRequirements},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::ChatTenantStatus;
+
+/// What the SaaS admin asks for: the runtime, its database, authentication,
+/// limits, exposure, isolation and how releases roll out.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "chorus.dev",
+    version = "v1alpha1",
+    kind = "ChatTenant",
+    namespaced,
+    status = "ChatTenantStatus",
+    shortname = "ct",
+    category = "chorus",
+    doc = "A chat tenant: its own PostgreSQL database, chat-runtime pods with autoscaling, network isolation and an endpoint, and blue-green or canary rollouts of new runtime versions.",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.runtime.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stable.image"),
+    printcolumn(name = "Candidate", type_ = "string", json_path = ".status.candidate.image"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.traffic.canaryWeight"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type=='Ready')].reason"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 50").message("metadata.name must be at most 50 characters: child objects append suffixes such as '-preview' and must stay valid DNS labels"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatTenantSpec {
+    /// Stable identifier of the tenant, written into every token the runtime
+    /// issues or accepts. Lowercase letters, digits and '-', at most 32
+    /// characters. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tenantId is immutable"))]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    pub tenant_id: String,
+
+    /// The chat-runtime pods.
+    pub runtime: RuntimeSpec,
+
+    /// Horizontal autoscaling. When set, a HorizontalPodAutoscaler targets
+    /// this ChatTenant's /scale subresource and owns `spec.runtime.replicas`
+    /// (leave that field out of manifests you re-apply). When absent, no HPA
+    /// exists and `spec.runtime.replicas` is used as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// The tenant's PostgreSQL database and role.
+    pub database: DatabaseSpec,
+
+    /// How the tenant's users authenticate.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
+    /// Per-replica and per-user limits the runtime enforces.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+
+    /// The public endpoint. When absent the tenant is reachable only inside
+    /// the cluster, at the Service `<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<ExposureSpec>,
+
+    /// Network isolation. When set, a default-deny NetworkPolicy plus
+    /// allow rules for the listed namespaces, DNS and the database are
+    /// created. When absent, no NetworkPolicy is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+
+    /// PodDisruptionBudget settings.
+    #[serde(default)]
+    pub disruption: DisruptionSpec,
+
+    /// How new runtime versions are rolled out.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+
+    /// When true the operator stops changing anything for this tenant (no
+    /// child object, database or status change except the Suspended
+    /// condition) until it is set back to false. Deletion still runs.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The chat-runtime pods of the stable slot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Container image of the chat runtime, for example
+    /// `ghcr.io/chorus-dev/chat-runtime:0.1.0`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Desired number of runtime pods. With autoscaling the HPA writes this
+    /// field through the /scale subresource.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// CPU and memory requests and limits of the runtime container. Defaults:
+    /// requests 100m CPU and 128Mi memory, limit 512Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Seconds a pod may take to stop. On SIGTERM the runtime turns unready
+    /// and closes WebSockets with a reconnect code spread over this period
+    /// minus 15 seconds, so clients move without a thundering herd.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 20, max = 86400))]
+    pub termination_grace_period_seconds: i64,
+
+    /// Extra environment variables for the runtime container. Names starting
+    /// with `CHAT_` are reserved for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('CHAT_'))").message("spec.runtime.env: names starting with CHAT_ are set by the operator; rename the variable"))]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+fn default_grace() -> i64 {
+    120
+}
+
+/// Autoscaling of the runtime between `minReplicas` and `maxReplicas`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Lowest replica count.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Highest replica count.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Target average CPU utilization, percent of the CPU request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+
+    /// Target average memory utilization, percent of the memory request.
+    #[serde(default = "default_memory_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory_utilization_percentage: i32,
+
+    /// Scale-up and scale-down behaviour. Default: up by 100% every 15 s,
+    /// down by 50% every 60 s after a 5-minute stabilization window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+fn default_min_replicas() -> i32 {
+    2
+}
+fn default_max_replicas() -> i32 {
+    9
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_memory_target() -> i32 {
+    80
+}
+
+/// The tenant's database on a shared PostgreSQL server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The PostgreSQL server to provision on. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.serverRef is immutable: a tenant cannot move servers"))]
+    pub server_ref: ServerRef,
+
+    /// Name of the database, also used as the name of the role that owns it.
+    /// Lowercase letters, digits and '_', starting with a letter or '_', at
+    /// most 63 characters; `postgres`, `template0`, `template1` and names
+    /// starting with `pg_` are reserved. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.name is immutable"))]
+    #[x_kube(validation = Rule::new("!(self in ['postgres', 'template0', 'template1']) && !self.startsWith('pg_')").message("spec.database.name is reserved by PostgreSQL: choose another name"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+
+    /// What happens to the database and role when the ChatTenant is deleted:
+    /// `Retain` (default) keeps both; `Delete` terminates open sessions, drops
+    /// the database, then the role.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+
+    /// Maximum concurrent connections of the tenant's role.
+    #[serde(default = "default_connection_limit")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub connection_limit: i32,
+
+    /// An explicit request to rotate the role's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotation: Option<PasswordRotation>,
+}
+
+fn default_connection_limit() -> i32 {
+    50
+}
+
+/// Reference to a PostgreSQL server: a Secret in the operator's namespace with
+/// the keys `host`, `port`, `username`, `password` and optionally `sslmode`
+/// (`disable`, `prefer`, `require`; default `prefer`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRef {
+    /// Name of the Secret holding the server's admin credentials.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What deletion of the ChatTenant does to its database.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReclaimPolicy {
+    /// Keep the database and the role.
+    #[default]
+    Retain,
+    /// Terminate sessions, drop the database, then the role.
+    Delete,
+}
+
+/// A timestamped request to rotate the database password.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordRotation {
+    /// RFC 3339 time of the request, for example `2026-11-24T10:00:00Z`.
+    /// When it is later than `status.database.passwordChangedAt`, the
+    /// operator sets a new password on the role and in Secret `<name>-db`.
+    /// Setting it again to a later time rotates again.
+    #[schemars(length(min = 20, max = 40))]
+    pub requested_at: String,
+}
+
+/// How the tenant's users authenticate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'External' || has(self.externalJwt)").message("spec.auth.externalJwt is required when spec.auth.mode is External"))]
+pub struct AuthSpec {
+    /// `Builtin` (default): the runtime keeps accounts and issues JWTs signed
+    /// with a key the operator generates into Secret `<name>-auth`.
+    /// `External`: the runtime accepts JWTs the tenant issues.
+    #[serde(default)]
+    pub mode: AuthMode,
+
+    /// Verification settings for `External` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_jwt: Option<ExternalJwt>,
+}
+
+/// Authentication mode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Accounts in the runtime; tokens signed with the operator-generated key.
+    #[default]
+    Builtin,
+    /// Tokens issued by the tenant.
+    External,
+}
+
+/// How the runtime verifies the tenant's own JWTs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) || has(self.jwksUri)").message("spec.auth.externalJwt needs secretRef (HS256 shared secret) or jwksUri (RS256/ES256 keys)"))]
+pub struct ExternalJwt {
+    /// A key of a Secret in the ChatTenant's namespace holding the HS256
+    /// shared secret (at least 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+
+    /// HTTPS URL of the tenant's JSON Web Key Set (RS256/ES256 keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("spec.auth.externalJwt.jwksUri must be an https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub jwks_uri: Option<String>,
+
+    /// Required `iss` claim.
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+
+    /// Required `aud` claim.
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: String,
+}
+
+/// A key in a Secret of the ChatTenant's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Limits the runtime enforces.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// WebSocket connections one replica accepts; further upgrades get 503.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections_per_replica: i32,
+
+    /// Sustained messages per second one user may send (token bucket).
+    #[serde(default = "default_messages_per_second")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub messages_per_second_per_user: i32,
+
+    /// Largest message body, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 256, max = 1_048_576))]
+    pub max_message_bytes: i32,
+
+    /// Days of history kept; 0 keeps everything.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 36500))]
+    pub history_retention_days: i32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_connections_per_replica: default_max_connections(),
+            messages_per_second_per_user: default_messages_per_second(),
+            max_message_bytes: default_max_message_bytes(),
+            history_retention_days: 0,
+        }
+    }
+}
+
+fn default_max_connections() -> i32 {
+    10_000
+}
+fn default_messages_per_second() -> i32 {
+    10
+}
+fn default_max_message_bytes() -> i32 {
+    16_384
+}
+
+/// The public endpoint: an Ingress, or a Gateway API HTTPRoute when a gateway
+/// is named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.ingress) && has(self.gateway))").message("spec.exposure: set either ingress or gateway, not both"))]
+pub struct ExposureSpec {
+    /// Public host name, for example `acme.chat.example.com`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))]
+    pub host: String,
+
+    /// TLS for the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// Ingress settings (used when no gateway is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Gateway API settings: an HTTPRoute attached to this parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// TLS settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret (type kubernetes.io/tls) with the certificate, in the
+    /// ChatTenant's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Ingress settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// IngressClass name; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+
+    /// Extra annotations for the Ingress. WebSocket-friendly timeouts for
+    /// ingress-nginx are set unless overridden here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Gateway API settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The Gateway the HTTPRoute attaches to.
+    pub parent_ref: GatewayParentRef,
+}
+
+/// A Gateway reference.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// Gateway name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Gateway namespace; the ChatTenant's namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Listener name on the Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// Network isolation of the runtime pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Namespaces (for example the ingress controller's or the gateway's)
+    /// allowed to reach the chat port 8080. Nothing else may.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub allow_ingress_from: Vec<NamespacePeer>,
+
+    /// Namespaces (for example Prometheus's) allowed to reach the admin port
+    /// 9090 (/metrics and health).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_metrics_from: Vec<NamespacePeer>,
+
+    /// Extra egress destinations, beyond DNS and the database server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_egress_to: Vec<EgressPeer>,
+}
+
+/// A namespace, by name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacePeer {
+    /// Namespace name.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub namespace: String,
+}
+
+/// An egress destination.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPeer {
+    /// Destination CIDR, for example `10.0.0.0/16`.
+    #[schemars(length(min = 1, max = 64))]
+    pub cidr: String,
+    /// TCP ports; all ports when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<i32>,
+}
+
+/// PodDisruptionBudget settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionSpec {
+    /// Pods of the serving slot that voluntary disruptions (node drains) may
+    /// take down at once.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: i32,
+}
+
+impl Default for DisruptionSpec {
+    fn default() -> Self {
+        Self {
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+fn default_max_unavailable() -> i32 {
+    1
+}
+
+/// How new runtime versions are rolled out. A release is in flight while
+/// `candidate` is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.canary) || self.strategy == 'Canary'").message("spec.rollout.canary is only valid with strategy Canary"))]
+#[x_kube(validation = Rule::new("!has(self.blueGreen) || self.strategy == 'BlueGreen'").message("spec.rollout.blueGreen is only valid with strategy BlueGreen"))]
+#[x_kube(validation = Rule::new("has(self.candidate) || !has(self.canary) || !has(self.canary.weight) || self.canary.weight == 0").message("spec.rollout.canary.weight needs spec.rollout.candidate: set the candidate image first"))]
+pub struct RolloutSpec {
+    /// `Canary` (default) shifts traffic by weight; `BlueGreen` runs the
+    /// candidate behind the preview Service until promoted.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+
+    /// The release in flight: present from the start of a release until it is
+    /// promoted (then move the image to `spec.runtime.image`) or aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Candidate>,
+
+    /// Canary settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+
+    /// Blue-green settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
+
+    /// Promotes the candidate when equal to `status.candidate.revision`. A
+    /// value naming another revision does nothing, so a stale value left in
+    /// Git can never promote the next release.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub promote_revision: String,
+
+    /// Aborts the candidate when equal to `status.candidate.revision`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub abort_revision: String,
+
+    /// Seconds the previous slot keeps running after a cut-over, so its
+    /// WebSocket clients drain to the new slot.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_seconds: i64,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            strategy: RolloutStrategy::default(),
+            candidate: None,
+            canary: None,
+            blue_green: None,
+            promote_revision: String::new(),
+            abort_revision: String::new(),
+            drain_seconds: default_drain_seconds(),
+        }
+    }
+}
+
+fn default_drain_seconds() -> i64 {
+    600
+}
+
+/// Rollout strategy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// Shift traffic to the candidate by weight.
+    #[default]
+    Canary,
+    /// Preview the candidate, then cut over at once.
+    BlueGreen,
+}
+
+/// The release in flight.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    /// Container image of the candidate runtime.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+}
+
+/// Canary settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// Percent of new connections sent to the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: Option<i32>,
+}
+
+/// Blue-green settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenSpec {
+    /// Candidate replicas behind the preview Service before promotion.
+    #[serde(default = "default_preview_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub preview_replicas: i32,
+}
+
+fn default_preview_replicas() -> i32 {
+    1
+}

@@ -1,0 +1,97 @@
+//! `ChatTenant.status`: what the operator observed and did.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a ChatTenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatTenantStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Conditions: Ready (summary), DatabaseReady, Available, Progressing,
+    /// Degraded and Suspended, following Kubernetes conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Where tenants connect: `https://<host>` (or `http://` without TLS), or
+    /// the in-cluster Service URL when there is no public exposure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// Replicas of the serving slot (read by the /scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Label selector of the serving pods (read by the /scale subresource and
+    /// the HorizontalPodAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// The slot serving stable traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<SlotStatus>,
+
+    /// The slot running the release in flight, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<SlotStatus>,
+
+    /// How traffic is split between the slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
+
+    /// The tenant's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+}
+
+/// One of the two runtime slots.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    /// Short hash identifying the runtime version (image) in this slot.
+    pub revision: String,
+    /// Container image.
+    pub image: String,
+    /// `blue` or `green`.
+    pub slot: String,
+    /// Desired replicas of the slot's Deployment.
+    pub replicas: i32,
+    /// Available replicas reported by the slot's Deployment.
+    #[serde(default)]
+    pub available_replicas: i32,
+}
+
+/// Traffic split.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStatus {
+    /// Percent of traffic sent to the candidate.
+    pub canary_weight: i32,
+    /// Percent of traffic sent to the stable slot.
+    pub stable_weight: i32,
+    /// How the split is enforced: `GatewayAPI` (exact HTTPRoute weights),
+    /// `ReplicaRatio` (rounded to whole pods) or `None` (no release).
+    pub provider: String,
+}
+
+/// The tenant's database.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// Database name.
+    pub name: String,
+    /// Role that owns the database.
+    pub role: String,
+    /// Secret with the connection details (`username`, `password`, `host`,
+    /// `port`, `dbname`, `uri`).
+    pub secret_name: String,
+    /// RFC 3339 time the password was last set by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_changed_at: Option<String>,
+}
