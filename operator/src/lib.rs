@@ -7,5 +7,8 @@
 //! [`status`] (conditions). [`database`] provisions the tenant's PostgreSQL
 //! database and role; [`controller`] wires the steps into kube-runtime.
 
+pub mod build;
 pub mod crd;
 pub mod database;
+pub mod rollout;
+pub mod validate;

@@ -59,7 +59,10 @@ pub struct ChatTenantSpec {
     /// issues or accepts. Lowercase letters, digits and '-', at most 32
     /// characters. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tenantId is immutable"))]
-    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+    )]
     pub tenant_id: String,
 
     /// The chat-runtime pods.
@@ -381,7 +384,10 @@ fn default_max_message_bytes() -> i32 {
 #[x_kube(validation = Rule::new("!(has(self.ingress) && has(self.gateway))").message("spec.exposure: set either ingress or gateway, not both"))]
 pub struct ExposureSpec {
     /// Public host name, for example `acme.chat.example.com`.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    )]
     pub host: String,
 
     /// TLS for the endpoint.
@@ -471,7 +477,10 @@ pub struct NetworkPolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct NamespacePeer {
     /// Namespace name.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    )]
     pub namespace: String,
 }
 

@@ -41,6 +41,11 @@ pub struct ChatTenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<SlotStatus>,
 
+    /// The previous stable slot, kept running after a cut-over so its
+    /// WebSocket clients move over gradually.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainStatus>,
+
     /// How traffic is split between the slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficStatus>,
@@ -94,4 +99,18 @@ pub struct DatabaseStatus {
     /// RFC 3339 time the password was last set by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_changed_at: Option<String>,
+}
+
+/// A slot kept running after a cut-over.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// `blue` or `green`.
+    pub slot: String,
+    /// Image it runs.
+    pub image: String,
+    /// Replicas it keeps until `until`.
+    pub replicas: i32,
+    /// RFC 3339 time after which it is scaled to zero.
+    pub until: String,
 }

@@ -87,15 +87,7 @@ mod tests {
     #[test]
     fn refuses_anything_that_could_escape_quoting() {
         for bad in [
-            "",
-            "Acme",
-            "a-b",
-            "a\"b",
-            "a;drop",
-            "a b",
-            "1abc",
-            "é",
-            "a'b",
+            "", "Acme", "a-b", "a\"b", "a;drop", "a b", "1abc", "é", "a'b",
         ] {
             assert!(Ident::new(bad).is_err(), "{bad:?} must be refused");
         }

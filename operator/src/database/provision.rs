@@ -90,7 +90,8 @@ pub fn plan(db: &TenantDatabase, observed: &Observed, password: &PasswordAction)
     };
     match &observed.role {
         None => {
-            let base = format!("CREATE ROLE {name} WITH {ROLE_ATTRIBUTES} CONNECTION LIMIT {limit}");
+            let base =
+                format!("CREATE ROLE {name} WITH {ROLE_ATTRIBUTES} CONNECTION LIMIT {limit}");
             out.push(match &verifier {
                 Some(v) => Statement {
                     sql: format!("{base} PASSWORD {}", quote_literal(v)),
@@ -256,11 +257,8 @@ pub async fn ensure(
     let _ = conn.close().await;
 
     // The public schema lives inside the tenant database: connect there.
-    let mut tenant_conn = connect(
-        &server.admin_options().database(db.name.as_str()),
-        server,
-    )
-    .await?;
+    let mut tenant_conn =
+        connect(&server.admin_options().database(db.name.as_str()), server).await?;
     let (public_schema_open,): (bool,) = sqlx::query_as(
         "SELECT nspacl IS NULL OR EXISTS (SELECT 1 FROM unnest(nspacl) a WHERE a::text LIKE '=%') \
          FROM pg_namespace WHERE nspname = 'public'",
@@ -322,7 +320,10 @@ pub async fn check_login(
 
 /// Terminates the tenant's sessions, drops its database, then its role.
 /// Idempotent: missing objects are skipped.
-pub async fn drop_tenant(server: &ServerConfig, name: &Ident) -> Result<Vec<String>, DatabaseError> {
+pub async fn drop_tenant(
+    server: &ServerConfig,
+    name: &Ident,
+) -> Result<Vec<String>, DatabaseError> {
     let mut conn = admin_connection(server).await?;
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -392,7 +393,10 @@ mod tests {
             ]
         );
         assert!(plan[0].sql.contains("SCRAM-SHA-256$"));
-        assert!(!plan[0].sql.contains("'pw'"), "no plaintext password in SQL");
+        assert!(
+            !plan[0].sql.contains("'pw'"),
+            "no plaintext password in SQL"
+        );
     }
 
     #[test]

@@ -188,7 +188,10 @@ mod tests {
     fn names_the_missing_key() {
         let err = ServerConfig::from_secret_data("pg", &data(&[("host", "h"), ("port", "1")]))
             .unwrap_err();
-        assert_eq!(err.to_string(), "Secret pg has no \"username\" key: add it (keys: host, port, username, password)");
+        assert_eq!(
+            err.to_string(),
+            "Secret pg has no \"username\" key: add it (keys: host, port, username, password)"
+        );
     }
 
     #[test]

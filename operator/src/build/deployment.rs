@@ -1,0 +1,480 @@
+//! Deployments `<name>-blue` and `<name>-green`: the chat-runtime pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+            TopologySpreadConstraint, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{
+    Inputs,
+    meta::{ADMIN_PORT, HTTP_PORT, child_meta, slot_labels, slot_selector, version_label},
+    secret::{AUTH_SECRET_KEY, DB_SECRET_URI_KEY, auth_secret_name, db_secret_name},
+};
+use crate::{crd::AuthMode, rollout::SlotSpec, validate::Tenant};
+
+/// Name of the runtime container.
+pub const CONTAINER: &str = "chat-runtime";
+/// Seconds between SIGTERM's start of the drain and the kill, kept back from
+/// the grace period so the runtime finishes closing sockets before SIGKILL.
+pub const DRAIN_MARGIN_SECONDS: i64 = 15;
+/// Pod annotation that changes when the database password is rotated, so
+/// pods restart with the new Secret value.
+pub const PASSWORD_ANNOTATION: &str = "chorus.dev/db-password-changed-at";
+
+/// The Deployment of one slot.
+pub fn build_deployment(t: &Tenant, slot: &SlotSpec, inputs: &Inputs) -> Deployment {
+    let name = format!("{}-{}", t.name, slot.slot.as_str());
+    let mut labels = slot_labels(t, slot.slot);
+    let mut pod_labels = labels.clone();
+    pod_labels.insert(
+        "app.kubernetes.io/version".into(),
+        version_label(&slot.image),
+    );
+    labels.insert(
+        "app.kubernetes.io/version".into(),
+        version_label(&slot.image),
+    );
+    let selector = slot_selector(t, slot.slot);
+    let mut annotations = BTreeMap::new();
+    annotations.insert("chorus.dev/revision".to_string(), slot.revision.clone());
+    if let Some(at) = inputs.password_changed_at {
+        annotations.insert(PASSWORD_ANNOTATION.to_string(), at.to_string());
+    }
+    Deployment {
+        metadata: child_meta(t, name, labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(slot.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(t, slot, selector)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_spec(t: &Tenant, slot: &SlotSpec, selector: BTreeMap<String, String>) -> PodSpec {
+    let spread = |key: &str| TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..LabelSelector::default()
+        }),
+        ..TopologySpreadConstraint::default()
+    };
+    PodSpec {
+        containers: vec![container(t, slot)],
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(t.spec.runtime.termination_grace_period_seconds),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        topology_spread_constraints: Some(vec![
+            spread("topology.kubernetes.io/zone"),
+            spread("kubernetes.io/hostname"),
+        ]),
+        // The root filesystem is read-only; /tmp is the only writable path.
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
+}
+
+fn container(t: &Tenant, slot: &SlotSpec) -> Container {
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    Container {
+        name: CONTAINER.into(),
+        image: Some(slot.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(env(t)),
+        resources: Some(
+            t.spec
+                .runtime
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        startup_probe: Some(probe("/startupz", 2, 60)),
+        liveness_probe: Some(probe("/livez", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), Quantity("128Mi".into())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_string(), Quantity("512Mi".into()))].into()),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn value(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.to_string()),
+        value_from: None,
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The runtime's configuration (docs/runtime.md), then the user's variables.
+fn env(t: &Tenant) -> Vec<EnvVar> {
+    let spec = &t.spec;
+    let limits = &spec.limits;
+    let drain = (spec.runtime.termination_grace_period_seconds - DRAIN_MARGIN_SECONDS).max(5);
+    let mut env = vec![
+        value("CHAT_TENANT_ID", &spec.tenant_id),
+        from_secret("CHAT_DATABASE_URL", &db_secret_name(t), DB_SECRET_URI_KEY),
+        EnvVar {
+            name: "CHAT_POD_NAME".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        value("CHAT_LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+        value("CHAT_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        value("CHAT_MAX_CONNECTIONS", limits.max_connections_per_replica),
+        value(
+            "CHAT_MESSAGES_PER_SECOND",
+            limits.messages_per_second_per_user,
+        ),
+        value("CHAT_MAX_MESSAGE_BYTES", limits.max_message_bytes),
+        value("CHAT_HISTORY_RETENTION_DAYS", limits.history_retention_days),
+        value("CHAT_DRAIN_SECONDS", drain),
+        value("CHAT_LOG_LEVEL", "info"),
+    ];
+    match spec.auth.mode {
+        AuthMode::Builtin => {
+            env.push(value("CHAT_AUTH_MODE", "builtin"));
+            env.push(from_secret(
+                "CHAT_JWT_SECRET",
+                &auth_secret_name(t),
+                AUTH_SECRET_KEY,
+            ));
+        }
+        AuthMode::External => {
+            env.push(value("CHAT_AUTH_MODE", "external"));
+            if let Some(ext) = &spec.auth.external_jwt {
+                if let Some(r) = &ext.secret_ref {
+                    env.push(from_secret("CHAT_EXTERNAL_JWT_SECRET", &r.name, &r.key));
+                }
+                if let Some(uri) = &ext.jwks_uri {
+                    env.push(value("CHAT_EXTERNAL_JWKS_URL", uri));
+                }
+                env.push(value("CHAT_EXTERNAL_ISSUER", &ext.issuer));
+                env.push(value("CHAT_EXTERNAL_AUDIENCE", &ext.audience));
+            }
+        }
+    }
+    env.extend(spec.runtime.env.iter().cloned());
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        build::tests::{inputs, tenant_and_plan},
+        validate::Slot,
+    };
+
+    fn env_value<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {
+        d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)
+    }
+
+    #[test]
+    fn stable_slot_deployment_is_locked_down_and_probed() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+        assert_eq!(d.metadata.name.as_deref(), Some("acme-blue"));
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].name,
+            "acme"
+        );
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let ru = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(120));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        for (probe, path) in [
+            (&c.startup_probe, "/startupz"),
+            (&c.liveness_probe, "/livez"),
+            (&c.readiness_probe, "/readyz"),
+        ] {
+            assert_eq!(
+                probe
+                    .as_ref()
+                    .unwrap()
+                    .http_get
+                    .as_ref()
+                    .unwrap()
+                    .path
+                    .as_deref(),
+                Some(path)
+            );
+        }
+        assert_eq!(pod.topology_spread_constraints.as_ref().unwrap().len(), 2);
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        assert_eq!(
+            selector.get("chorus.dev/slot").map(String::as_str),
+            Some("blue")
+        );
+        assert_eq!(
+            d.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("app.kubernetes.io/version")
+                .map(String::as_str),
+            Some("0.1.0")
+        );
+    }
+
+    #[test]
+    fn env_wires_secrets_limits_and_drain() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+        let db = env_value(&d, "CHAT_DATABASE_URL").unwrap();
+        let r = db
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("acme-db", "uri"));
+        let jwt = env_value(&d, "CHAT_JWT_SECRET").unwrap();
+        assert_eq!(
+            jwt.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "acme-auth"
+        );
+        assert_eq!(
+            env_value(&d, "CHAT_DRAIN_SECONDS")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("105")
+        );
+        assert_eq!(
+            env_value(&d, "CHAT_TENANT_ID").unwrap().value.as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            env_value(&d, "CHAT_MAX_MESSAGE_BYTES")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("16384")
+        );
+    }
+
+    #[test]
+    fn external_auth_passes_issuer_audience_and_key_refs() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.auth = serde_json::from_value(serde_json::json!({
+                "mode": "External",
+                "externalJwt": {"secretRef": {"name": "acme-jwt", "key": "hs256"},
+                                "jwksUri": "https://id.acme.example/jwks.json",
+                                "issuer": "https://id.acme.example", "audience": "chat"}
+            }))
+            .unwrap();
+        });
+        let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+        assert_eq!(
+            env_value(&d, "CHAT_AUTH_MODE").unwrap().value.as_deref(),
+            Some("external")
+        );
+        assert!(env_value(&d, "CHAT_JWT_SECRET").is_none());
+        assert_eq!(
+            env_value(&d, "CHAT_EXTERNAL_JWT_SECRET")
+                .unwrap()
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "acme-jwt"
+        );
+        assert_eq!(
+            env_value(&d, "CHAT_EXTERNAL_AUDIENCE")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("chat")
+        );
+    }
+
+    #[test]
+    fn idle_slot_is_at_zero_and_password_rotation_restarts_pods() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        let mut i = inputs(&plan);
+        i.password_changed_at = Some("2026-11-24T10:00:00Z");
+        let d = build_deployment(&t, &plan.other, &i);
+        assert_eq!(d.metadata.name.as_deref(), Some("acme-green"));
+        assert_eq!(plan.other.slot, Slot::Green);
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
+        let ann = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            ann.get(PASSWORD_ANNOTATION).map(String::as_str),
+            Some("2026-11-24T10:00:00Z")
+        );
+    }
+}

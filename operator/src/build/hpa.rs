@@ -1,0 +1,123 @@
+//! HorizontalPodAutoscaler `<name>` targeting the ChatTenant's /scale.
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+
+use super::meta::{child_meta, labels};
+use crate::{crd::AutoscalingSpec, validate::Tenant};
+
+/// The HPA, or `None` when autoscaling is off.
+pub fn build_hpa(t: &Tenant) -> Option<HorizontalPodAutoscaler> {
+    let a = t.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: child_meta(t, t.name.clone(), labels(t)),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("chorus.dev/v1alpha1".into()),
+                kind: "ChatTenant".into(),
+                name: t.name.clone(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![
+                resource("cpu", a.target_cpu_utilization_percentage),
+                resource("memory", a.target_memory_utilization_percentage),
+            ]),
+            behavior: Some(a.behavior.clone().unwrap_or_else(default_behavior)),
+        },
+        status: None,
+    })
+}
+
+fn resource(name: &str, utilization: i32) -> MetricSpec {
+    MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: name.into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(utilization),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }
+}
+
+/// Up by 100% every 15 s; down by 50% every 60 s after a 5-minute window.
+pub fn default_behavior() -> HorizontalPodAutoscalerBehavior {
+    HorizontalPodAutoscalerBehavior {
+        scale_up: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(0),
+            select_policy: Some("Max".into()),
+            policies: Some(vec![HPAScalingPolicy {
+                type_: "Percent".into(),
+                value: 100,
+                period_seconds: 15,
+            }]),
+            ..HPAScalingRules::default()
+        }),
+        scale_down: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(300),
+            select_policy: Some("Max".into()),
+            policies: Some(vec![HPAScalingPolicy {
+                type_: "Percent".into(),
+                value: 50,
+                period_seconds: 60,
+            }]),
+            ..HPAScalingRules::default()
+        }),
+    }
+}
+
+/// Bounds of the HPA, for tests and status messages.
+pub fn bounds(a: &AutoscalingSpec) -> (i32, i32) {
+    (a.min_replicas, a.max_replicas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::tenant_and_plan;
+
+    #[test]
+    fn no_autoscaling_no_hpa() {
+        let (t, _) = tenant_and_plan(|_| {});
+        assert!(build_hpa(&t).is_none());
+    }
+
+    #[test]
+    fn hpa_targets_the_chattenant_with_seed_defaults() {
+        let (t, _) = tenant_and_plan(|ct| {
+            ct.spec.autoscaling = serde_json::from_value(serde_json::json!({})).unwrap();
+        });
+        let hpa = build_hpa(&t).unwrap();
+        let spec = hpa.spec;
+        assert_eq!(spec.scale_target_ref.kind, "ChatTenant");
+        assert_eq!(spec.scale_target_ref.name, "acme");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 9));
+        let targets: Vec<_> = spec
+            .metrics
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let r = m.resource.unwrap();
+                (r.name, r.target.average_utilization.unwrap())
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [("cpu".to_string(), 70), ("memory".to_string(), 80)]
+        );
+        let b = spec.behavior.unwrap();
+        let up = b.scale_up.unwrap().policies.unwrap();
+        assert_eq!((up[0].value, up[0].period_seconds), (100, 15));
+        let down = b.scale_down.unwrap();
+        assert_eq!(down.stabilization_window_seconds, Some(300));
+        let down = down.policies.unwrap();
+        assert_eq!((down[0].value, down[0].period_seconds), (50, 60));
+    }
+}

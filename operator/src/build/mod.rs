@@ -1,0 +1,131 @@
+//! Pure builders: one file per child kind, each `fn build_x(&Tenant, ..) -> X`.
+//! Nothing here talks to the apiserver or the database.
+
+pub mod deployment;
+pub mod hpa;
+pub mod http_route;
+pub mod ingress;
+pub mod meta;
+pub mod network_policy;
+pub mod pdb;
+pub mod secret;
+pub mod service;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    core::v1::Service,
+    networking::v1::{Ingress, NetworkPolicy},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::core::DynamicObject;
+
+use crate::{rollout::Plan, validate::Tenant};
+
+/// What the builders need besides the tenant.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The slot layout.
+    pub plan: &'a Plan,
+    /// Database server host (for the egress rule).
+    pub database_host: &'a str,
+    /// Database server port.
+    pub database_port: u16,
+    /// When the database password last changed (pod template annotation).
+    pub password_changed_at: Option<&'a str>,
+}
+
+/// Every child object the spec asks for (Secrets are handled with the
+/// database, since their content comes from it).
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// `<name>-blue`, `<name>-green`.
+    pub deployments: Vec<Deployment>,
+    /// `<name>`, `<name>-blue`, `<name>-green`, `<name>-preview`.
+    pub services: Vec<Service>,
+    /// `<name>` when autoscaling is on.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// `<name>`.
+    pub pdb: PodDisruptionBudget,
+    /// `<name>-default-deny`, `<name>-allow` when isolation is on.
+    pub network_policies: Vec<NetworkPolicy>,
+    /// `<name>` when exposed without a gateway.
+    pub ingress: Option<Ingress>,
+    /// `<name>` when exposed through a gateway.
+    pub http_route: Option<DynamicObject>,
+}
+
+/// Builds every child for `t`.
+pub fn build_children(t: &Tenant, inputs: &Inputs) -> Children {
+    let plan = inputs.plan;
+    Children {
+        deployments: vec![
+            deployment::build_deployment(t, &plan.stable, inputs),
+            deployment::build_deployment(t, &plan.other, inputs),
+        ],
+        services: service::build_services(t, plan),
+        hpa: hpa::build_hpa(t),
+        pdb: pdb::build_pdb(t, plan),
+        network_policies: network_policy::build_network_policies(t, inputs),
+        ingress: ingress::build_ingress(t),
+        http_route: http_route::build_http_route(t, plan),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{
+        crd::ChatTenant,
+        rollout::{SlotObservation, plan},
+        validate::{tests::sample, validate},
+    };
+
+    /// A validated sample tenant (after `f` edits it) and its idle plan.
+    pub(crate) fn tenant_and_plan(f: impl FnOnce(&mut ChatTenant)) -> (Tenant, Plan) {
+        let mut ct = sample();
+        f(&mut ct);
+        let t = validate(&ct).unwrap();
+        let p = plan(&t, ct.status.as_ref(), SlotObservation::default(), false, 0);
+        (t, p)
+    }
+
+    pub(crate) fn inputs(plan: &Plan) -> Inputs<'_> {
+        Inputs {
+            plan,
+            database_host: "127.0.0.1",
+            database_port: 5432,
+            password_changed_at: None,
+        }
+    }
+
+    #[test]
+    fn every_child_is_owned_and_labelled() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.autoscaling = serde_json::from_value(serde_json::json!({})).unwrap();
+            ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
+            ct.spec.exposure =
+                serde_json::from_value(serde_json::json!({"host": "acme.example.com"})).unwrap();
+        });
+        let c = build_children(&t, &inputs(&plan));
+        let mut metas = vec![c.pdb.metadata.clone()];
+        metas.extend(c.deployments.iter().map(|d| d.metadata.clone()));
+        metas.extend(c.services.iter().map(|d| d.metadata.clone()));
+        metas.extend(c.network_policies.iter().map(|d| d.metadata.clone()));
+        metas.extend(c.hpa.iter().map(|d| d.metadata.clone()));
+        metas.extend(c.ingress.iter().map(|d| d.metadata.clone()));
+        assert_eq!(metas.len(), 1 + 2 + 4 + 2 + 1 + 1);
+        for m in metas {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str()),
+                ("ChatTenant", "acme")
+            );
+            assert_eq!(owner.controller, Some(true));
+            let labels = m.labels.as_ref().unwrap();
+            assert_eq!(labels["chorus.dev/tenant"], "acme");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "chorus-operator");
+            assert_eq!(m.namespace.as_deref(), Some("tenants"));
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! NetworkPolicies `<name>-default-deny` and `<name>-allow`: nothing reaches
+//! or leaves the runtime pods except chat traffic from the named namespaces,
+//! metrics scrapes, DNS and the database server (plus listed egress CIDRs).
+
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    api::networking::v1::{
+        IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
+        NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use super::{
+    Inputs,
+    meta::{ADMIN_PORT, HTTP_PORT, child_meta, labels, tenant_selector},
+};
+use crate::{crd::NamespacePeer, validate::Tenant};
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some("TCP".into()),
+        port: Some(IntOrString::Int(port)),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+fn namespace_peer(ns: &NamespacePeer) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(
+                [(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.namespace.clone(),
+                )]
+                .into(),
+            ),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn pods(t: &Tenant) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(tenant_selector(t)),
+        ..LabelSelector::default()
+    }
+}
+
+/// Both policies, or none when `spec.networkPolicy` is absent.
+pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy> {
+    let Some(np) = &t.spec.network_policy else {
+        return Vec::new();
+    };
+    let deny = NetworkPolicy {
+        metadata: child_meta(t, format!("{}-default-deny", t.name), labels(t)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(t)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ..NetworkPolicySpec::default()
+        }),
+    };
+
+    let mut ingress = Vec::new();
+    if !np.allow_ingress_from.is_empty() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(np.allow_ingress_from.iter().map(namespace_peer).collect()),
+            ports: Some(vec![tcp(HTTP_PORT)]),
+        });
+    }
+    if !np.allow_metrics_from.is_empty() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(np.allow_metrics_from.iter().map(namespace_peer).collect()),
+            ports: Some(vec![tcp(ADMIN_PORT)]),
+        });
+    }
+
+    let dns_ports = vec![
+        NetworkPolicyPort {
+            protocol: Some("UDP".into()),
+            port: Some(IntOrString::Int(53)),
+            ..NetworkPolicyPort::default()
+        },
+        tcp(53),
+    ];
+    let mut egress = vec![NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(dns_ports),
+    }];
+    // The database: pinned to its address when the server Secret names an
+    // IP; by port only when it names a host (NetworkPolicy cannot match DNS
+    // names; add a CIDR under allowEgressTo to pin it).
+    let db_to = inputs.database_host.parse::<IpAddr>().ok().map(|ip| {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: format!("{ip}/{len}"),
+                except: None,
+            }),
+            ..NetworkPolicyPeer::default()
+        }]
+    });
+    egress.push(NetworkPolicyEgressRule {
+        to: db_to,
+        ports: Some(vec![tcp(i32::from(inputs.database_port))]),
+    });
+    for peer in &np.allow_egress_to {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: peer.cidr.clone(),
+                    except: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: (!peer.ports.is_empty()).then(|| peer.ports.iter().copied().map(tcp).collect()),
+        });
+    }
+
+    let allow = NetworkPolicy {
+        metadata: child_meta(t, format!("{}-allow", t.name), labels(t)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(t)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    };
+    vec![deny, allow]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::{inputs, tenant_and_plan};
+
+    #[test]
+    fn absent_spec_means_no_policies() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        assert!(build_network_policies(&t, &inputs(&plan)).is_empty());
+    }
+
+    #[test]
+    fn default_deny_plus_named_namespaces_dns_and_database() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.network_policy = serde_json::from_value(serde_json::json!({
+                "allowIngressFrom": [{"namespace": "ingress-nginx"}],
+                "allowMetricsFrom": [{"namespace": "monitoring"}],
+                "allowEgressTo": [{"cidr": "10.9.0.0/16", "ports": [443]}]
+            }))
+            .unwrap();
+        });
+        let nps = build_network_policies(&t, &inputs(&plan));
+        assert_eq!(nps.len(), 2);
+        let deny = nps[0].spec.as_ref().unwrap();
+        assert!(deny.ingress.is_none() && deny.egress.is_none());
+        let allow = nps[1].spec.as_ref().unwrap();
+        let ingress = allow.ingress.as_ref().unwrap();
+        assert_eq!(ingress.len(), 2);
+        let from_ns = ingress[0].from.as_ref().unwrap()[0]
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            from_ns
+                .get("kubernetes.io/metadata.name")
+                .map(String::as_str),
+            Some("ingress-nginx")
+        );
+        assert_eq!(
+            ingress[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(8080))
+        );
+        let egress = allow.egress.as_ref().unwrap();
+        assert_eq!(egress.len(), 3, "dns, database, extra cidr");
+        let db = &egress[1];
+        assert_eq!(
+            db.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr,
+            "127.0.0.1/32"
+        );
+        assert_eq!(
+            db.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(5432))
+        );
+    }
+}
