@@ -7,8 +7,15 @@
 //! [`status`] (conditions). [`database`] provisions the tenant's PostgreSQL
 //! database and role; [`controller`] wires the steps into kube-runtime.
 
+pub mod apply;
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod database;
+pub mod error;
+pub mod metrics;
 pub mod rollout;
+pub mod runner;
+pub mod status;
+pub mod telemetry;
 pub mod validate;

@@ -26,8 +26,15 @@ fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
         "" => {
-            print!("{yaml}");
-            ExitCode::SUCCESS
+            use std::io::Write;
+            // A CLI that prints its product on stdout, not a service log.
+            match std::io::stdout().write_all(yaml.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crdgen: cannot write to stdout: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         "--write" => {
             for target in TARGETS {

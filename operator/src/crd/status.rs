@@ -99,6 +99,10 @@ pub struct DatabaseStatus {
     /// RFC 3339 time the password was last set by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_changed_at: Option<String>,
+    /// The last `spec.database.passwordRotation.requestedAt` acted on; a
+    /// different value requests another rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request_handled: Option<String>,
 }
 
 /// A slot kept running after a cut-over.
