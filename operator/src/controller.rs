@@ -28,7 +28,6 @@ use kube::{
         controller::Action,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
         finalizer::{Event as Finalizer, finalizer},
-        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -173,20 +172,14 @@ pub async fn run(
         }
     }
     let tenants: Api<ChatTenant> = api(&client, &ns);
-    // Only spec changes (generation) and deletion start a reconcile from the
-    // ChatTenant itself, so status writes do not echo back.
+    // Only spec changes (generation), finalizer changes and deletion start a
+    // reconcile from the ChatTenant itself, so status writes do not echo back.
     let (reader, writer) = reflector::store();
     let main = watcher(tenants.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(
-            |ct: &ChatTenant| {
-                let deleting = u64::from(ct.metadata.deletion_timestamp.is_some());
-                predicates::generation(ct).map(|g| g.wrapping_mul(2).wrapping_add(deleting))
-            },
-            Default::default(),
-        );
+        .predicate_filter(spec_changes, Default::default());
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=chorus-operator");
     Controller::for_stream(main, reader)
         .owns(api::<Deployment>(&client, &ns), owned.clone())
@@ -205,6 +198,17 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The predicate of the main watch: generation, finalizers and the deletion
+/// mark. Status and label/annotation writes do not change it.
+fn spec_changes(ct: &ChatTenant) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ct.metadata.generation.hash(&mut h);
+    ct.metadata.finalizers.hash(&mut h);
+    ct.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
 }
 
 /// Reconciles one ChatTenant.

@@ -23,6 +23,8 @@ use kube::{
 };
 use sqlx::{Connection, PgConnection};
 
+pub mod operator;
+
 /// Errors from the harness; every message says what to run to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -46,6 +48,9 @@ pub enum HarnessError {
     /// A PostgreSQL call failed.
     #[error("postgres: {0}")]
     Sql(#[from] sqlx::Error),
+    /// Test YAML that does not parse.
+    #[error("test YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
@@ -69,6 +74,17 @@ pub fn unique_suffix() -> String {
     format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xfffff)
 }
 
+/// Sends logs of the code under test to the test's captured output (shown
+/// when a test fails). Level from `RUST_LOG`, default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// The admin kubeconfig of the control plane started for this test run.
 pub async fn admin_config() -> Result<Config> {
     let path = env("CHORUS_TEST_KUBECONFIG")?;
@@ -83,6 +99,7 @@ pub async fn admin_config() -> Result<Config> {
 
 /// A client with cluster-admin rights (group `system:masters`).
 pub async fn admin_client() -> Result<Client> {
+    init_logging();
     Ok(Client::try_from(admin_config().await?)?)
 }
 

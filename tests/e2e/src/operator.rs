@@ -1,0 +1,277 @@
+//! Helpers for the operator suites: install the CRD, run the operator
+//! in-process against the real apiserver, stand in for the Deployment
+//! controller (no kube-controller-manager or kubelet runs here), and read the
+//! real PostgreSQL catalog.
+
+use std::{sync::Arc, time::Duration};
+
+use chorus_operator::{
+    controller::{Context, Settings},
+    crd::ChatTenant,
+    runner::{self, LeaderElection, RunConfig, Shutdown},
+};
+use k8s_openapi::{
+    ByteString,
+    api::{apps::v1::Deployment, core::v1::Secret},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+use serde_json::json;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{HarnessError, Result, database_admin_url};
+
+/// Installs (server-side applies) the ChatTenant CRD and waits until served.
+pub async fn install_crd(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "chattenants.chorus.dev",
+        &PatchParams::apply("chorus-e2e").force(),
+        &Patch::Apply(ChatTenant::crd()),
+    )
+    .await?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(
+            crds,
+            "chattenants.chorus.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .map_err(|_| HarnessError::Timeout(Duration::from_secs(30), "the ChatTenant CRD".into()))?
+    .map_err(|e| HarnessError::Timeout(Duration::from_secs(30), e.to_string()))?;
+    Ok(())
+}
+
+/// The parts of a PostgreSQL URL `postgres://user:pass@host:port/db`.
+#[derive(Clone, Debug)]
+pub struct PgUrl {
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// Splits the test server's admin URL.
+pub fn admin_url_parts() -> Result<PgUrl> {
+    let url = database_admin_url()?;
+    let rest = url.trim_start_matches("postgres://");
+    let (auth, hostpart) = rest.split_once('@').unwrap_or(("", rest));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let hostport = hostpart.split('/').next().unwrap_or(hostpart);
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    Ok(PgUrl {
+        user: user.into(),
+        password: password.into(),
+        host: host.into(),
+        port: port.parse().unwrap_or(5432),
+    })
+}
+
+/// Creates (or replaces) the server Secret `name` in `namespace` pointing at
+/// the test PostgreSQL, optionally with another port (a closed one simulates
+/// a server that is down).
+pub async fn put_server_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    port_override: Option<u16>,
+) -> Result<()> {
+    let pg = admin_url_parts()?;
+    let data = [
+        ("host", pg.host.clone()),
+        ("port", port_override.unwrap_or(pg.port).to_string()),
+        ("username", pg.user.clone()),
+        ("password", pg.password.clone()),
+        ("sslmode", "disable".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply("chorus-e2e").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// An operator running in this process.
+pub struct RunningOperator {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::result::Result<Arc<Context>, runner::RunError>>,
+}
+
+impl RunningOperator {
+    /// Starts an operator scoped to `namespace` (server Secrets there too).
+    pub fn start(client: Client, namespace: &str, resync: Duration) -> Self {
+        Self::start_with(client, namespace, resync, None)
+    }
+
+    /// Starts an operator with leader election on `lease`.
+    pub fn start_with(
+        client: Client,
+        namespace: &str,
+        resync: Duration,
+        leader: Option<LeaderElection>,
+    ) -> Self {
+        let (stop, shutdown) = Shutdown::new();
+        let instance = leader
+            .as_ref()
+            .map_or_else(|| format!("e2e-{namespace}"), |l| l.identity.clone());
+        let config = RunConfig {
+            settings: Settings {
+                server_namespace: namespace.into(),
+                watch_namespace: Some(namespace.into()),
+                resync,
+                instance,
+            },
+            http_addr: None,
+            leader_election: leader,
+        };
+        let task = tokio::spawn(runner::run(client, config, shutdown));
+        Self { stop, task }
+    }
+
+    /// Stops the operator and returns its context (counters).
+    pub async fn stop(self) -> Arc<Context> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(Duration::from_secs(60), self.task).await {
+            Ok(Ok(Ok(ctx))) => ctx,
+            Ok(Ok(Err(e))) => panic!("operator failed: {e}"),
+            Ok(Err(e)) => panic!("operator task panicked: {e}"),
+            Err(_) => panic!("operator did not stop within 60s"),
+        }
+    }
+}
+
+/// Stands in for kube-controller-manager and the kubelet: every 200 ms, marks
+/// each Deployment in `namespace` as fully rolled out and available.
+pub fn spawn_deployment_simulator(client: Client, namespace: &str) -> JoinHandle<()> {
+    let api: Api<Deployment> = Api::namespaced(client, namespace);
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                for d in list.items {
+                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let generation = d.metadata.generation.unwrap_or(0);
+                    let st = d.status.clone().unwrap_or_default();
+                    if st.observed_generation == Some(generation)
+                        && st.available_replicas.unwrap_or(0) == want
+                        && st.replicas.unwrap_or(0) == want
+                    {
+                        continue;
+                    }
+                    let patch = json!({"status": {
+                        "observedGeneration": generation,
+                        "replicas": want,
+                        "updatedReplicas": want,
+                        "readyReplicas": want,
+                        "availableReplicas": want,
+                    }});
+                    let _ = api
+                        .patch_status(
+                            &d.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Creates a ChatTenant from YAML in `namespace`.
+pub async fn create_tenant(client: &Client, namespace: &str, yaml: &str) -> Result<ChatTenant> {
+    let ct: ChatTenant = serde_yaml::from_str(yaml)?;
+    Ok(Api::<ChatTenant>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &ct)
+        .await?)
+}
+
+/// The condition `type_` of a ChatTenant, if set.
+pub fn condition(ct: &ChatTenant, type_: &str) -> Option<Condition> {
+    ct.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Waits until the ChatTenant's condition `type_` has `status` (and, when
+/// given, `reason`); returns the object.
+pub async fn wait_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Result<ChatTenant> {
+    let api: Api<ChatTenant> = Api::namespaced(client.clone(), namespace);
+    let what = format!("ChatTenant {namespace}/{name} condition {type_}={status} {reason:?}");
+    let mut last = None;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(ct) = api.get_opt(name).await? {
+            if let Some(c) = condition(&ct, type_)
+                && c.status == status
+                && reason.is_none_or(|r| r == c.reason)
+            {
+                return Ok(ct);
+            }
+            last = ct.status.clone();
+        }
+        if start.elapsed() > timeout {
+            return Err(HarnessError::Timeout(
+                timeout,
+                format!(
+                    "{what}; last status: {}",
+                    serde_json::to_string(&last).unwrap_or_default()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads a Secret key as text.
+pub async fn secret_text(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let s = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(s.and_then(|s| s.data).and_then(|d| {
+        d.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).to_string())
+    }))
+}
