@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test cluster-up cluster-down db-up db-down control-plane tools fmt lint
+.PHONY: help demo test cluster-up cluster-down db-up db-down control-plane tools crds fmt lint
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ control-plane: ## build etcd, kube-apiserver and the launcher (cached)
 
 tools: ## build helm and kubeconform from Go modules (cached)
 	@scripts/build-tools.sh
+
+crds: ## regenerate crds/ and the chart's CRD copy from the Rust types
+	cargo run -q -p chorus-operator --bin crdgen -- --write
 
 fmt: ## format Rust and Go sources
 	cargo fmt --all

@@ -32,3 +32,4 @@ deps_key=$(hash_of go.mod go.sum)
 build etcd go.etcd.io/etcd/server/v3 "$deps_key"
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$deps_key"
 build chorus-cluster ./cmd/chorus-cluster "$(hash_of go.mod go.sum cmd/chorus-cluster/*.go)"
+build openapi2jsonschema ./cmd/openapi2jsonschema "$(hash_of go.mod go.sum cmd/openapi2jsonschema/*.go)"

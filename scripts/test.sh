@@ -21,6 +21,18 @@ cargo fmt --all -- --check
 step "linting (cargo clippy --all-targets -D warnings)"
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
+step "checking generated files (crds/ and the chart's CRD copy)"
+cargo run -q --locked -p chorus-operator --bin crdgen -- --check
+if [ -n "$(gofmt -l tests/control-plane)" ]; then
+  gofmt -l tests/control-plane >&2
+  die "Go sources are not gofmt-formatted: run make fmt"
+fi
+
+step "building the control plane and chart tools (cached after the first run)"
+"$CHORUS_ROOT/scripts/build-control-plane.sh"
+"$CHORUS_ROOT/scripts/build-tools.sh"
+export CHORUS_TOOLS_BIN=$TOOLS_BIN CHORUS_CP_BIN=$CP_BIN
+
 step "building tests"
 cargo test --workspace --locked --no-run -q
 

@@ -170,7 +170,10 @@ pub struct AutoscalingSpec {
     pub max_replicas: i32,
 
     /// Target average CPU utilization, percent of the CPU request.
-    #[serde(default = "default_cpu_target")]
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
 

@@ -23,6 +23,7 @@ use kube::{
 };
 use sqlx::{Connection, PgConnection};
 
+pub mod manifests;
 pub mod operator;
 
 /// Errors from the harness; every message says what to run to fix it.
@@ -51,6 +52,9 @@ pub enum HarnessError {
     /// Test YAML that does not parse.
     #[error("test YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// A manifest or tool problem.
+    #[error("{0}")]
+    Manifest(String),
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
