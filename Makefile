@@ -1,6 +1,9 @@
 # Chorus developer commands. Everything built lives under $(CHORUS_CACHE)
 # (default ~/.cache/chorus), outside the repository.
 SHELL := /bin/bash
+CHORUS_CACHE ?= $(HOME)/.cache/chorus
+export CHORUS_CACHE
+export CARGO_TARGET_DIR ?= $(CHORUS_CACHE)/target
 .DEFAULT_GOAL := help
 
 .PHONY: help demo test cluster-up cluster-down db-up db-down control-plane tools crds fmt lint

@@ -78,7 +78,8 @@ where
 }
 
 /// Applies every child and deletes the ones no longer wanted.
-/// `gateway_api` says whether the HTTPRoute CRD is served.
+/// `gateway_api` says whether the HTTPRoute CRD is served (routes are then
+/// applied when built, and pruned when not).
 pub async fn apply_children(
     client: &Client,
     t: &Tenant,

@@ -117,11 +117,13 @@ impl Context {
         }
     }
 
-    /// Whether the Gateway API HTTPRoute kind is served (cached for a minute).
+    /// Whether the Gateway API HTTPRoute kind is served. A "yes" is cached
+    /// for a minute, a "no" for ten seconds, so installing the Gateway API
+    /// CRDs takes effect within seconds.
     async fn gateway_api(&self) -> bool {
         if let Ok(cache) = self.gateway_cache.lock()
             && let Some((at, present)) = *cache
-            && at.elapsed() < Duration::from_secs(60)
+            && at.elapsed() < Duration::from_secs(if present { 60 } else { 10 })
         {
             return present;
         }
@@ -343,7 +345,9 @@ async fn apply(ct: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> Res
         .exposure
         .as_ref()
         .is_some_and(|e| e.gateway.is_some());
-    let gateway = wants_gateway && ctx.gateway_api().await;
+    // Asked even when not wanted, so a route left from an earlier spec is pruned.
+    let routes_served = ctx.gateway_api().await;
+    let gateway = wants_gateway && routes_served;
     if wants_gateway && !gateway {
         problems.push(Problem {
             reason: "GatewayAPIMissing",
@@ -375,7 +379,7 @@ async fn apply(ct: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> Res
         password_changed_at: db.password_changed_at.as_deref(),
     };
     let children = build_children(&t, &inputs);
-    match apply_children(&ctx.client, &t, &children, gateway).await {
+    match apply_children(&ctx.client, &t, &children, routes_served).await {
         Ok(applied) => {
             for d in applied.deleted {
                 ctx.event(

@@ -79,12 +79,24 @@ pub async fn run(
     config: RunConfig,
     shutdown: Shutdown,
 ) -> Result<Arc<Context>, RunError> {
-    let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        client,
         config.settings.clone(),
-        metrics.clone(),
+        Arc::new(Metrics::default()),
     ));
+    run_with(ctx.clone(), config, shutdown).await?;
+    Ok(ctx)
+}
+
+/// Runs the operator with a context the caller keeps (tests read its
+/// counters while it runs).
+pub async fn run_with(
+    ctx: Arc<Context>,
+    config: RunConfig,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let client = ctx.client.clone();
+    let metrics = ctx.metrics.clone();
 
     let server = match config.http_addr {
         Some(addr) => {
@@ -121,7 +133,7 @@ pub async fn run(
     if let Some(server) = server {
         let _ = server.await;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 async fn lead(

@@ -120,7 +120,9 @@ pub async fn put_server_secret(
 /// An operator running in this process.
 pub struct RunningOperator {
     stop: watch::Sender<bool>,
-    task: JoinHandle<std::result::Result<Arc<Context>, runner::RunError>>,
+    task: JoinHandle<std::result::Result<(), runner::RunError>>,
+    /// Its context: counters and metrics, readable while it runs.
+    pub context: Arc<Context>,
 }
 
 impl RunningOperator {
@@ -150,15 +152,24 @@ impl RunningOperator {
             http_addr: None,
             leader_election: leader,
         };
-        let task = tokio::spawn(runner::run(client, config, shutdown));
-        Self { stop, task }
+        let context = Arc::new(Context::new(
+            client,
+            config.settings.clone(),
+            Arc::new(chorus_operator::metrics::Metrics::default()),
+        ));
+        let task = tokio::spawn(runner::run_with(context.clone(), config, shutdown));
+        Self {
+            stop,
+            task,
+            context,
+        }
     }
 
     /// Stops the operator and returns its context (counters).
     pub async fn stop(self) -> Arc<Context> {
         let _ = self.stop.send(true);
         match tokio::time::timeout(Duration::from_secs(60), self.task).await {
-            Ok(Ok(Ok(ctx))) => ctx,
+            Ok(Ok(Ok(()))) => self.context,
             Ok(Ok(Err(e))) => panic!("operator failed: {e}"),
             Ok(Err(e)) => panic!("operator task panicked: {e}"),
             Err(_) => panic!("operator did not stop within 60s"),

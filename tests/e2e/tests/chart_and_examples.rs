@@ -3,6 +3,8 @@
 //! apiserver's own OpenAPI, every example applied, and the operator proven to
 //! work with exactly the chart's RBAC (impersonating its ServiceAccount).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::time::Duration;
 
 use chorus_e2e::{

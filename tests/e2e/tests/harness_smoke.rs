@@ -2,6 +2,8 @@
 //! watches, server-side apply with conflicts and RBAC, and a PostgreSQL that
 //! runs sqlx migrations.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::time::Duration;
 
 use chorus_e2e::{TestNamespace, admin_client, fresh_database, service_account_client, wait_for};

@@ -3,6 +3,8 @@
 //! changes, hand edits, idle resyncs, reclaim policies, a server that is down,
 //! password drift and rotation, suspend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::time::Duration;
 
 use chorus_e2e::{
