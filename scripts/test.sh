@@ -39,6 +39,9 @@ cargo test --workspace --locked --no-run -q
 step "starting PostgreSQL and the control plane for this run"
 export CHORUS_TEST_DATABASE_URL
 CHORUS_TEST_DATABASE_URL=$("$CHORUS_ROOT/scripts/db.sh" up test)
+# A watchdog stops PostgreSQL if this run is killed before its trap can.
+setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down test >/dev/null 2>&1' \
+  chorus-db-watchdog $$ "$CHORUS_ROOT/scripts/db.sh" </dev/null >/dev/null 2>&1 &
 # The launcher watches this shell: if the run is killed, the control plane stops.
 kubeconfig_line=$(CHORUS_EXIT_WITH_PID=$$ "$CHORUS_ROOT/scripts/cluster.sh" up "$state")
 export CHORUS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
