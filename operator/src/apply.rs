@@ -32,7 +32,7 @@ use crate::{
 
 /// A failed apply or delete, naming the object.
 #[derive(Debug, thiserror::Error)]
-#[error("{verb} {kind} {name}: {source}")]
+#[error("{verb} {kind} {name}: {}", api_message(.source))]
 pub struct ApplyError {
     /// `apply` or `delete`.
     pub verb: &'static str,
@@ -50,6 +50,15 @@ pub struct ApplyError {
 pub struct Applied {
     /// `Kind/name` of children deleted because the spec no longer asks for them.
     pub deleted: Vec<String>,
+}
+
+/// The apiserver's own message for API errors (not the Debug dump of the
+/// whole Status), the error's Display otherwise.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
 }
 
 fn params() -> PatchParams {

@@ -272,7 +272,18 @@ async fn write_status(
     Ok(())
 }
 
-async fn apply(ct: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> Result<Action> {
+async fn apply(cached: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> Result<Action> {
+    // The status carries state (stable slot, rotation handled, drain
+    // deadline). The watch cache can lag our own last status write by a few
+    // milliseconds, so read the object fresh before deciding anything.
+    let Some(ct) = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(Error::kube("reading the ChatTenant"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let ct = Arc::new(ct);
     let now = now();
     let generation = ct.metadata.generation.unwrap_or(0);
     let old = ct.status.as_ref();

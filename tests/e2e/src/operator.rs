@@ -117,6 +117,53 @@ pub async fn put_server_secret(
     Ok(())
 }
 
+/// Installs the Helm chart's ServiceAccount and RBAC (rendered with `helm
+/// template`, release `release`, namespace `namespace`) and returns a client
+/// that impersonates that ServiceAccount: an operator using it has exactly
+/// the chart's permissions.
+pub async fn chart_service_account(
+    admin: &Client,
+    namespace: &str,
+    release: &str,
+) -> Result<Client> {
+    use crate::manifests::{apply_object, documents, repo_root, run, tool};
+    let chart = repo_root().join("charts/chorus-operator");
+    let out = run(
+        &tool("helm")?,
+        &[
+            "template",
+            release,
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            "1.36.3",
+        ],
+        None,
+    )?;
+    let rendered = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut sa = None;
+    for obj in documents(&rendered)? {
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        if matches!(
+            kind.as_str(),
+            "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            if kind == "ServiceAccount" {
+                sa = obj.metadata.name.clone();
+            }
+            apply_object(admin, namespace, &obj, "helm").await?;
+        }
+    }
+    let sa =
+        sa.ok_or_else(|| HarnessError::Manifest("the chart renders no ServiceAccount".into()))?;
+    crate::service_account_client(namespace, &sa).await
+}
+
 /// An operator running in this process.
 pub struct RunningOperator {
     stop: watch::Sender<bool>,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chorus_e2e::{
     TestNamespace, admin_client,
     operator::{
-        RunningOperator, condition, create_tenant, install_crd, put_server_secret, secret_text,
-        spawn_deployment_simulator, wait_condition,
+        RunningOperator, chart_service_account, condition, create_tenant, install_crd,
+        put_server_secret, secret_text, spawn_deployment_simulator, wait_condition,
     },
     unique_suffix, wait_for, with_database,
 };
@@ -46,7 +46,10 @@ impl Env {
         put_server_secret(&client, &ns, "shared-pg", None)
             .await
             .unwrap();
-        let operator = RunningOperator::start(client.clone(), &ns, resync);
+        // The operator runs with exactly the Helm chart's RBAC.
+        let release = format!("op{}", unique_suffix());
+        let as_operator = chart_service_account(&client, &ns, &release).await.unwrap();
+        let operator = RunningOperator::start(as_operator, &ns, resync);
         let simulator = spawn_deployment_simulator(client.clone(), &ns);
         Self {
             client,

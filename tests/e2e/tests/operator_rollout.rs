@@ -10,8 +10,8 @@ use std::time::Duration;
 use chorus_e2e::{
     TestNamespace, admin_client,
     operator::{
-        RunningOperator, condition, create_tenant, install_crd, put_server_secret,
-        spawn_deployment_simulator, wait_condition,
+        RunningOperator, chart_service_account, condition, create_tenant, install_crd,
+        put_server_secret, spawn_deployment_simulator, wait_condition,
     },
     unique_suffix, wait_for,
 };
@@ -90,7 +90,9 @@ async fn setup(
     put_server_secret(&client, &ns, "shared-pg", None)
         .await
         .unwrap();
-    let op = RunningOperator::start(client.clone(), &ns, resync);
+    let release = format!("op{}", unique_suffix());
+    let as_operator = chart_service_account(&client, &ns, &release).await.unwrap();
+    let op = RunningOperator::start(as_operator, &ns, resync);
     let sim = spawn_deployment_simulator(client.clone(), &ns);
     (client, ns, op, sim)
 }

@@ -66,7 +66,7 @@ func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir strin
 		"--tls-private-key-file="+p.servingKey,
 		"--client-ca-file="+p.caCert,
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=10.96.0.0/16",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p.saPub,
 		"--service-account-signing-key-file="+p.saKey,
