@@ -333,3 +333,127 @@ pub async fn secret_text(
             .map(|v| String::from_utf8_lossy(&v.0).to_string())
     }))
 }
+
+/// Everything an operator suite needs: a namespace with the server Secret, the
+/// operator running with the chart's RBAC, and the Deployment simulator.
+pub struct OperatorEnv {
+    /// Admin client (the test's own view).
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: String,
+    /// The operator under test.
+    pub operator: RunningOperator,
+    simulator: JoinHandle<()>,
+}
+
+/// How long suites wait for the operator to converge.
+pub const CONVERGE: Duration = Duration::from_secs(30);
+
+impl OperatorEnv {
+    /// Sets up namespace `<prefix>-<unique>` and starts the operator with
+    /// `resync`.
+    pub async fn new(prefix: &str, resync: Duration) -> Result<Self> {
+        let client = crate::admin_client().await?;
+        install_crd(&client).await?;
+        let ns = crate::TestNamespace::create(&client, prefix).await?.name;
+        put_server_secret(&client, &ns, "shared-pg", None).await?;
+        let release = format!("op{}", crate::unique_suffix());
+        let as_operator = chart_service_account(&client, &ns, &release).await?;
+        let operator = RunningOperator::start(as_operator, &ns, resync);
+        let simulator = spawn_deployment_simulator(client.clone(), &ns);
+        Ok(Self {
+            client,
+            ns,
+            operator,
+            simulator,
+        })
+    }
+
+    /// An API handle in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates ChatTenant `name` (see [`tenant_yaml`]) and waits until Ready;
+    /// returns it and its database name.
+    pub async fn ready_tenant(&self, name: &str, extra: &str) -> Result<(ChatTenant, String)> {
+        let (yaml, db) = tenant_yaml(name, extra);
+        create_tenant(&self.client, &self.ns, &yaml).await?;
+        let ct = self.wait_condition(name, "Ready", "True", None).await?;
+        Ok((ct, db))
+    }
+
+    /// [`wait_condition`] in the test's namespace with [`CONVERGE`].
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<ChatTenant> {
+        wait_condition(
+            &self.client,
+            &self.ns,
+            name,
+            type_,
+            status,
+            reason,
+            CONVERGE,
+        )
+        .await
+    }
+
+    /// Stops the simulator and the operator; returns the operator's context.
+    pub async fn stop(self) -> Arc<Context> {
+        self.simulator.abort();
+        self.operator.stop().await
+    }
+}
+
+/// A ChatTenant named `name` on server Secret `shared-pg` with a database
+/// name unique to this run and `reclaimPolicy: Delete` (so runs clean up),
+/// plus `extra` spec lines (indented two spaces). Returns the YAML and the
+/// database name.
+pub fn tenant_yaml(name: &str, extra: &str) -> (String, String) {
+    let db = format!("chat_{}_{}", name.replace('-', "_"), crate::unique_suffix());
+    let yaml = format!(
+        r#"
+apiVersion: chorus.dev/v1alpha1
+kind: ChatTenant
+metadata: {{name: {name}}}
+spec:
+  tenantId: {name}
+  runtime: {{image: "ghcr.io/chorus-dev/chat-runtime:0.1.0"}}
+  database: {{serverRef: {{name: shared-pg}}, name: {db}, reclaimPolicy: Delete}}
+{extra}
+"#
+    );
+    (yaml, db)
+}
+
+/// Waits until `name` exists; returns it.
+pub async fn wait_present<K>(api: &Api<K>, name: &str) -> Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    crate::wait_for(&format!("{name} to exist"), CONVERGE, || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.ok().flatten() }
+    })
+    .await
+}
+
+/// Waits until `name` no longer exists.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    crate::wait_for(&format!("{name} to be gone"), CONVERGE, || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+    })
+    .await
+}

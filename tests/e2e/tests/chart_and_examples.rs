@@ -12,7 +12,7 @@ use chorus_e2e::{
     manifests::{apply_object, documents, repo_root, run, tool},
     operator::{
         RunningOperator, create_tenant, install_crd, put_server_secret, spawn_deployment_simulator,
-        wait_condition,
+        tenant_yaml, wait_condition,
     },
     service_account_client, unique_suffix, wait_for,
 };
@@ -274,20 +274,9 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
         }),
     );
     let simulator = spawn_deployment_simulator(admin.clone(), &ns);
-    let db = format!("chat_rbac_{}", unique_suffix());
-    let yaml = format!(
-        r#"
-apiVersion: chorus.dev/v1alpha1
-kind: ChatTenant
-metadata: {{name: acme}}
-spec:
-  tenantId: acme
-  runtime: {{image: "ghcr.io/chorus-dev/chat-runtime:0.1.0"}}
-  autoscaling: {{minReplicas: 2, maxReplicas: 4}}
-  networkPolicy: {{allowIngressFrom: [{{namespace: ingress-nginx}}]}}
-  exposure: {{host: acme.example.com, ingress: {{className: nginx}}}}
-  database: {{serverRef: {{name: shared-pg}}, name: {db}, reclaimPolicy: Delete}}
-"#
+    let (yaml, _) = tenant_yaml(
+        "acme",
+        "  autoscaling: {minReplicas: 2, maxReplicas: 4}\n  networkPolicy: {allowIngressFrom: [{namespace: ingress-nginx}]}\n  exposure: {host: acme.example.com, ingress: {className: nginx}}",
     );
     create_tenant(&admin, &ns, &yaml).await.unwrap();
     let ct = wait_condition(&admin, &ns, "acme", "Ready", "True", None, T)

@@ -9,9 +9,9 @@ use chorus_e2e::{
     TestNamespace, admin_client,
     operator::{
         RunningOperator, create_tenant, install_crd, put_server_secret, spawn_deployment_simulator,
-        wait_condition,
+        tenant_yaml, wait_condition,
     },
-    unique_suffix, wait_for,
+    wait_for,
 };
 use chorus_operator::{crd::ChatTenant, runner::LeaderElection};
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease};
@@ -54,18 +54,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
         leader(&ns, "replica-b"),
     );
 
-    let yaml = format!(
-        r#"
-apiVersion: chorus.dev/v1alpha1
-kind: ChatTenant
-metadata: {{name: acme}}
-spec:
-  tenantId: acme
-  runtime: {{image: "ghcr.io/chorus-dev/chat-runtime:0.1.0"}}
-  database: {{serverRef: {{name: shared-pg}}, name: chat_ha_{}, reclaimPolicy: Delete}}
-"#,
-        unique_suffix()
-    );
+    let (yaml, _) = tenant_yaml("acme", "");
     create_tenant(&client, &ns, &yaml).await.unwrap();
     wait_condition(&client, &ns, "acme", "Ready", "True", None, T)
         .await

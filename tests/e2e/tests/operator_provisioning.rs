@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use chorus_e2e::{
-    TestNamespace, admin_client,
     operator::{
-        RunningOperator, chart_service_account, condition, create_tenant, install_crd,
-        put_server_secret, secret_text, spawn_deployment_simulator, wait_condition,
+        OperatorEnv, condition, create_tenant, put_server_secret, secret_text, tenant_yaml,
+        wait_condition, wait_gone, wait_present,
     },
-    unique_suffix, wait_for, with_database,
+    wait_for, with_database,
 };
 use chorus_operator::crd::ChatTenant;
 use k8s_openapi::api::{
@@ -23,72 +22,13 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 
 const T: Duration = Duration::from_secs(30);
-
-struct Env {
-    client: Client,
-    ns: String,
-    operator: RunningOperator,
-    simulator: tokio::task::JoinHandle<()>,
-}
-
-impl Env {
-    async fn new(prefix: &str, resync: Duration) -> Self {
-        let client = admin_client().await.unwrap();
-        install_crd(&client).await.unwrap();
-        let ns = TestNamespace::create(&client, prefix).await.unwrap().name;
-        put_server_secret(&client, &ns, "shared-pg", None)
-            .await
-            .unwrap();
-        // The operator runs with exactly the Helm chart's RBAC.
-        let release = format!("op{}", unique_suffix());
-        let as_operator = chart_service_account(&client, &ns, &release).await.unwrap();
-        let operator = RunningOperator::start(as_operator, &ns, resync);
-        let simulator = spawn_deployment_simulator(client.clone(), &ns);
-        Self {
-            client,
-            ns,
-            operator,
-            simulator,
-        }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn stop(self) -> std::sync::Arc<chorus_operator::controller::Context> {
-        self.simulator.abort();
-        self.operator.stop().await
-    }
-}
-
-/// A ChatTenant `name` with a database name unique to this run.
-fn tenant(name: &str, extra: &str) -> (String, String) {
-    let db = format!("chat_{}_{}", name.replace('-', "_"), unique_suffix());
-    let yaml = format!(
-        r#"
-apiVersion: chorus.dev/v1alpha1
-kind: ChatTenant
-metadata: {{name: {name}}}
-spec:
-  tenantId: {name}
-  runtime: {{image: "ghcr.io/chorus-dev/chat-runtime:0.1.0"}}
-  database: {{serverRef: {{name: shared-pg}}, name: {db}, reclaimPolicy: Delete}}
-{extra}
-"#
-    );
-    (yaml, db)
-}
 
 async fn admin_db() -> PgConnection {
     PgConnection::connect(&chorus_e2e::database_admin_url().unwrap())
@@ -116,7 +56,7 @@ async fn database_exists(db: &str) -> bool {
         .is_some()
 }
 
-async fn events(env: &Env, name: &str) -> Vec<String> {
+async fn events(env: &OperatorEnv, name: &str) -> Vec<String> {
     env.api::<Event>()
         .list(&ListParams::default())
         .await
@@ -130,9 +70,11 @@ async fn events(env: &Env, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_tenant_gets_every_child_its_database_and_becomes_ready() {
-    let env = Env::new("op-provision", Duration::from_secs(300)).await;
-    let (yaml, db) = tenant("acme", "");
-    let (yaml_b, db_b) = tenant("beta", "");
+    let env = OperatorEnv::new("op-provision", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (yaml, db) = tenant_yaml("acme", "");
+    let (yaml_b, db_b) = tenant_yaml("beta", "");
     create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
     create_tenant(&env.client, &env.ns, &yaml_b).await.unwrap();
 
@@ -268,12 +210,10 @@ async fn a_tenant_gets_every_child_its_database_and_becomes_ready() {
 
 #[tokio::test]
 async fn children_follow_the_spec_and_hand_edits_are_reverted() {
-    let env = Env::new("op-follow", Duration::from_secs(300)).await;
-    let (yaml, _) = tenant("acme", "");
-    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
-    wait_condition(&env.client, &env.ns, "acme", "Ready", "True", None, T)
+    let env = OperatorEnv::new("op-follow", Duration::from_secs(300))
         .await
         .unwrap();
+    env.ready_tenant("acme", "").await.unwrap();
     let cts = env.api::<ChatTenant>();
     let deployments = env.api::<Deployment>();
 
@@ -295,12 +235,7 @@ async fn children_follow_the_spec_and_hand_edits_are_reverted() {
     .await
     .unwrap();
     let hpas = env.api::<HorizontalPodAutoscaler>();
-    let hpa = wait_for("the HPA", T, || {
-        let h = hpas.clone();
-        async move { h.get_opt("acme").await.ok().flatten() }
-    })
-    .await
-    .unwrap();
+    let hpa = wait_present(&hpas, "acme").await.unwrap();
     assert_eq!(hpa.spec.min_replicas, Some(3));
     assert_eq!(hpa.spec.max_replicas, 7);
     assert_eq!(hpa.spec.scale_target_ref.kind, "ChatTenant");
@@ -333,19 +268,7 @@ async fn children_follow_the_spec_and_hand_edits_are_reverted() {
     )
     .await
     .unwrap();
-    wait_for("the HPA to be deleted", T, || {
-        let h = hpas.clone();
-        async move {
-            h.get_opt("acme")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_gone(&hpas, "acme").await.unwrap();
 
     // A child deleted by hand comes back.
     env.api::<Service>()
@@ -353,12 +276,7 @@ async fn children_follow_the_spec_and_hand_edits_are_reverted() {
         .await
         .unwrap();
     let services = env.api::<Service>();
-    wait_for("acme-preview to be recreated", T, || {
-        let s = services.clone();
-        async move { s.get_opt("acme-preview").await.ok().flatten() }
-    })
-    .await
-    .unwrap();
+    wait_present(&services, "acme-preview").await.unwrap();
 
     // A field the operator owns, edited by hand, is reverted.
     deployments
@@ -387,12 +305,10 @@ async fn children_follow_the_spec_and_hand_edits_are_reverted() {
 
 #[tokio::test]
 async fn a_second_reconcile_issues_no_ddl_and_an_idle_resync_writes_nothing() {
-    let env = Env::new("op-idle", Duration::from_secs(1)).await;
-    let (yaml, _) = tenant("acme", "");
-    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
-    wait_condition(&env.client, &env.ns, "acme", "Ready", "True", None, T)
+    let env = OperatorEnv::new("op-idle", Duration::from_secs(1))
         .await
         .unwrap();
+    env.ready_tenant("acme", "").await.unwrap();
     // Let the Deployment simulator and the status settle, then take a snapshot.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cts = env.api::<ChatTenant>();
@@ -427,10 +343,12 @@ async fn a_second_reconcile_issues_no_ddl_and_an_idle_resync_writes_nothing() {
 
 #[tokio::test]
 async fn reclaim_retain_keeps_the_database_and_delete_drops_it() {
-    let env = Env::new("op-reclaim", Duration::from_secs(300)).await;
-    let (keep_yaml, keep_db) = tenant("keep", "");
+    let env = OperatorEnv::new("op-reclaim", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (keep_yaml, keep_db) = tenant_yaml("keep", "");
     let keep_yaml = keep_yaml.replace("reclaimPolicy: Delete", "reclaimPolicy: Retain");
-    let (drop_yaml, drop_db) = tenant("drop", "");
+    let (drop_yaml, drop_db) = tenant_yaml("drop", "");
     create_tenant(&env.client, &env.ns, &keep_yaml)
         .await
         .unwrap();
@@ -454,13 +372,7 @@ async fn reclaim_retain_keeps_the_database_and_delete_drops_it() {
         cts.delete(n, &DeleteParams::default()).await.unwrap();
     }
     for n in ["keep", "drop"] {
-        let api = cts.clone();
-        wait_for(&format!("ChatTenant {n} to be gone"), T, || {
-            let api = api.clone();
-            async move { api.get_opt(n).await.ok().flatten().is_none().then_some(()) }
-        })
-        .await
-        .unwrap();
+        wait_gone(&cts, n).await.unwrap();
     }
     assert!(
         database_exists(&keep_db).await && role_exists(&keep_db).await,
@@ -476,12 +388,10 @@ async fn reclaim_retain_keeps_the_database_and_delete_drops_it() {
 
 #[tokio::test]
 async fn deletion_waits_while_the_database_server_is_down() {
-    let env = Env::new("op-down", Duration::from_secs(300)).await;
-    let (yaml, db) = tenant("acme", "");
-    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
-    wait_condition(&env.client, &env.ns, "acme", "Ready", "True", None, T)
+    let env = OperatorEnv::new("op-down", Duration::from_secs(300))
         .await
         .unwrap();
+    let (_, db) = env.ready_tenant("acme", "").await.unwrap();
     // The server "goes down": its Secret now points at a closed port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -548,12 +458,10 @@ async fn deletion_waits_while_the_database_server_is_down() {
 
 #[tokio::test]
 async fn password_drift_is_reported_and_a_rotation_request_fixes_it() {
-    let env = Env::new("op-rotate", Duration::from_secs(1)).await;
-    let (yaml, db) = tenant("acme", "");
-    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
-    wait_condition(&env.client, &env.ns, "acme", "Ready", "True", None, T)
+    let env = OperatorEnv::new("op-rotate", Duration::from_secs(1))
         .await
         .unwrap();
+    let (_, db) = env.ready_tenant("acme", "").await.unwrap();
     let first = secret_text(&env.client, &env.ns, "acme-db", "password")
         .await
         .unwrap()
@@ -661,12 +569,10 @@ async fn password_drift_is_reported_and_a_rotation_request_fixes_it() {
 
 #[tokio::test]
 async fn suspend_stops_reconciling_and_says_so() {
-    let env = Env::new("op-suspend", Duration::from_secs(300)).await;
-    let (yaml, _) = tenant("acme", "");
-    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
-    wait_condition(&env.client, &env.ns, "acme", "Ready", "True", None, T)
+    let env = OperatorEnv::new("op-suspend", Duration::from_secs(300))
         .await
         .unwrap();
+    env.ready_tenant("acme", "").await.unwrap();
     let cts = env.api::<ChatTenant>();
     cts.patch(
         "acme",
@@ -704,12 +610,7 @@ async fn suspend_stops_reconciling_and_says_so() {
     )
     .await
     .unwrap();
-    wait_for("acme-preview to come back", T, || {
-        let s = services.clone();
-        async move { s.get_opt("acme-preview").await.ok().flatten() }
-    })
-    .await
-    .unwrap();
+    wait_present(&services, "acme-preview").await.unwrap();
     wait_condition(&env.client, &env.ns, "acme", "Suspended", "False", None, T)
         .await
         .unwrap();

@@ -8,11 +8,7 @@
 use std::time::Duration;
 
 use chorus_e2e::{
-    TestNamespace, admin_client,
-    operator::{
-        RunningOperator, chart_service_account, condition, create_tenant, install_crd,
-        put_server_secret, spawn_deployment_simulator, wait_condition,
-    },
+    operator::{OperatorEnv, condition, create_tenant, wait_condition},
     unique_suffix, wait_for,
 };
 use chorus_operator::{crd::ChatTenant, validate::revision_of};
@@ -21,7 +17,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     core::{ApiResource, DynamicObject, GroupVersionKind},
 };
@@ -80,26 +76,12 @@ spec:
     )
 }
 
-async fn setup(
-    prefix: &str,
-    resync: Duration,
-) -> (Client, String, RunningOperator, tokio::task::JoinHandle<()>) {
-    let client = admin_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, prefix).await.unwrap().name;
-    put_server_secret(&client, &ns, "shared-pg", None)
-        .await
-        .unwrap();
-    let release = format!("op{}", unique_suffix());
-    let as_operator = chart_service_account(&client, &ns, &release).await.unwrap();
-    let op = RunningOperator::start(as_operator, &ns, resync);
-    let sim = spawn_deployment_simulator(client.clone(), &ns);
-    (client, ns, op, sim)
-}
-
 #[tokio::test]
 async fn canary_promote_drain_and_abort_by_revision() {
-    let (client, ns, op, sim) = setup("rollout", Duration::from_secs(300)).await;
+    let env = OperatorEnv::new("rollout", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (client, ns) = (env.client.clone(), env.ns.clone());
     create_tenant(&client, &ns, &tenant_yaml("  rollout: {drainSeconds: 3}"))
         .await
         .unwrap();
@@ -265,8 +247,7 @@ async fn canary_promote_drain_and_abort_by_revision() {
             "missing Event {r}: {events:?}"
         );
     }
-    sim.abort();
-    op.stop().await;
+    env.stop().await;
 }
 
 fn http_routes() -> ApiResource {
@@ -278,7 +259,10 @@ fn http_routes() -> ApiResource {
 
 #[tokio::test]
 async fn gateway_routes_carry_exact_weights_and_a_missing_gateway_api_is_reported() {
-    let (client, ns, op, sim) = setup("gateway", Duration::from_secs(2)).await;
+    let env = OperatorEnv::new("gateway", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (client, ns) = (env.client.clone(), env.ns.clone());
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     // Start without the Gateway API (a rerun on a reused cluster removes it).
     if crds
@@ -413,6 +397,5 @@ async fn gateway_routes_carry_exact_weights_and_a_missing_gateway_api_is_reporte
     })
     .await
     .unwrap();
-    sim.abort();
-    op.stop().await;
+    env.stop().await;
 }
