@@ -1,6 +1,85 @@
-//! The `chat-runtime` binary.
+//! The `chat-runtime` binary: `serve` (default) or `migrate`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("chat-runtime: the server is not implemented yet");
-    std::process::ExitCode::FAILURE
+use std::process::ExitCode;
+
+use chat_runtime::{
+    config::{Cli, Command},
+    server::{self, Server},
+    telemetry,
+};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Migrate(args)) => {
+            telemetry::init(&args.log_level);
+            let Some(url) = args.database_url.filter(|u| !u.is_empty()) else {
+                eprintln!(
+                    "CHAT_DATABASE_URL: is required: set it to postgres://user:password@host:5432/db"
+                );
+                return ExitCode::from(2);
+            };
+            match server::migrate(&url).await {
+                Ok(_) => {
+                    tracing::info!("migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "migrate failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Serve(args)) => serve(*args).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(args: chat_runtime::config::ServeArgs) -> ExitCode {
+    let level = args.log_level.clone();
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            // One clear line, before logging is even set up.
+            eprintln!("chat-runtime: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&level);
+    let tenant = config.tenant_id.clone();
+    let pod = config.pod_name.clone();
+    let span = tracing::info_span!("runtime", tenant = %tenant, pod = %pod);
+    let _entered = span.enter();
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_sigterm().await;
+    server.drain().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_sigterm() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,0 +1,272 @@
+//! Shared state and the two routers: the public one (REST, WebSocket, web
+//! client) and the admin one (health and metrics).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU32, Ordering},
+};
+
+use axum::{
+    Router,
+    extract::{FromRequest, FromRequestParts, Query, Request, State, WebSocketUpgrade},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post, put},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::{
+    auth::{AuthError, Authenticator, Principal},
+    config::Config,
+    error::AppError,
+    http,
+    hub::Hub,
+    metrics::Metrics,
+    ratelimit::RateLimiter,
+    web,
+    ws::session,
+};
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Fan-out, presence and storage.
+    pub hub: Arc<Hub>,
+    /// Token handling.
+    pub auth: Arc<Authenticator>,
+    /// Per-user send limits.
+    pub limiter: Arc<RateLimiter>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: readiness fails, upgrades are refused.
+    pub draining: Arc<AtomicBool>,
+    /// Set once migrations ran and the listeners are up.
+    pub started: Arc<AtomicBool>,
+    /// WebSockets accepted and not yet closed.
+    pub sockets: Arc<AtomicU32>,
+}
+
+/// The public router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::style))
+        .route("/ws", get(upgrade))
+        .route("/api/v1/auth/signup", post(http::accounts::signup))
+        .route("/api/v1/auth/login", post(http::accounts::login))
+        .route("/api/v1/auth/logout", post(http::accounts::logout))
+        .route("/api/v1/me", get(http::accounts::me))
+        .route(
+            "/api/v1/rooms",
+            get(http::rooms::list).post(http::rooms::create),
+        )
+        .route("/api/v1/dms", post(http::rooms::direct))
+        .route("/api/v1/rooms/{room}", get(http::rooms::show))
+        .route("/api/v1/rooms/{room}/join", post(http::rooms::join))
+        .route("/api/v1/rooms/{room}/leave", post(http::rooms::leave))
+        .route("/api/v1/rooms/{room}/invite", post(http::rooms::invite))
+        .route("/api/v1/rooms/{room}/members", get(http::rooms::members))
+        .route(
+            "/api/v1/rooms/{room}/members/{user}/role",
+            put(http::rooms::set_role),
+        )
+        .route("/api/v1/rooms/{room}/kick", post(http::rooms::kick))
+        .route("/api/v1/rooms/{room}/bans", post(http::rooms::ban))
+        .route(
+            "/api/v1/rooms/{room}/bans/{user}",
+            delete(http::rooms::unban),
+        )
+        .route("/api/v1/rooms/{room}/presence", get(http::rooms::presence))
+        .route("/api/v1/rooms/{room}/read", post(http::messages::read))
+        .route(
+            "/api/v1/rooms/{room}/messages",
+            get(http::messages::history).post(http::messages::send),
+        )
+        .route(
+            "/api/v1/rooms/{room}/messages/{seq}",
+            axum::routing::patch(http::messages::edit).delete(http::messages::remove),
+        )
+        .route(
+            "/api/v1/rooms/{room}/messages/{seq}/reactions/{emoji}",
+            put(http::messages::react).delete(http::messages::unreact),
+        )
+        .route(
+            "/api/v1/rooms/{room}/threads/{seq}",
+            get(http::messages::thread),
+        )
+        .route("/api/v1/search", get(http::messages::search))
+        .fallback(|| async { AppError::NotFound("no such route; see docs/protocol.md".into()) })
+        .with_state(state)
+}
+
+/// The admin router: `/livez`, `/readyz`, `/startupz`, `/metrics`.
+pub fn admin(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/startupz", get(startupz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn startupz(State(s): State<AppState>) -> Response {
+    if s.started.load(Ordering::Relaxed) {
+        (StatusCode::OK, "started").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if !s.started.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
+    }
+    if !s.hub.store().ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Authed(pub Principal);
+
+fn auth_error(e: AuthError) -> AppError {
+    match e {
+        AuthError::Store(s) => s.into(),
+        other => AppError::Unauthorized(other.to_string()),
+    }
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string())
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| auth_error(AuthError::Missing))?;
+        let principal = state
+            .auth
+            .authenticate(state.hub.store(), &token)
+            .await
+            .map_err(auth_error)?;
+        Ok(Authed(principal))
+    }
+}
+
+/// `axum::Json` whose rejections use the API's error format.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(AppJson(v)),
+            Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    access_token: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    if state.draining.load(Ordering::Relaxed) {
+        state.metrics.connections_refused.inc();
+        return Err(AppError::Unavailable(
+            "this replica is draining; reconnect (another replica will answer)".into(),
+        ));
+    }
+    let token = q
+        .access_token
+        .or_else(|| bearer(&headers))
+        .ok_or_else(|| auth_error(AuthError::Missing))?;
+    let principal = state
+        .auth
+        .authenticate(state.hub.store(), &token)
+        .await
+        .map_err(auth_error)?;
+    let max = state.config.limits.max_connections;
+    if state
+        .sockets
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_err()
+    {
+        state.metrics.connections_refused.inc();
+        return Err(AppError::Unavailable(format!(
+            "this replica holds its maximum of {max} connections; retry later"
+        )));
+    }
+    // Small buffers keep memory per idle connection low; messages larger than
+    // the body limit (plus framing) are refused by the protocol layer.
+    let frame_limit = state.config.limits.max_message_bytes as usize * 2 + 64 * 1024;
+    let sockets = state.sockets.clone();
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * 1024 * 1024)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .on_upgrade(move |socket| async move {
+            session::run(socket, state, principal).await;
+            sockets.fetch_sub(1, Ordering::AcqRel);
+        }))
+}
+
+/// Builds the state.
+pub fn state(
+    config: Config,
+    hub: Arc<Hub>,
+    auth: Authenticator,
+    metrics: Arc<Metrics>,
+) -> AppState {
+    let limiter = RateLimiter::new(config.limits.messages_per_second);
+    AppState {
+        config: Arc::new(config),
+        hub,
+        auth: Arc::new(auth),
+        limiter: Arc::new(limiter),
+        metrics,
+        draining: Arc::new(AtomicBool::new(false)),
+        started: Arc::new(AtomicBool::new(false)),
+        sockets: Arc::new(AtomicU32::new(0)),
+    }
+}

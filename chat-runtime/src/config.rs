@@ -1,0 +1,431 @@
+//! Configuration: environment variables with matching flags (docs/runtime.md).
+//! Bad or missing values fail at start with one line naming the variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The `chat-runtime` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-runtime",
+    version,
+    about = "Chorus chat runtime: real-time chat over WebSocket and HTTP on PostgreSQL"
+)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve` when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve (the default).
+    Serve(Box<ServeArgs>),
+    /// Apply migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+/// `migrate` settings.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL of the tenant's database.
+    #[arg(long, env = "CHAT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Log filter.
+    #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How users authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Accounts kept by the runtime; tokens signed with CHAT_JWT_SECRET.
+    Builtin,
+    /// Tokens issued by the tenant.
+    External,
+}
+
+/// `serve` settings, as read.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL URL of the tenant's database.
+    #[arg(long, env = "CHAT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Tenant id; tokens must carry it (claim `tid`).
+    #[arg(long, env = "CHAT_TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Replica name for logs and presence (default: the host name).
+    #[arg(long, env = "CHAT_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Public listener: REST, WebSocket, web client.
+    #[arg(long, env = "CHAT_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// Admin listener: /livez, /readyz, /startupz, /metrics.
+    #[arg(long, env = "CHAT_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: String,
+    /// `builtin` or `external`.
+    #[arg(long, env = "CHAT_AUTH_MODE", value_enum, default_value = "builtin")]
+    pub auth_mode: AuthMode,
+    /// HS256 key signing built-in tokens (at least 32 bytes).
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// HS256 shared secret for External tokens.
+    #[arg(long, env = "CHAT_EXTERNAL_JWT_SECRET", hide_env_values = true)]
+    pub external_jwt_secret: Option<String>,
+    /// JWKS URL for External RS256/ES256 tokens.
+    #[arg(long, env = "CHAT_EXTERNAL_JWKS_URL")]
+    pub external_jwks_url: Option<String>,
+    /// JWKS file for External RS256/ES256 tokens.
+    #[arg(long, env = "CHAT_EXTERNAL_JWKS_FILE")]
+    pub external_jwks_file: Option<PathBuf>,
+    /// Required `iss` of External tokens.
+    #[arg(long, env = "CHAT_EXTERNAL_ISSUER")]
+    pub external_issuer: Option<String>,
+    /// Required `aud` of External tokens.
+    #[arg(long, env = "CHAT_EXTERNAL_AUDIENCE")]
+    pub external_audience: Option<String>,
+    /// WebSocket connections this replica accepts.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u32,
+    /// Sustained messages per second per user (burst: 2x).
+    #[arg(long, env = "CHAT_MESSAGES_PER_SECOND", default_value_t = 10)]
+    pub messages_per_second: u32,
+    /// Largest message body in bytes.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 16_384)]
+    pub max_message_bytes: u32,
+    /// Days of history kept (0: forever).
+    #[arg(long, env = "CHAT_HISTORY_RETENTION_DAYS", default_value_t = 0)]
+    pub history_retention_days: u32,
+    /// Seconds over which open sockets are closed on SIGTERM.
+    #[arg(long, env = "CHAT_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+    /// Largest number of events replayed on resume before answering
+    /// `recovered: false`.
+    #[arg(long, env = "CHAT_RESUME_LIMIT", default_value_t = 1000)]
+    pub resume_limit: u32,
+    /// Database connections of this replica.
+    #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Log filter.
+    #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Verified External-auth settings.
+#[derive(Clone, Debug)]
+pub struct ExternalAuth {
+    /// HS256 secret, if any.
+    pub hs256_secret: Option<String>,
+    /// JWKS location, if any.
+    pub jwks: Option<JwksSource>,
+    /// Required issuer.
+    pub issuer: String,
+    /// Required audience.
+    pub audience: String,
+}
+
+/// Where RS256/ES256 keys come from.
+#[derive(Clone, Debug)]
+pub enum JwksSource {
+    /// Fetched over HTTPS (refreshed hourly and on unknown `kid`).
+    Url(String),
+    /// Read once at start.
+    File(PathBuf),
+}
+
+/// Authentication settings.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// Built-in accounts, tokens signed with this key.
+    Builtin {
+        /// HS256 signing key.
+        secret: String,
+    },
+    /// External tokens.
+    External(ExternalAuth),
+}
+
+/// Validated configuration of `serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Database URL.
+    pub database_url: String,
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Replica name.
+    pub pod_name: String,
+    /// Public listener.
+    pub listen_addr: SocketAddr,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// Authentication.
+    pub auth: Auth,
+    /// Limits.
+    pub limits: Limits,
+    /// Drain window.
+    pub drain: Duration,
+    /// Resume replay limit.
+    pub resume_limit: u32,
+    /// Pool size.
+    pub db_pool_size: u32,
+}
+
+/// Limits enforced per replica.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// WebSocket connections.
+    pub max_connections: u32,
+    /// Messages per second per user.
+    pub messages_per_second: u32,
+    /// Body size.
+    pub max_message_bytes: u32,
+    /// Retention in days (0 = forever).
+    pub history_retention_days: u32,
+}
+
+/// A configuration problem: one line naming the variable and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The variable (and flag) at fault.
+    pub var: &'static str,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+fn missing(var: &'static str, what: &str) -> ConfigError {
+    ConfigError {
+        var,
+        problem: format!("is required: set it to {what}"),
+    }
+}
+
+fn addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError {
+        var,
+        problem: format!("{value:?} is not an address such as 0.0.0.0:8080"),
+    })
+}
+
+impl ServeArgs {
+    /// Validates the arguments into a [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let database_url = self
+            .database_url
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| missing("CHAT_DATABASE_URL", "postgres://user:password@host:5432/db"))?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "CHAT_DATABASE_URL",
+                problem: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        let tenant_id = self
+            .tenant_id
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("CHAT_TENANT_ID", "the tenant's id, e.g. acme"))?;
+        if !tenant_id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || tenant_id.len() > 63
+        {
+            return Err(ConfigError {
+                var: "CHAT_TENANT_ID",
+                problem: format!("{tenant_id:?} must be a lowercase DNS label (a-z, 0-9, -)"),
+            });
+        }
+        let auth = match self.auth_mode {
+            AuthMode::Builtin => {
+                let secret = self.jwt_secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    missing("CHAT_JWT_SECRET", "a random key of at least 32 bytes")
+                })?;
+                if secret.len() < 32 {
+                    return Err(ConfigError {
+                        var: "CHAT_JWT_SECRET",
+                        problem: format!("is {} bytes; use at least 32 random bytes", secret.len()),
+                    });
+                }
+                Auth::Builtin { secret }
+            }
+            AuthMode::External => {
+                let issuer = self
+                    .external_issuer
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        missing("CHAT_EXTERNAL_ISSUER", "the `iss` your tokens carry")
+                    })?;
+                let audience = self
+                    .external_audience
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        missing("CHAT_EXTERNAL_AUDIENCE", "the `aud` your tokens carry")
+                    })?;
+                let hs256_secret = self.external_jwt_secret.filter(|s| !s.is_empty());
+                if let Some(s) = &hs256_secret
+                    && s.len() < 32
+                {
+                    return Err(ConfigError {
+                        var: "CHAT_EXTERNAL_JWT_SECRET",
+                        problem: format!("is {} bytes; use at least 32 bytes", s.len()),
+                    });
+                }
+                let jwks = match (self.external_jwks_url, self.external_jwks_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError {
+                            var: "CHAT_EXTERNAL_JWKS_URL",
+                            problem:
+                                "set CHAT_EXTERNAL_JWKS_URL or CHAT_EXTERNAL_JWKS_FILE, not both"
+                                    .into(),
+                        });
+                    }
+                    (Some(url), None) => {
+                        if !url.starts_with("https://")
+                            && !url.starts_with("http://127.0.0.1")
+                            && !url.starts_with("http://localhost")
+                        {
+                            return Err(ConfigError {
+                                var: "CHAT_EXTERNAL_JWKS_URL",
+                                problem: "must be an https:// URL".into(),
+                            });
+                        }
+                        Some(JwksSource::Url(url))
+                    }
+                    (None, Some(file)) => Some(JwksSource::File(file)),
+                    (None, None) => None,
+                };
+                if hs256_secret.is_none() && jwks.is_none() {
+                    return Err(ConfigError {
+                        var: "CHAT_EXTERNAL_JWT_SECRET",
+                        problem: "External auth needs CHAT_EXTERNAL_JWT_SECRET (HS256) or CHAT_EXTERNAL_JWKS_URL / CHAT_EXTERNAL_JWKS_FILE (RS256/ES256)".into(),
+                    });
+                }
+                Auth::External(ExternalAuth {
+                    hs256_secret,
+                    jwks,
+                    issuer,
+                    audience,
+                })
+            }
+        };
+        let positive = |var: &'static str, v: u32| {
+            if v == 0 {
+                Err(ConfigError {
+                    var,
+                    problem: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let limits = Limits {
+            max_connections: positive("CHAT_MAX_CONNECTIONS", self.max_connections)?,
+            messages_per_second: positive("CHAT_MESSAGES_PER_SECOND", self.messages_per_second)?,
+            max_message_bytes: positive("CHAT_MAX_MESSAGE_BYTES", self.max_message_bytes)?,
+            history_retention_days: self.history_retention_days,
+        };
+        Ok(Config {
+            database_url,
+            tenant_id,
+            pod_name: self
+                .pod_name
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "chat-runtime".into()),
+            listen_addr: addr("CHAT_LISTEN_ADDR", &self.listen_addr)?,
+            admin_addr: addr("CHAT_ADMIN_ADDR", &self.admin_addr)?,
+            auth,
+            limits,
+            drain: Duration::from_secs(self.drain_seconds),
+            resume_limit: positive("CHAT_RESUME_LIMIT", self.resume_limit)?,
+            db_pool_size: positive("CHAT_DB_POOL_SIZE", self.db_pool_size)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["chat-runtime"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().serve
+    }
+
+    const OK: [&str; 6] = [
+        "--database-url",
+        "postgres://u:p@127.0.0.1/db",
+        "--tenant-id",
+        "acme",
+        "--jwt-secret",
+        "0123456789abcdef0123456789abcdef",
+    ];
+
+    #[test]
+    fn a_complete_builtin_config_validates() {
+        let c = args(&OK).validate().unwrap();
+        assert_eq!(c.tenant_id, "acme");
+        assert_eq!(c.listen_addr.port(), 8080);
+        assert!(matches!(c.auth, Auth::Builtin { .. }));
+    }
+
+    #[test]
+    fn each_problem_names_its_variable() {
+        let e = args(&["--tenant-id", "acme"]).validate().unwrap_err();
+        assert_eq!(e.var, "CHAT_DATABASE_URL");
+        assert!(e.to_string().starts_with("CHAT_DATABASE_URL: is required"));
+        let mut short = OK.to_vec();
+        short[5] = "short";
+        assert_eq!(args(&short).validate().unwrap_err().var, "CHAT_JWT_SECRET");
+        let mut bad_tenant = OK.to_vec();
+        bad_tenant[3] = "Acme!";
+        assert_eq!(
+            args(&bad_tenant).validate().unwrap_err().var,
+            "CHAT_TENANT_ID"
+        );
+        let mut bad_addr = OK.to_vec();
+        bad_addr.extend(["--listen-addr", "nope"]);
+        assert_eq!(
+            args(&bad_addr).validate().unwrap_err().var,
+            "CHAT_LISTEN_ADDR"
+        );
+    }
+
+    #[test]
+    fn external_mode_needs_issuer_audience_and_a_key() {
+        let base = [
+            "--database-url",
+            "postgres://u@h/d",
+            "--tenant-id",
+            "acme",
+            "--auth-mode",
+            "external",
+        ];
+        assert_eq!(
+            args(&base).validate().unwrap_err().var,
+            "CHAT_EXTERNAL_ISSUER"
+        );
+        let mut with_iss = base.to_vec();
+        with_iss.extend(["--external-issuer", "i", "--external-audience", "a"]);
+        assert_eq!(
+            args(&with_iss).validate().unwrap_err().var,
+            "CHAT_EXTERNAL_JWT_SECRET"
+        );
+        let mut ok = with_iss.clone();
+        ok.extend(["--external-jwks-url", "https://id.example/jwks.json"]);
+        assert!(matches!(
+            args(&ok).validate().unwrap().auth,
+            Auth::External(_)
+        ));
+        let mut insecure = with_iss;
+        insecure.extend(["--external-jwks-url", "http://id.example/jwks.json"]);
+        assert_eq!(
+            args(&insecure).validate().unwrap_err().var,
+            "CHAT_EXTERNAL_JWKS_URL"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Rooms, DMs, membership, roles, kicks, bans, presence.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    app::{AppJson, AppState, Authed},
+    error::{ApiResult, AppError},
+    store::{
+        RoomId,
+        rooms::{Role, RoomKind},
+    },
+};
+
+/// `GET /api/v1/rooms?scope=joined|public`.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// `joined` (default) or `public`.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Lists rooms.
+pub async fn list(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let rooms = match q.scope.as_deref().unwrap_or("joined") {
+        "joined" => s.hub.store().joined_rooms(p.user.id).await?,
+        "public" => s.hub.store().public_rooms(p.user.id, 200).await?,
+        other => {
+            return Err(AppError::BadRequest(format!(
+                "scope {other:?} is not one of joined, public"
+            )));
+        }
+    };
+    Ok(Json(json!({"rooms": rooms})))
+}
+
+/// New room.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoom {
+    /// Name.
+    pub name: String,
+    /// `public` or `private`.
+    pub kind: RoomKind,
+    /// Topic.
+    #[serde(default)]
+    pub topic: String,
+}
+
+/// `POST /api/v1/rooms`.
+pub async fn create(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    AppJson(r): AppJson<NewRoom>,
+) -> ApiResult<Json<Value>> {
+    if r.topic.chars().count() > 500 {
+        return Err(AppError::BadRequest(
+            "topic must be at most 500 characters".into(),
+        ));
+    }
+    let room = s
+        .hub
+        .store()
+        .create_room(&p.user, r.kind, &r.name, &r.topic)
+        .await?;
+    Ok(Json(json!({"room": room})))
+}
+
+/// A user, by username.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRef {
+    /// Username.
+    pub user: String,
+}
+
+/// `POST /api/v1/dms {"user": "bob"}`: the DM room with bob.
+pub async fn direct(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    AppJson(u): AppJson<UserRef>,
+) -> ApiResult<Json<Value>> {
+    let other = s.hub.store().user_by_name(&u.user).await?;
+    let room = s.hub.store().direct_room(&p.user, &other).await?;
+    Ok(Json(json!({"room": room})))
+}
+
+/// `GET /api/v1/rooms/{room}`.
+pub async fn show(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
+    ))
+}
+
+/// `POST /api/v1/rooms/{room}/join`.
+pub async fn join(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+) -> ApiResult<Json<Value>> {
+    let seq = s.hub.store().join(room, &p.user).await?;
+    s.hub.wake(room, seq);
+    Ok(Json(
+        json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
+    ))
+}
+
+/// `POST /api/v1/rooms/{room}/leave`.
+pub async fn leave(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+) -> ApiResult<Json<Value>> {
+    let seq = s.hub.store().leave(room, &p.user).await?;
+    s.hub.wake(room, seq);
+    Ok(Json(json!({"left": room})))
+}
+
+/// `POST /api/v1/rooms/{room}/invite {"user": "bob"}`.
+pub async fn invite(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+    AppJson(u): AppJson<UserRef>,
+) -> ApiResult<Json<Value>> {
+    let target = s.hub.store().user_by_name(&u.user).await?;
+    let seq = s.hub.store().invite(room, &p.user, &target).await?;
+    s.hub.wake(room, seq);
+    Ok(Json(json!({"invited": target, "seq": seq})))
+}
+
+/// `GET /api/v1/rooms/{room}/members`.
+pub async fn members(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"members": s.hub.store().members(room, p.user.id).await?}),
+    ))
+}
+
+/// New role.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    /// `owner`, `moderator` or `member`.
+    pub role: Role,
+}
+
+/// `PUT /api/v1/rooms/{room}/members/{user}/role {"role": "moderator"}`.
+pub async fn set_role(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path((room, user)): Path<(RoomId, String)>,
+    AppJson(r): AppJson<RoleBody>,
+) -> ApiResult<Json<Value>> {
+    let target = s.hub.store().user_by_name(&user).await?;
+    let seq = s
+        .hub
+        .store()
+        .set_role(room, &p.user, &target, r.role)
+        .await?;
+    s.hub.wake(room, seq);
+    Ok(Json(json!({"user": target, "role": r.role, "seq": seq})))
+}
+
+/// `POST /api/v1/rooms/{room}/kick {"user": "bob"}`.
+pub async fn kick(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+    AppJson(u): AppJson<UserRef>,
+) -> ApiResult<Json<Value>> {
+    let target = s.hub.store().user_by_name(&u.user).await?;
+    let seq = s.hub.store().kick(room, &p.user, &target, false).await?;
+    s.hub.wake(room, seq);
+    Ok(Json(json!({"kicked": target, "seq": seq})))
+}
+
+/// `POST /api/v1/rooms/{room}/bans {"user": "bob"}`.
+pub async fn ban(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+    AppJson(u): AppJson<UserRef>,
+) -> ApiResult<Json<Value>> {
+    let target = s.hub.store().user_by_name(&u.user).await?;
+    let seq = s.hub.store().kick(room, &p.user, &target, true).await?;
+    s.hub.wake(room, seq);
+    Ok(Json(json!({"banned": target, "seq": seq})))
+}
+
+/// `DELETE /api/v1/rooms/{room}/bans/{user}`.
+pub async fn unban(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path((room, user)): Path<(RoomId, String)>,
+) -> ApiResult<Json<Value>> {
+    let target = s.hub.store().user_by_name(&user).await?;
+    s.hub.store().unban(room, &p.user, &target).await?;
+    Ok(Json(json!({"unbanned": target})))
+}
+
+/// `GET /api/v1/rooms/{room}/presence`: counts, and each status for rooms of
+/// at most 500 members.
+pub async fn presence(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(room): Path<RoomId>,
+) -> ApiResult<Json<Value>> {
+    s.hub.store().require_member(room, p.user.id).await?;
+    let ids = s.hub.store().member_ids(room).await?;
+    Ok(Json(s.hub.presence_of(&ids, 500)))
+}

@@ -1,0 +1,595 @@
+//! Fan-out and presence for one replica.
+//!
+//! The broker (PostgreSQL LISTEN/NOTIFY today, behind [`Broker`]) only says
+//! "room R has an event at seq S". The hub then reads the rows above what it
+//! has delivered for R and pushes each event, serialized once, into the queue
+//! of every local subscriber. A timer also compares each subscribed room's
+//! `last_seq` with what was delivered, so a lost notification or a listener
+//! reconnect only delays delivery. Sessions keep their own per-room cursor and
+//! fill any gap from the database, so what a client receives is contiguous.
+
+pub mod pg;
+pub mod presence;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, MutexGuard, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    metrics::Metrics,
+    store::{RoomId, Seq, Store, UserId, accounts::User},
+    ws::{
+        outbox::{Item, Outbox, Push},
+        protocol::{event_frame, reply},
+    },
+};
+
+use presence::PresenceBook;
+pub use presence::Status;
+
+/// Identifies one socket on this replica.
+pub type SessionId = u64;
+
+/// Events read per database round trip by the pump.
+const PUMP_BATCH: i64 = 500;
+/// How often subscribed rooms are polled (covers lost notifications).
+pub const POLL_EVERY: Duration = Duration::from_millis(1000);
+
+/// Ephemeral messages between replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Ephemeral {
+    /// A user is typing in a room.
+    Typing {
+        /// Replica that sent it.
+        origin: String,
+        /// Room.
+        room: RoomId,
+        /// User id.
+        user: UserId,
+        /// Username.
+        username: String,
+    },
+    /// Presence of users connected to `origin`.
+    Presence {
+        /// Replica that sent it.
+        origin: String,
+        /// (user, status) pairs.
+        users: Vec<(UserId, Status)>,
+    },
+}
+
+/// Transport between replicas. Room events are durable in PostgreSQL; the
+/// broker only carries wake-ups and ephemeral traffic, so an at-most-once
+/// transport (NOTIFY, NATS core) is enough.
+pub trait Broker: Send + Sync + 'static {
+    /// Says a room event was committed. (The PostgreSQL broker's NOTIFY is
+    /// sent inside the event's transaction, so this is a no-op there.)
+    fn publish_wakeup(&self, room: RoomId, seq: Seq) -> BoxFuture<'_, ()>;
+    /// Sends an ephemeral message to every replica.
+    fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()>;
+}
+
+struct RoomState {
+    delivered: Seq,
+    subscribers: HashMap<SessionId, Arc<Outbox>>,
+    pumping: bool,
+    pending: bool,
+}
+
+struct SessionEntry {
+    user: User,
+    outbox: Arc<Outbox>,
+    status: Status,
+    rooms: HashSet<RoomId>,
+}
+
+/// The replica's hub.
+pub struct Hub {
+    store: Store,
+    metrics: Arc<Metrics>,
+    pod: String,
+    epoch: RwLock<String>,
+    rooms: Mutex<HashMap<RoomId, RoomState>>,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    presence: Mutex<PresenceBook>,
+    broker: Arc<dyn Broker>,
+    next_session: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub for `store`, talking to other replicas through `broker`.
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        pod: String,
+        epoch: String,
+        broker: Arc<dyn Broker>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            metrics,
+            pod,
+            epoch: RwLock::new(epoch),
+            rooms: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceBook::default()),
+            broker,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// The current resume epoch.
+    pub fn epoch(&self) -> String {
+        self.epoch.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The storage handle.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This replica's name.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    /// Registers a socket of `user`; the user becomes online.
+    pub fn open_session(self: &Arc<Self>, user: User, outbox: Arc<Outbox>) -> SessionId {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let uid = user.id;
+        lock(&self.sessions).insert(
+            id,
+            SessionEntry {
+                user,
+                outbox,
+                status: Status::Online,
+                rooms: HashSet::new(),
+            },
+        );
+        self.local_presence_changed(uid);
+        id
+    }
+
+    /// Forgets a socket: leaves its rooms; the user goes offline with their
+    /// last socket on this replica.
+    pub fn close_session(self: &Arc<Self>, id: SessionId) {
+        let Some(entry) = lock(&self.sessions).remove(&id) else {
+            return;
+        };
+        {
+            let mut rooms = lock(&self.rooms);
+            for room in &entry.rooms {
+                if let Some(state) = rooms.get_mut(room) {
+                    state.subscribers.remove(&id);
+                    if state.subscribers.is_empty() && !state.pumping {
+                        rooms.remove(room);
+                    }
+                }
+            }
+        }
+        self.local_presence_changed(entry.user.id);
+    }
+
+    /// Subscribes a socket to a room's live events. Events at or below the
+    /// returned seq are the caller's to read from the database.
+    pub async fn subscribe(&self, id: SessionId, room: RoomId) -> crate::store::StoreResult<Seq> {
+        let outbox = {
+            let mut sessions = lock(&self.sessions);
+            let Some(entry) = sessions.get_mut(&id) else {
+                return Ok(0);
+            };
+            entry.rooms.insert(room);
+            entry.outbox.clone()
+        };
+        let existing = lock(&self.rooms).get_mut(&room).map(|state| {
+            state.subscribers.insert(id, outbox.clone());
+            state.delivered
+        });
+        if let Some(delivered) = existing {
+            return Ok(delivered);
+        }
+        let last = self.store.last_seq(room).await?;
+        let mut rooms = lock(&self.rooms);
+        let state = rooms.entry(room).or_insert_with(|| RoomState {
+            delivered: last,
+            subscribers: HashMap::new(),
+            pumping: false,
+            pending: false,
+        });
+        state.subscribers.insert(id, outbox);
+        Ok(state.delivered)
+    }
+
+    /// Stops a socket's subscription.
+    pub fn unsubscribe(&self, id: SessionId, room: RoomId) {
+        if let Some(entry) = lock(&self.sessions).get_mut(&id) {
+            entry.rooms.remove(&room);
+        }
+        let mut rooms = lock(&self.rooms);
+        if let Some(state) = rooms.get_mut(&room) {
+            state.subscribers.remove(&id);
+            if state.subscribers.is_empty() && !state.pumping {
+                rooms.remove(&room);
+            }
+        }
+    }
+
+    /// A room has an event at `seq` (from the broker, the poll, or a local
+    /// write). Starts the room's pump when there is something to deliver.
+    pub fn wake(self: &Arc<Self>, room: RoomId, seq: Seq) {
+        let start = {
+            let mut rooms = lock(&self.rooms);
+            let Some(state) = rooms.get_mut(&room) else {
+                return;
+            };
+            if seq <= state.delivered {
+                return;
+            }
+            if state.pumping {
+                state.pending = true;
+                false
+            } else {
+                state.pumping = true;
+                true
+            }
+        };
+        if start {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.pump(room).await });
+        }
+    }
+
+    async fn pump(self: Arc<Self>, room: RoomId) {
+        loop {
+            let from = match lock(&self.rooms).get(&room) {
+                Some(s) => s.delivered,
+                None => return,
+            };
+            let started = Instant::now();
+            let rows = match self.store.events_after(room, from, PUMP_BATCH).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "fan-out read failed; the poll retries");
+                    if let Some(s) = lock(&self.rooms).get_mut(&room) {
+                        s.pumping = false;
+                    }
+                    return;
+                }
+            };
+            self.metrics
+                .db_latency
+                .observe(started.elapsed().as_secs_f64());
+            let epoch = self.epoch();
+            let frames: Vec<(Seq, axum::extract::ws::Utf8Bytes, i64)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.seq,
+                        event_frame(room, r.seq, &epoch, &r.payload).into(),
+                        r.created_ms,
+                    )
+                })
+                .collect();
+            let now_ms = now_ms();
+            let mut rooms = lock(&self.rooms);
+            let Some(state) = rooms.get_mut(&room) else {
+                return;
+            };
+            for (seq, text, created_ms) in &frames {
+                for outbox in state.subscribers.values() {
+                    if outbox.push(Item::Event {
+                        room,
+                        seq: *seq,
+                        text: text.clone(),
+                    }) == Push::Overflow
+                    {
+                        self.metrics.slow_disconnects.inc();
+                    }
+                }
+                self.metrics
+                    .fanout_latency
+                    .observe(((now_ms - created_ms).max(0) as f64) / 1000.0);
+                state.delivered = state.delivered.max(*seq);
+            }
+            let more = frames.len() as i64 == PUMP_BATCH || state.pending;
+            state.pending = false;
+            if !more {
+                state.pumping = false;
+                if state.subscribers.is_empty() {
+                    rooms.remove(&room);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Compares subscribed rooms with the database and wakes the stale ones.
+    pub async fn poll(self: &Arc<Self>) {
+        let rooms: Vec<RoomId> = lock(&self.rooms).keys().copied().collect();
+        for chunk in rooms.chunks(1000) {
+            match self.store.last_seqs(chunk).await {
+                Ok(seqs) => {
+                    for (room, seq) in seqs {
+                        self.wake(room, seq);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "fan-out poll failed"),
+            }
+        }
+    }
+
+    /// Re-reads the epoch; when it changed (restore, failover), every socket
+    /// is told to reconnect so clients resume against the new history.
+    pub async fn check_epoch(&self) {
+        let Ok(fresh) = self.store.epoch().await else {
+            return;
+        };
+        let changed = self.epoch.read().map(|e| *e != fresh).unwrap_or(false);
+        if changed {
+            tracing::warn!(epoch = %fresh, "database epoch changed (restore or failover); asking clients to reconnect");
+            if let Ok(mut e) = self.epoch.write() {
+                *e = fresh;
+            }
+            lock(&self.rooms).clear();
+            for entry in lock(&self.sessions).values() {
+                entry
+                    .outbox
+                    .push(Item::Reconnect("database history changed"));
+            }
+        }
+    }
+
+    /// Sends every socket the reconnect close, spread over `window` (drain).
+    pub fn drain(self: &Arc<Self>, window: Duration) {
+        let outboxes: Vec<Arc<Outbox>> = lock(&self.sessions)
+            .values()
+            .map(|e| e.outbox.clone())
+            .collect();
+        let n = outboxes.len().max(1) as u32;
+        for (i, outbox) in outboxes.into_iter().enumerate() {
+            let delay = window.mul_f64(f64::from(i as u32) / f64::from(n));
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                outbox.push(Item::Reconnect("server restarting"));
+            });
+        }
+    }
+
+    /// Open sockets on this replica.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    // ---- typing ----
+
+    /// `user` is typing in `room`: tell local subscribers and other replicas.
+    pub async fn typing(self: &Arc<Self>, room: RoomId, user: &User) {
+        self.deliver_typing(room, user.id, &user.username);
+        let msg = Ephemeral::Typing {
+            origin: self.pod.clone(),
+            room,
+            user: user.id,
+            username: user.username.clone(),
+        };
+        if let Ok(text) = serde_json::to_string(&msg) {
+            self.broker.publish_ephemeral(text).await;
+        }
+    }
+
+    fn deliver_typing(&self, room: RoomId, user: UserId, username: &str) {
+        let frame: axum::extract::ws::Utf8Bytes =
+            json!({"type": "typing", "room": room, "user": {"id": user, "username": username}})
+                .to_string()
+                .into();
+        let sessions = lock(&self.sessions);
+        if let Some(state) = lock(&self.rooms).get(&room) {
+            for (sid, outbox) in &state.subscribers {
+                if sessions.get(sid).is_some_and(|s| s.user.id == user) {
+                    continue;
+                }
+                if outbox.push(Item::Ephemeral(frame.clone(), "typing")) == Push::Dropped {
+                    self.metrics.dropped("typing");
+                }
+            }
+        }
+    }
+
+    /// A message from another replica.
+    pub fn on_ephemeral(self: &Arc<Self>, text: &str) {
+        let Ok(msg) = serde_json::from_str::<Ephemeral>(text) else {
+            tracing::debug!(text, "ignoring an unreadable ephemeral message");
+            return;
+        };
+        match msg {
+            Ephemeral::Typing { origin, .. } | Ephemeral::Presence { origin, .. }
+                if origin == self.pod => {}
+            Ephemeral::Typing {
+                room,
+                user,
+                username,
+                ..
+            } => self.deliver_typing(room, user, &username),
+            Ephemeral::Presence { origin, users } => {
+                let now = Instant::now();
+                let changed: Vec<(UserId, Status)> = {
+                    let mut book = lock(&self.presence);
+                    users
+                        .into_iter()
+                        .filter_map(|(u, s)| book.apply(u, &origin, s, now).map(|eff| (u, eff)))
+                        .collect()
+                };
+                for (user, status) in changed {
+                    self.spawn_presence_delivery(user, status);
+                }
+            }
+        }
+    }
+
+    // ---- presence ----
+
+    /// Sets the status a socket announces.
+    pub fn set_status(self: &Arc<Self>, id: SessionId, status: Status) {
+        let user = {
+            let mut sessions = lock(&self.sessions);
+            let Some(entry) = sessions.get_mut(&id) else {
+                return;
+            };
+            entry.status = status;
+            entry.user.id
+        };
+        self.local_presence_changed(user);
+    }
+
+    fn local_status(&self, user: UserId) -> Status {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| e.user.id == user)
+            .map(|e| e.status)
+            .max()
+            .unwrap_or(Status::Offline)
+    }
+
+    fn local_presence_changed(self: &Arc<Self>, user: UserId) {
+        let status = self.local_status(user);
+        let changed = lock(&self.presence).apply(user, &self.pod, status, Instant::now());
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let msg = Ephemeral::Presence {
+                origin: hub.pod.clone(),
+                users: vec![(user, status)],
+            };
+            if let Ok(text) = serde_json::to_string(&msg) {
+                hub.broker.publish_ephemeral(text).await;
+            }
+        });
+        if let Some(effective) = changed {
+            self.spawn_presence_delivery(user, effective);
+        }
+    }
+
+    fn spawn_presence_delivery(self: &Arc<Self>, user: UserId, status: Status) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let rooms = match hub.store.room_ids_of(user).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence fan-out skipped");
+                    return;
+                }
+            };
+            let frame: axum::extract::ws::Utf8Bytes =
+                json!({"type": "presence", "user": user, "status": status})
+                    .to_string()
+                    .into();
+            let mut seen = HashSet::new();
+            let room_state = lock(&hub.rooms);
+            for room in rooms {
+                if let Some(state) = room_state.get(&room) {
+                    for (sid, outbox) in &state.subscribers {
+                        if seen.insert(*sid)
+                            && outbox.push(Item::Ephemeral(frame.clone(), "presence"))
+                                == Push::Dropped
+                        {
+                            hub.metrics.dropped("presence");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Re-announces every local user (heartbeat) and expires silent replicas.
+    pub async fn presence_tick(self: &Arc<Self>) {
+        let users: Vec<(UserId, Status)> = {
+            let sessions = lock(&self.sessions);
+            let mut by_user: HashMap<UserId, Status> = HashMap::new();
+            for e in sessions.values() {
+                let s = by_user.entry(e.user.id).or_insert(Status::Offline);
+                *s = (*s).max(e.status);
+            }
+            by_user.into_iter().collect()
+        };
+        let now = Instant::now();
+        {
+            let mut book = lock(&self.presence);
+            for (u, s) in &users {
+                book.apply(*u, &self.pod, *s, now);
+            }
+        }
+        // NOTIFY payloads stay under 8000 bytes: 300 users per message.
+        for chunk in users.chunks(300) {
+            let msg = Ephemeral::Presence {
+                origin: self.pod.clone(),
+                users: chunk.to_vec(),
+            };
+            if let Ok(text) = serde_json::to_string(&msg) {
+                self.broker.publish_ephemeral(text).await;
+            }
+        }
+        let expired = lock(&self.presence).expire(now);
+        for (user, status) in expired {
+            self.spawn_presence_delivery(user, status);
+        }
+    }
+
+    /// Presence of `users`: counts, and each status when there are at most
+    /// `detail_limit` users.
+    pub fn presence_of(&self, users: &[UserId], detail_limit: usize) -> serde_json::Value {
+        let book = lock(&self.presence);
+        let (online, away) = book.counts(users);
+        let mut v = json!({"online": online, "away": away, "members": users.len()});
+        if users.len() <= detail_limit {
+            let detail: HashMap<String, Status> = users
+                .iter()
+                .map(|u| (u.to_string(), book.effective(*u)))
+                .filter(|(_, s)| *s != Status::Offline)
+                .collect();
+            v["users"] = json!(detail);
+        }
+        v
+    }
+
+    /// A `subscribed`-style reply frame.
+    pub fn frame(type_: &str, id: Option<&str>, fields: serde_json::Value) -> String {
+        reply(type_, id, fields)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the hub's timers: the fan-out poll every second, presence every
+/// 30 s, the epoch check every 30 s.
+pub async fn run_timers(hub: Arc<Hub>) {
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    let mut slow = tokio::time::interval(presence::HEARTBEAT);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => hub.poll().await,
+            _ = slow.tick() => {
+                hub.presence_tick().await;
+                hub.check_epoch().await;
+            }
+        }
+    }
+}

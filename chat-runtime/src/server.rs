@@ -1,0 +1,193 @@
+//! Start-up and shut-down: connect, migrate, compute the epoch, start the
+//! fan-out, listen on the public and admin addresses, and drain on SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    app::{self, AppState},
+    auth::Authenticator,
+    config::Config,
+    hub::{self, Hub, pg::PgBroker},
+    metrics::Metrics,
+    store::Store,
+};
+
+/// A start-up failure, with what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database is unreachable or refused the credentials.
+    #[error("cannot connect to CHAT_DATABASE_URL: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Reading the epoch failed.
+    #[error("cannot read the database identity: {0}")]
+    Epoch(#[source] sqlx::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Auth keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(String),
+}
+
+/// A running runtime.
+pub struct Server {
+    /// Where the public listener is bound.
+    pub public_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    /// Shared state.
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Connects and applies migrations (the `migrate` subcommand, and the first
+/// step of `serve`).
+pub async fn migrate(database_url: &str) -> Result<Store, StartError> {
+    let store = Store::connect(database_url, 4, Duration::from_secs(60))
+        .await
+        .map_err(StartError::Database)?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+impl Server {
+    /// Starts everything; returns once both listeners accept connections.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::connect(
+            &config.database_url,
+            config.db_pool_size,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(StartError::Database)?;
+        store.migrate().await?;
+        let epoch = store.epoch().await.map_err(StartError::Epoch)?;
+        let auth = Authenticator::new(&config.tenant_id, &config.auth).map_err(StartError::Auth)?;
+        if let Err(e) = auth.prime().await {
+            tracing::warn!(error = %e, "JWKS not loaded yet; retried when a token needs it");
+        }
+        let broker = PgBroker::new(store.pool.clone());
+        let hub = Hub::new(
+            store.clone(),
+            metrics.clone(),
+            config.pod_name.clone(),
+            epoch.clone(),
+            broker,
+        );
+        let public = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_addr,
+                source,
+            })?;
+        let public_addr = public.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: config.admin_addr,
+            source,
+        })?;
+        let retention = config.limits.history_retention_days;
+        let state = app::state(config, hub.clone(), auth, metrics);
+        let (stop, stopped) = watch::channel(false);
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(hub::pg::listen(
+            store.pool.clone(),
+            hub.clone(),
+        )));
+        tasks.push(tokio::spawn(hub::run_timers(hub.clone())));
+        if retention > 0 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    match store.sweep_retention(retention).await {
+                        Ok(n) if n > 0 => tracing::info!(
+                            rows = n,
+                            days = retention,
+                            "history retention removed old rows"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "history retention failed"),
+                    }
+                }
+            }));
+        }
+        let serve =
+            |listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>| {
+                tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = axum::serve(listener, router.into_make_service())
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "listener failed");
+                    }
+                })
+            };
+        tasks.push(serve(public, app::app(state.clone()), stopped.clone()));
+        tasks.push(serve(admin, app::admin(state.clone()), stopped));
+        state.started.store(true, Ordering::Relaxed);
+        tracing::info!(%public_addr, %admin_addr, epoch = %epoch, "chat runtime started");
+        Ok(Self {
+            public_addr,
+            admin_addr,
+            state,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Graceful drain: readiness fails and upgrades are refused at once; open
+    /// sockets get the reconnect close spread over the drain window; then
+    /// the listeners stop.
+    pub async fn drain(self) {
+        let window = self.state.config.drain;
+        tracing::info!(
+            sockets = self.state.sockets.load(Ordering::Relaxed),
+            window_s = window.as_secs(),
+            "draining"
+        );
+        self.state.draining.store(true, Ordering::Relaxed);
+        self.state.hub.drain(window);
+        let deadline = tokio::time::Instant::now() + window + Duration::from_secs(5);
+        while self.state.sockets.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+        tracing::info!("drained; exiting");
+    }
+}

@@ -1,0 +1,231 @@
+//! Users: built-in accounts with argon2id password hashes, External-auth
+//! users created on first sight, and logged-out tokens.
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
+};
+use rand::RngCore;
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Store, StoreError, StoreResult, UserId};
+
+/// A user as clients see it.
+#[derive(Clone, Debug, Serialize, FromRow, PartialEq, Eq)]
+pub struct User {
+    /// Id.
+    pub id: UserId,
+    /// Unique login name.
+    pub username: String,
+    /// Name shown to others.
+    pub display_name: String,
+}
+
+/// Checks a username: 3 to 32 of `a-z 0-9 _ . -`, starting with a letter or digit.
+pub fn validate_username(name: &str) -> StoreResult<()> {
+    let ok = (3..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "username must be 3 to 32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit".into(),
+        ))
+    }
+}
+
+/// Hashes a password with argon2id (on a blocking thread: it is slow by design).
+pub async fn hash_password(password: String) -> StoreResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        Argon2::default()
+            .hash_password_with_salt(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| StoreError::Invalid(format!("password cannot be hashed: {e}")))
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("hashing task failed: {e}")))?
+}
+
+/// Verifies a password against a stored hash.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+impl Store {
+    /// Creates a built-in account.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        display_name: &str,
+        password_hash: &str,
+    ) -> StoreResult<User> {
+        validate_username(username)?;
+        let row: Option<User> = sqlx::query_as(
+            "INSERT INTO users (username, display_name, password_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT (username) DO NOTHING RETURNING id, username, display_name",
+        )
+        .bind(username)
+        .bind(display_name)
+        .bind(password_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::Conflict(format!("username {username:?} is taken")))
+    }
+
+    /// A user and their password hash, by username.
+    pub async fn user_with_hash(
+        &self,
+        username: &str,
+    ) -> StoreResult<Option<(User, Option<String>)>> {
+        let row: Option<(UserId, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, username, display_name, password_hash FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, username, display_name, hash)| {
+            (
+                User {
+                    id,
+                    username,
+                    display_name,
+                },
+                hash,
+            )
+        }))
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: UserId) -> StoreResult<User> {
+        sqlx::query_as("SELECT id, username, display_name FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {id} does not exist")))
+    }
+
+    /// A user by username.
+    pub async fn user_by_name(&self, username: &str) -> StoreResult<User> {
+        sqlx::query_as("SELECT id, username, display_name FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {username:?} does not exist")))
+    }
+
+    /// The user behind an External token's `sub`, created on first sight.
+    /// The username is the preferred name when free, else `ext-<hash>`.
+    pub async fn external_user(&self, subject: &str, preferred: Option<&str>) -> StoreResult<User> {
+        if let Some(u) = sqlx::query_as::<_, User>(
+            "SELECT id, username, display_name FROM users WHERE external_subject = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            return Ok(u);
+        }
+        let fallback = {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::digest(subject.as_bytes());
+            format!(
+                "ext-{}",
+                d.iter()
+                    .take(6)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        let username = preferred
+            .map(str::to_lowercase)
+            .filter(|p| validate_username(p).is_ok())
+            .unwrap_or_else(|| fallback.clone());
+        let display = preferred.unwrap_or(&username).to_string();
+        for candidate in [username, fallback] {
+            let row: Option<User> = sqlx::query_as(
+                "INSERT INTO users (username, display_name, external_subject) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING RETURNING id, username, display_name",
+            )
+            .bind(&candidate)
+            .bind(&display)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(u) = row {
+                return Ok(u);
+            }
+            // Lost a race for the same subject: read the winner.
+            if let Some(u) = sqlx::query_as::<_, User>(
+                "SELECT id, username, display_name FROM users WHERE external_subject = $1",
+            )
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?
+            {
+                return Ok(u);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "no free username for external subject {subject:?}"
+        )))
+    }
+
+    /// Records a logged-out token id until its expiry.
+    pub async fn revoke_token(&self, jti: &str, expires_at_unix: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at_unix as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a token id was logged out.
+    pub async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
+        let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(validate_username("alice").is_ok());
+        assert!(validate_username("a.b-c_1").is_ok());
+        for bad in ["ab", "Alice", "_x", "a b", "a/b", &"x".repeat(33)] {
+            assert!(validate_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse".into(), h.clone()).await);
+        assert!(!verify_password("wrong".into(), h).await);
+    }
+}

@@ -1,0 +1,6 @@
+//! The WebSocket protocol (docs/protocol.md): frames, per-socket queues and
+//! the session loop.
+
+pub mod outbox;
+pub mod protocol;
+pub mod session;

@@ -1,0 +1,340 @@
+//! WebSocket frames (docs/protocol.md): JSON text frames with a `type`.
+//! Decoding never panics; a frame that does not parse becomes an error frame
+//! naming the problem, and the connection survives.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::store::{RoomId, Seq, events::Attachment};
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Start receiving a room's events; with `epoch` and `last_seq`, resume.
+    Subscribe {
+        /// Request id, echoed in the reply.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// Epoch of the client's last session.
+        #[serde(default)]
+        epoch: Option<String>,
+        /// Last seq the client has of this room.
+        #[serde(default)]
+        last_seq: Option<Seq>,
+    },
+    /// Stop receiving a room's events.
+    Unsubscribe {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+    },
+    /// Send a message.
+    Send {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// Idempotency key (unique per sender and room).
+        client_msg_id: String,
+        /// Text.
+        #[serde(default)]
+        body: String,
+        /// Root seq, for a thread reply.
+        #[serde(default)]
+        thread_root: Option<Seq>,
+        /// Attachment references.
+        #[serde(default)]
+        attachments: Vec<Attachment>,
+    },
+    /// Edit one's message.
+    Edit {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// The message's seq.
+        seq: Seq,
+        /// New text.
+        body: String,
+    },
+    /// Delete a message.
+    Delete {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// The message's seq.
+        seq: Seq,
+    },
+    /// Add or remove a reaction.
+    React {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// The message's seq.
+        seq: Seq,
+        /// Emoji.
+        emoji: String,
+        /// true adds, false removes.
+        #[serde(default = "yes")]
+        on: bool,
+    },
+    /// Mark a room read up to a seq.
+    Read {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Room.
+        room: RoomId,
+        /// Seq.
+        seq: Seq,
+    },
+    /// "I am typing" in a room (ephemeral; send every few seconds while typing).
+    Typing {
+        /// Room.
+        room: RoomId,
+    },
+    /// Set one's presence.
+    Presence {
+        /// `online` or `away`.
+        status: PresenceStatus,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping {
+        /// Request id.
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Answer to the server's `ping`.
+    Pong {
+        /// Echoed id.
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Presence a client may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    /// Active.
+    Online,
+    /// Idle.
+    Away,
+}
+
+/// Frame types clients may send, for error messages.
+pub const CLIENT_TYPES: &str =
+    "subscribe, unsubscribe, send, edit, delete, react, read, typing, presence, ping, pong";
+
+/// A frame that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// Request id, when one could be read.
+    pub id: Option<String>,
+    /// Stable code.
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Decodes a text frame.
+pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
+        id: None,
+        code: "bad_frame",
+        message: format!("frame is not JSON: {e}"),
+    })?;
+    let id = value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(64).collect());
+    let Some(obj) = value.as_object() else {
+        return Err(FrameError {
+            id,
+            code: "bad_frame",
+            message: "frame must be a JSON object with a \"type\"".into(),
+        });
+    };
+    match obj.get("type") {
+        None => {
+            return Err(FrameError {
+                id,
+                code: "bad_frame",
+                message: format!("frame has no \"type\"; expected one of: {CLIENT_TYPES}"),
+            });
+        }
+        Some(Value::String(t)) if !CLIENT_TYPES.split(", ").any(|k| k == t) => {
+            return Err(FrameError {
+                id,
+                code: "unknown_type",
+                message: format!(
+                    "unknown frame type {:?}; expected one of: {CLIENT_TYPES}",
+                    t.chars().take(32).collect::<String>()
+                ),
+            });
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(FrameError {
+                id,
+                code: "bad_frame",
+                message: "\"type\" must be a string".into(),
+            });
+        }
+    }
+    serde_json::from_value(value).map_err(|e| FrameError {
+        id,
+        code: "bad_frame",
+        message: format!("invalid frame: {e}"),
+    })
+}
+
+/// `{"type":"event","room","seq","epoch", ...payload}`.
+pub fn event_frame(room: RoomId, seq: Seq, epoch: &str, payload: &Value) -> String {
+    let mut m = Map::new();
+    m.insert("type".into(), json!("event"));
+    m.insert("room".into(), json!(room));
+    m.insert("seq".into(), json!(seq));
+    m.insert("epoch".into(), json!(epoch));
+    if let Some(p) = payload.as_object() {
+        for (k, v) in p {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// An error frame.
+pub fn error_frame(
+    id: Option<&str>,
+    code: &str,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> String {
+    let mut v = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = id {
+        v["id"] = json!(id);
+    }
+    if let Some(ms) = retry_after_ms {
+        v["retry_after_ms"] = json!(ms);
+    }
+    v.to_string()
+}
+
+/// A reply frame of `type` echoing `id`, with `fields`.
+pub fn reply(type_: &str, id: Option<&str>, fields: Value) -> String {
+    let mut v = json!({"type": type_});
+    if let Some(id) = id {
+        v["id"] = json!(id);
+    }
+    if let (Some(obj), Some(extra)) = (v.as_object_mut(), fields.as_object()) {
+        for (k, val) in extra {
+            obj.insert(k.clone(), val.clone());
+        }
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decodes_every_client_frame() {
+        let frames = [
+            r#"{"type":"subscribe","id":"1","room":3,"epoch":"e","last_seq":9}"#,
+            r#"{"type":"unsubscribe","room":3}"#,
+            r#"{"type":"send","id":"2","room":3,"client_msg_id":"m1","body":"hi"}"#,
+            r#"{"type":"edit","room":3,"seq":4,"body":"x"}"#,
+            r#"{"type":"delete","room":3,"seq":4}"#,
+            r#"{"type":"react","room":3,"seq":4,"emoji":"👍"}"#,
+            r#"{"type":"read","room":3,"seq":4}"#,
+            r#"{"type":"typing","room":3}"#,
+            r#"{"type":"presence","status":"away"}"#,
+            r#"{"type":"ping","id":"p"}"#,
+            r#"{"type":"pong"}"#,
+        ];
+        for f in frames {
+            decode(f).unwrap_or_else(|e| panic!("{f}: {e:?}"));
+        }
+        assert!(matches!(
+            decode(r#"{"type":"react","room":1,"seq":2,"emoji":"x"}"#),
+            Ok(ClientFrame::React { on: true, .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_keep_the_id() {
+        let e = decode("not json").unwrap_err();
+        assert_eq!(e.code, "bad_frame");
+        assert!(e.message.starts_with("frame is not JSON"));
+        let e = decode(r#"{"type":"shout","id":"7"}"#).unwrap_err();
+        assert_eq!((e.code, e.id.as_deref()), ("unknown_type", Some("7")));
+        assert!(e.message.contains("expected one of"));
+        let e = decode(r#"{"type":"send","id":"8","room":1,"body":"x"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("8"));
+        assert!(e.message.contains("client_msg_id"), "{}", e.message);
+        let e = decode(r#"{"type":"send","room":"one","client_msg_id":"a"}"#).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = decode(r#"{"type":"typing","room":1,"extra":true}"#).unwrap_err();
+        assert!(e.message.contains("extra"), "{}", e.message);
+        assert_eq!(decode("[]").unwrap_err().code, "bad_frame");
+        assert_eq!(decode(r#"{"id":"x"}"#).unwrap_err().code, "bad_frame");
+    }
+
+    #[test]
+    fn event_frames_merge_the_payload() {
+        let f = event_frame(3, 9, "ep", &json!({"kind": "message", "body": "hi"}));
+        let v: Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["seq"], 9);
+        assert_eq!(v["kind"], "message");
+        assert_eq!(v["epoch"], "ep");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary text never panics the decoder.
+        #[test]
+        fn decoder_never_panics_on_text(s in ".{0,300}") {
+            let _ = decode(&s);
+        }
+
+        /// Arbitrary bytes (lossily as text, as a socket would hand them
+        /// over after UTF-8 validation fails or passes) never panic it.
+        #[test]
+        fn decoder_never_panics_on_bytes(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode(&String::from_utf8_lossy(&b));
+        }
+
+        /// Structurally plausible frames with random values never panic it.
+        #[test]
+        fn decoder_never_panics_on_near_frames(
+            t in prop::sample::select(vec!["subscribe","send","edit","react","typing","presence","x"]),
+            room in any::<i64>(),
+            key in "[a-z_]{1,12}",
+            val in prop_oneof![Just(json!(null)), any::<i64>().prop_map(|n| json!(n)), ".{0,20}".prop_map(|s| json!(s)), Just(json!([1,2])), Just(json!({"a":1}))],
+        ) {
+            let mut v = json!({"type": t, "room": room});
+            v[key] = val;
+            let _ = decode(&v.to_string());
+        }
+    }
+}
