@@ -33,6 +33,8 @@ pub enum Item {
     Subscribe(Box<SubscribeRequest>),
     /// Close the socket with the reconnect code.
     Reconnect(&'static str),
+    /// Close the socket with this code and reason.
+    Close(u16, String),
 }
 
 /// A subscription to set up in the writer, in order with everything else.
@@ -52,7 +54,7 @@ impl Item {
     fn bytes(&self) -> usize {
         match self {
             Item::Event { text, .. } | Item::Reply(text) | Item::Ephemeral(text, _) => text.len(),
-            Item::Subscribe(_) | Item::Reconnect(_) => 64,
+            Item::Subscribe(_) | Item::Reconnect(_) | Item::Close(..) => 64,
         }
     }
 }
@@ -123,7 +125,7 @@ impl Outbox {
                 }
                 // Control items always fit: they are tiny and bounded by the
                 // client's own requests, which the reader caps.
-                Item::Subscribe(_) | Item::Reconnect(_) | Item::Reply(_) => {
+                Item::Subscribe(_) | Item::Reconnect(_) | Item::Close(..) | Item::Reply(_) => {
                     s.bytes += size;
                     s.items.push_back(item);
                     Push::Queued

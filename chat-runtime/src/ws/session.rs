@@ -90,7 +90,20 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     loop {
         tokio::select! {
             msg = stream.next() => {
-                let Some(Ok(msg)) = msg else { break };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) if e.to_string().contains("too long") => {
+                        // Above the frame limit: say so with 1009, then close.
+                        state.metrics.bad_frames.inc();
+                        outbox.push(Item::Close(1009, format!(
+                            "frame too large: the limit is {} bytes",
+                            state.config.limits.max_message_bytes as usize * 2 + 64 * 1024
+                        )));
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                        break;
+                    }
+                    _ => break,
+                };
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
@@ -463,6 +476,16 @@ async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState) {
                     .sink
                     .send(Message::Close(Some(CloseFrame {
                         code: CLOSE_RECONNECT,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                break;
+            }
+            Item::Close(code, reason) => {
+                let _ = w
+                    .sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
                         reason: reason.into(),
                     })))
                     .await;

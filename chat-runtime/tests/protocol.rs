@@ -1,0 +1,306 @@
+//! The WebSocket contract: bad frames get error frames and the connection
+//! survives; resume replays exactly the missed events or says
+//! `recovered: false`; SIGTERM drains with the reconnect close code; health
+//! endpoints and metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Next, Replica, ReplicaOpts, Ws, fresh_db, http, public_room, signup};
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_survives() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &bob).await;
+    let cases = [
+        ("{not json", "bad_frame", "frame is not JSON"),
+        ("[1,2]", "bad_frame", "JSON object"),
+        (r#"{"room":1}"#, "bad_frame", "no \"type\""),
+        (
+            r#"{"type":"shout","id":"x"}"#,
+            "unknown_type",
+            "expected one of",
+        ),
+        (
+            r#"{"type":"send","id":"s","room":1}"#,
+            "bad_frame",
+            "client_msg_id",
+        ),
+        (
+            r#"{"type":"send","id":"s","room":"general","client_msg_id":"a"}"#,
+            "bad_frame",
+            "invalid type",
+        ),
+    ];
+    for (frame, code, hint) in cases {
+        ws.send_raw(frame).await;
+        let e = ws.expect("error frame", T, |f| f["type"] == "error").await;
+        assert_eq!(e["code"], code, "{frame}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(hint),
+            "{frame}: {e}"
+        );
+    }
+    // Not a member: named.
+    ws.send(json!({"type": "send", "id": "nm", "room": room, "client_msg_id": "a", "body": "hi"}))
+        .await;
+    let e = ws.expect("not a member", T, |f| f["type"] == "error").await;
+    assert_eq!(
+        (e["id"].as_str(), e["code"].as_str()),
+        (Some("nm"), Some("forbidden"))
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a member of room")
+    );
+    ws.send(json!({"type": "subscribe", "id": "sub", "room": room}))
+        .await;
+    let e = ws
+        .expect("subscribe refused", T, |f| f["type"] == "error")
+        .await;
+    assert_eq!(e["id"], "sub");
+    // Too large for the body limit (but within the frame limit): an error
+    // frame, and the socket lives on.
+    ws.send(json!({"type": "send", "id": "big", "room": room, "client_msg_id": "b", "body": "x".repeat(20_000)})).await;
+    let e = ws.expect("too large", T, |f| f["type"] == "error").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("limit is 16384"),
+        "{e}"
+    );
+    // Binary frames are refused politely.
+    use futures::SinkExt;
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0u8, 159, 146, 150].into(),
+        ))
+        .await
+        .unwrap();
+    let e = ws
+        .expect("binary refused", T, |f| f["type"] == "error")
+        .await;
+    assert!(e["message"].as_str().unwrap().contains("binary"));
+    // Still alive.
+    ws.send(json!({"type": "ping", "id": "alive"})).await;
+    ws.expect("pong after all that", T, |f| f["type"] == "pong")
+        .await;
+    // A frame above the protocol limit closes the socket (1009), it does not crash the server.
+    ws.send_raw(&format!(
+        r#"{{"type":"ping","id":"{}"}}"#,
+        "x".repeat(200_000)
+    ))
+    .await;
+    match ws.next(T).await {
+        Next::Closed(code) => assert_eq!(code, Some(1009)),
+        other => panic!(
+            "expected a 1009 close, got a frame or timeout: {}",
+            matches!(other, Next::Timeout)
+        ),
+    }
+    let (status, _) = http("GET", &format!("{}/livez", r.admin), None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_the_missed_events_or_says_so() {
+    let db = fresh_db().await;
+    let r = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![
+                ("CHAT_RESUME_LIMIT", "50".into()),
+                ("CHAT_MESSAGES_PER_SECOND", "1000".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let sub = ws.subscribe(room, None).await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["reason"].as_str()),
+        (Some(false), Some("fresh"))
+    );
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let start = sub["last_seq"].as_i64().unwrap();
+    drop(ws);
+
+    // 10 events while away: a resume gets exactly those, in order.
+    let post = |i: usize| {
+        let (http_base, token) = (r.http.clone(), alice.clone());
+        async move {
+            http(
+                "POST",
+                &format!("{http_base}/api/v1/rooms/{room}/messages"),
+                Some(&token),
+                Some(json!({"client_msg_id": format!("m{i}"), "body": format!("m{i}")})),
+            )
+            .await
+        }
+    };
+    for i in 0..10 {
+        assert_eq!(post(i).await.0, 200);
+    }
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let resumed = ws.subscribe(room, Some((&epoch, start))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["replayed"], 10);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let e = ws
+            .expect("replayed event", T, |f| f["type"] == "event")
+            .await;
+        got.push(e["seq"].as_i64().unwrap());
+    }
+    assert_eq!(got, ((start + 1)..=(start + 10)).collect::<Vec<_>>());
+    // Nothing more (no duplicates).
+    assert!(matches!(
+        ws.next(Duration::from_millis(500)).await,
+        Next::Timeout
+    ));
+    let last = start + 10;
+    drop(ws);
+
+    // Beyond the limit (50): recovered false, and where live delivery starts.
+    for i in 10..70 {
+        post(i).await;
+    }
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let too_far = ws.subscribe(room, Some((&epoch, last))).await;
+    assert_eq!(
+        (too_far["recovered"].as_bool(), too_far["reason"].as_str()),
+        (Some(false), Some("too_far_behind"))
+    );
+    assert_eq!(too_far["last_seq"], last + 60);
+    // Another epoch (a restored database): recovered false.
+    let other = ws.subscribe(room, Some(("not-this-epoch", last))).await;
+    assert_eq!(other["reason"], "epoch_changed");
+    // Live events after a non-recovered subscribe continue from last_seq.
+    post(100).await;
+    let live = ws.expect("live event", T, |f| f["type"] == "event").await;
+    assert_eq!(live["seq"], last + 61);
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_the_reconnect_code() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(Ws::connect(&r.ws, &alice).await);
+    }
+    let (status, _) = http("GET", &format!("{}/readyz", r.admin), None, None).await;
+    assert_eq!(status, 200);
+    r.terminate();
+    // Readiness fails at once; new upgrades are refused.
+    let mut not_ready = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if http("GET", &format!("{}/readyz", r.admin), None, None)
+            .await
+            .0
+            == 503
+        {
+            not_ready = true;
+            break;
+        }
+    }
+    assert!(not_ready, "readyz turns 503 on SIGTERM");
+    match Ws::try_connect(&r.ws, &alice).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("upgrade during drain must get 503: {:?}", other.is_ok()),
+    }
+    // Every open socket is closed with 4000 within the drain window (2 s).
+    for mut s in sockets {
+        match s.next(Duration::from_secs(5)).await {
+            Next::Closed(code) => assert_eq!(code, Some(4000)),
+            _ => panic!("socket not closed with the reconnect code"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    ws.subscribe(room, None).await;
+    ws.send(json!({"type": "send", "id": "1", "room": room, "client_msg_id": "m1", "body": "hi"}))
+        .await;
+    ws.expect("event", T, |f| {
+        f["type"] == "event" && f["kind"] == "message"
+    })
+    .await;
+    for path in ["/livez", "/readyz", "/startupz"] {
+        assert_eq!(
+            http("GET", &format!("{}{path}", r.admin), None, None)
+                .await
+                .0,
+            200,
+            "{path}"
+        );
+    }
+    let text = reqwest_like(&format!("{}/metrics", r.admin)).await;
+    for line in [
+        "chat_connections 1",
+        "chat_messages_in_total 1",
+        "chat_resumes_total{outcome=\"fresh\"} 1",
+        "chat_db_latency_seconds_count",
+        "chat_fanout_latency_seconds_count",
+        "chat_deliveries_total",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    // The public listener does not expose metrics.
+    assert_eq!(
+        http("GET", &format!("{}/metrics", r.http), None, None)
+            .await
+            .0,
+        404
+    );
+}
+
+async fn reqwest_like(url: &str) -> String {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(uri.path())
+        .header("host", "x")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let body = sender
+        .send_request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
