@@ -49,4 +49,19 @@ export CHORUS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 step "running unit and integration tests"
 cargo test --workspace --locked
 
+step "browser test of the web client (Debian chromium + playwright-core)"
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    step "installing Debian's chromium"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || {
+      apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  else
+    die "/usr/bin/chromium is missing: sudo apt-get install chromium"
+  fi
+fi
+npm ci --prefix tests/web --no-audit --no-fund --loglevel=error >/dev/null
+CHAT_RUNTIME_BIN=$CARGO_TARGET_DIR/debug/chat-runtime \
+CHORUS_WEB_SCREENSHOTS=$CHORUS_CACHE/web-screenshots \
+  node --test --test-reporter=spec tests/web/
+
 step "all checks passed"
