@@ -6,18 +6,19 @@ export CHORUS_CACHE
 export CARGO_TARGET_DIR ?= $(CHORUS_CACHE)/target
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test cluster-up cluster-down db-up db-down control-plane tools crds fmt lint
+.PHONY: help demo test bench cluster-up cluster-down db-up db-down control-plane tools crds fmt lint
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-demo: ## run the demo (not available yet: the operator and runtime are still being built)
-	@echo "make demo: not available yet. The operator and chat runtime land in later issues;" >&2
-	@echo "until then, 'make cluster-up' and 'make db-up' start the real components." >&2
-	@exit 1
+demo: ## provision a tenant with the operator on the local control plane and chat in its web client
+	@scripts/demo.sh
 
 test: ## every check: fmt, clippy, unit tests, integration suites on a real control plane + PostgreSQL
 	@scripts/test.sh
+
+bench: ## load-test the chat runtime (release build, loopback, dev PostgreSQL); prints the README figures
+	@scripts/bench.sh
 
 cluster-up: ## start etcd + kube-apiserver in the background; prints `export KUBECONFIG=...`
 	@scripts/cluster.sh up

@@ -66,6 +66,30 @@ pub async fn migrate(database_url: &str) -> Result<Store, StartError> {
     Ok(store)
 }
 
+/// Serves `router` until `stopped` turns true. Chat frames are small and
+/// latency-bound, so sockets get TCP_NODELAY (no Nagle delay).
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router.into_make_service())
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
 impl Server {
     /// Starts everything; returns once both listeners accept connections.
     pub async fn start(config: Config) -> Result<Self, StartError> {
@@ -139,20 +163,6 @@ impl Server {
                 }
             }));
         }
-        let serve =
-            |listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>| {
-                tokio::spawn(async move {
-                    let shutdown = async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    };
-                    if let Err(e) = axum::serve(listener, router.into_make_service())
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "listener failed");
-                    }
-                })
-            };
         tasks.push(serve(public, app::app(state.clone()), stopped.clone()));
         tasks.push(serve(admin, app::admin(state.clone()), stopped));
         state.started.store(true, Ordering::Relaxed);

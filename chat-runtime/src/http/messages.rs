@@ -34,7 +34,7 @@ pub async fn send(
         s.metrics.duplicate_sends.inc();
     } else {
         s.metrics.messages_in.inc();
-        s.hub.wake(room, ack.seq);
+        s.hub.committed(room, ack.seq);
     }
     Ok(Json(
         json!({"room": room, "seq": ack.seq, "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
@@ -124,7 +124,7 @@ pub async fn edit(
             s.config.limits.max_message_bytes as usize,
         )
         .await?;
-    s.hub.wake(room, event);
+    s.hub.committed(room, event);
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq}),
     ))
@@ -137,7 +137,7 @@ pub async fn remove(
     Path((room, seq)): Path<(RoomId, Seq)>,
 ) -> ApiResult<Json<Value>> {
     let event = s.hub.store().delete(room, &p.user, seq).await?;
-    s.hub.wake(room, event);
+    s.hub.committed(room, event);
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq}),
     ))
@@ -153,7 +153,7 @@ async fn reaction(
 ) -> ApiResult<Json<Value>> {
     let event = s.hub.store().react(room, &p.user, seq, &emoji, on).await?;
     if let Some(e) = event {
-        s.hub.wake(room, e);
+        s.hub.committed(room, e);
     }
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq, "emoji": emoji, "on": on}),

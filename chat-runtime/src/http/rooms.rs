@@ -111,7 +111,7 @@ pub async fn join(
     Path(room): Path<RoomId>,
 ) -> ApiResult<Json<Value>> {
     let seq = s.hub.store().join(room, &p.user).await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(
         json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
     ))
@@ -124,7 +124,7 @@ pub async fn leave(
     Path(room): Path<RoomId>,
 ) -> ApiResult<Json<Value>> {
     let seq = s.hub.store().leave(room, &p.user).await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(json!({"left": room})))
 }
 
@@ -137,7 +137,7 @@ pub async fn invite(
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
     let seq = s.hub.store().invite(room, &p.user, &target).await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(json!({"invited": target, "seq": seq})))
 }
 
@@ -173,7 +173,7 @@ pub async fn set_role(
         .store()
         .set_role(room, &p.user, &target, r.role)
         .await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(json!({"user": target, "role": r.role, "seq": seq})))
 }
 
@@ -186,7 +186,7 @@ pub async fn kick(
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
     let seq = s.hub.store().kick(room, &p.user, &target, false).await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(json!({"kicked": target, "seq": seq})))
 }
 
@@ -199,7 +199,7 @@ pub async fn ban(
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
     let seq = s.hub.store().kick(room, &p.user, &target, true).await?;
-    s.hub.wake(room, seq);
+    s.hub.committed(room, seq);
     Ok(Json(json!({"banned": target, "seq": seq})))
 }
 

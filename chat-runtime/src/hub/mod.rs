@@ -72,9 +72,9 @@ pub enum Ephemeral {
 /// broker only carries wake-ups and ephemeral traffic, so an at-most-once
 /// transport (NOTIFY, NATS core) is enough.
 pub trait Broker: Send + Sync + 'static {
-    /// Says a room event was committed. (The PostgreSQL broker's NOTIFY is
-    /// sent inside the event's transaction, so this is a no-op there.)
-    fn publish_wakeup(&self, room: RoomId, seq: Seq) -> BoxFuture<'_, ()>;
+    /// Says a room event was committed (after the commit). May coalesce:
+    /// receivers read every row above what they delivered anyway.
+    fn publish_wakeup(&self, room: RoomId, seq: Seq);
     /// Sends an ephemeral message to every replica.
     fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()>;
 }
@@ -226,6 +226,13 @@ impl Hub {
                 rooms.remove(&room);
             }
         }
+    }
+
+    /// This replica committed a room event: deliver it to local subscribers
+    /// now and tell the other replicas.
+    pub fn committed(self: &Arc<Self>, room: RoomId, seq: Seq) {
+        self.wake(room, seq);
+        self.broker.publish_wakeup(room, seq);
     }
 
     /// A room has an event at `seq` (from the broker, the poll, or a local

@@ -1,7 +1,10 @@
-//! The PostgreSQL broker: `LISTEN chat_events` for wake-ups (sent with
-//! `NOTIFY` inside each event's transaction, so they arrive in commit order)
-//! and `chat_ephemeral` for typing and presence. A dedicated connection
-//! listens (not a pooled one: LISTEN does not survive transaction pooling).
+//! The PostgreSQL broker: `NOTIFY chat_events` carries wake-ups, sent after
+//! commit and coalesced (one NOTIFY every few milliseconds lists every room
+//! that changed, `<room>:<seq>,...`), so notifying never serializes commits
+//! (PostgreSQL holds a cluster-wide lock from a notifying transaction's
+//! commit until it returns). `chat_ephemeral` carries typing and presence. A
+//! dedicated connection listens (not a pooled one: LISTEN does not survive
+//! transaction pooling). A wake-up lost in a crash is covered by the poll.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,22 +17,58 @@ use crate::store::{EVENTS_CHANNEL, RoomId, Seq};
 /// Channel of typing and presence messages.
 pub const EPHEMERAL_CHANNEL: &str = "chat_ephemeral";
 
+/// How long wake-ups are gathered before one NOTIFY sends them.
+const COALESCE: Duration = Duration::from_millis(2);
+/// Pairs per NOTIFY (payloads stay well under 8000 bytes).
+const PAIRS_PER_NOTIFY: usize = 300;
+
 /// Publishes through NOTIFY on the pool.
 pub struct PgBroker {
     pool: PgPool,
+    wakeups: tokio::sync::mpsc::UnboundedSender<(RoomId, Seq)>,
 }
 
 impl PgBroker {
-    /// A broker publishing on `pool`.
+    /// A broker publishing on `pool` (spawns the coalescing notifier).
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self { pool })
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(notifier(pool.clone(), rx));
+        Arc::new(Self { pool, wakeups: tx })
+    }
+}
+
+async fn notifier(pool: PgPool, mut rx: tokio::sync::mpsc::UnboundedReceiver<(RoomId, Seq)>) {
+    while let Some((room, seq)) = rx.recv().await {
+        let mut latest: std::collections::HashMap<RoomId, Seq> = [(room, seq)].into();
+        let deadline = tokio::time::Instant::now() + COALESCE;
+        while latest.len() < PAIRS_PER_NOTIFY {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((r, s))) => {
+                    let e = latest.entry(r).or_insert(s);
+                    *e = (*e).max(s);
+                }
+                _ => break,
+            }
+        }
+        let payload = latest
+            .iter()
+            .map(|(r, s)| format!("{r}:{s}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVENTS_CHANNEL)
+            .bind(payload)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "wake-up NOTIFY failed; other replicas catch up by polling");
+        }
     }
 }
 
 impl Broker for PgBroker {
-    fn publish_wakeup(&self, _room: RoomId, _seq: Seq) -> BoxFuture<'_, ()> {
-        // Sent by the event's own transaction (store::append_event).
-        Box::pin(async {})
+    fn publish_wakeup(&self, room: RoomId, seq: Seq) {
+        let _ = self.wakeups.send((room, seq));
     }
 
     fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()> {
@@ -46,10 +85,16 @@ impl Broker for PgBroker {
     }
 }
 
-/// Parses a wake-up payload `<room>:<seq>`.
-pub fn parse_wakeup(payload: &str) -> Option<(RoomId, Seq)> {
-    let (room, seq) = payload.split_once(':')?;
-    Some((room.parse().ok()?, seq.parse().ok()?))
+/// Parses a wake-up payload `<room>:<seq>[,<room>:<seq>...]`, skipping
+/// malformed pairs.
+pub fn parse_wakeups(payload: &str) -> Vec<(RoomId, Seq)> {
+    payload
+        .split(',')
+        .filter_map(|pair| {
+            let (room, seq) = pair.split_once(':')?;
+            Some((room.parse().ok()?, seq.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Listens until the process ends, feeding the hub. After a lost connection
@@ -77,7 +122,7 @@ pub async fn listen(pool: PgPool, hub: Arc<Hub>) {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
                     if n.channel() == EVENTS_CHANNEL {
-                        if let Some((room, seq)) = parse_wakeup(n.payload()) {
+                        for (room, seq) in parse_wakeups(n.payload()) {
                             hub.wake(room, seq);
                         }
                     } else {
@@ -106,8 +151,8 @@ mod tests {
 
     #[test]
     fn wakeups_parse() {
-        assert_eq!(parse_wakeup("12:345"), Some((12, 345)));
-        assert_eq!(parse_wakeup("x:1"), None);
-        assert_eq!(parse_wakeup("12"), None);
+        assert_eq!(parse_wakeups("12:345"), vec![(12, 345)]);
+        assert_eq!(parse_wakeups("12:345,7:1"), vec![(12, 345), (7, 1)]);
+        assert_eq!(parse_wakeups("x:1,3:4,12"), vec![(3, 4)]);
     }
 }

@@ -38,8 +38,16 @@ pub fn validate_username(name: &str) -> StoreResult<()> {
     }
 }
 
+/// Argon2id needs 19 MiB per hash by design; at most this many run at once,
+/// so a burst of logins cannot balloon memory.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Hashes a password with argon2id (on a blocking thread: it is slow by design).
 pub async fn hash_password(password: String) -> StoreResult<String> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Invalid("password hashing is shutting down".into()))?;
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
@@ -54,6 +62,9 @@ pub async fn hash_password(password: String) -> StoreResult<String> {
 
 /// Verifies a password against a stored hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {

@@ -177,27 +177,26 @@ pub struct EventRow {
 
 impl Store {
     /// Sends a message. A retry with the same `client_msg_id` returns the
-    /// original ack with `duplicate: true` and writes nothing.
+    /// original ack with `duplicate: true` and writes nothing. Four round
+    /// trips: BEGIN, take the seq (members only), insert message and event in
+    /// one statement, COMMIT.
     pub async fn send(&self, room: RoomId, sender: &User, m: &NewMessage) -> StoreResult<SendAck> {
-        if let Some(seq) = self.existing(room, sender.id, &m.client_msg_id).await? {
-            return Ok(SendAck {
-                seq,
-                client_msg_id: m.client_msg_id.clone(),
-                duplicate: true,
-            });
-        }
         let mut tx = self.begin().await?;
-        let role: Option<(String,)> =
-            sqlx::query_as("SELECT role FROM room_members WHERE room_id = $1 AND user_id = $2")
-                .bind(room)
-                .bind(sender.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if role.is_none() {
+        let seq: Option<(Seq,)> = sqlx::query_as(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 \
+             AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) RETURNING last_seq",
+        )
+        .bind(room)
+        .bind(sender.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((seq,)) = seq else {
+            tx.rollback().await?;
+            self.last_seq(room).await?;
             return Err(StoreError::Forbidden(format!(
                 "you are not a member of room {room}; join it first"
             )));
-        }
+        };
         if let Some(root) = m.thread_root {
             let ok: Option<(Option<Seq>,)> = sqlx::query_as(
                 "SELECT thread_root_seq FROM messages WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL",
@@ -220,12 +219,24 @@ impl Store {
                 Some((None,)) => {}
             }
         }
-        let seq = next_seq(&mut tx, room).await?;
         let attachments = json!(m.attachments);
-        let inserted: Option<(String,)> = sqlx::query_as(
-            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING \
-             RETURNING to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+        let payload = json!({
+            "kind": "message",
+            "sender": {"id": sender.id, "username": sender.username, "display_name": sender.display_name},
+            "client_msg_id": m.client_msg_id,
+            "body": m.body,
+            "thread_root": m.thread_root,
+            "attachments": attachments,
+        });
+        let inserted: Option<(Seq,)> = sqlx::query_as(
+            "WITH m AS ( \
+               INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING \
+               RETURNING created_at) \
+             INSERT INTO room_events (room_id, seq, kind, actor_id, message_seq, payload, created_at) \
+             SELECT $1, $2, 'message', $3, $2, \
+                    $8::jsonb || jsonb_build_object('created_at', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), \
+                    m.created_at FROM m RETURNING seq",
         )
         .bind(room)
         .bind(seq)
@@ -234,11 +245,13 @@ impl Store {
         .bind(&m.body)
         .bind(m.thread_root)
         .bind(&attachments)
+        .bind(&payload)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((created_at,)) = inserted else {
-            // A concurrent retry committed first (it held the room lock we
-            // waited on): undo our seq and answer with its ack.
+        if inserted.is_none() {
+            // A retry: this client_msg_id was already used by this sender
+            // here (a concurrent retry held the room lock we waited on, or
+            // committed earlier). Undo our seq and answer with its ack.
             tx.rollback().await?;
             let seq = self
                 .existing(room, sender.id, &m.client_msg_id)
@@ -249,26 +262,7 @@ impl Store {
                 client_msg_id: m.client_msg_id.clone(),
                 duplicate: true,
             });
-        };
-        let payload = json!({
-            "kind": "message",
-            "sender": {"id": sender.id, "username": sender.username, "display_name": sender.display_name},
-            "client_msg_id": m.client_msg_id,
-            "body": m.body,
-            "thread_root": m.thread_root,
-            "attachments": attachments,
-            "created_at": created_at,
-        });
-        append_event(
-            &mut tx,
-            room,
-            seq,
-            "message",
-            sender.id,
-            Some(seq),
-            &payload,
-        )
-        .await?;
+        }
         tx.commit().await?;
         Ok(SendAck {
             seq,

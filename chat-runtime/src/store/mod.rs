@@ -23,7 +23,7 @@ pub type Seq = i64;
 /// The migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Channel carrying `<room>:<seq>` wake-ups after each committed room event.
+/// Channel carrying `<room>:<seq>[,<room>:<seq>...]` wake-ups after commits.
 pub const EVENTS_CHANNEL: &str = "chat_events";
 
 /// Storage failures and refusals, mapped to REST errors and error frames.
@@ -157,7 +157,8 @@ pub(crate) async fn next_seq(tx: &mut Transaction<'_, Postgres>, room: RoomId) -
         .ok_or_else(|| StoreError::NotFound(format!("room {room} does not exist")))
 }
 
-/// Records a room event in `tx` and queues its wake-up (delivered at commit).
+/// Records a room event in `tx`. The caller announces it after commit
+/// ([`crate::hub::Hub::committed`]).
 pub(crate) async fn append_event(
     tx: &mut Transaction<'_, Postgres>,
     room: RoomId,
@@ -178,10 +179,5 @@ pub(crate) async fn append_event(
     .bind(payload)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
-        .bind(format!("{room}:{seq}"))
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }

@@ -107,7 +107,9 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
-                        handle_text(&state, sid, &principal, &outbox, &mut subscribed, text.as_str()).await;
+                        // Boxed: the handler's futures (database calls) are large, and
+                        // an idle socket should not carry them around.
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut subscribed, text.as_str())).await;
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
@@ -235,7 +237,7 @@ async fn handle_text(
                         state.metrics.duplicate_sends.inc();
                     } else {
                         state.metrics.messages_in.inc();
-                        state.hub.wake(room, ack.seq);
+                        state.hub.committed(room, ack.seq);
                     }
                     answer(reply(
                         "ack",
@@ -320,7 +322,7 @@ fn ack_event(
 ) {
     let frame = match result {
         Ok(Some(seq)) => {
-            state.hub.wake(room, seq);
+            state.hub.committed(room, seq);
             reply("ack", id, json!({"room": room, "seq": seq}))
         }
         Ok(None) => reply(
@@ -467,10 +469,10 @@ async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState) {
     while let Some(item) = outbox.pop().await {
         let flush = outbox.is_empty();
         let sent = match item {
-            Item::Event { room, seq, text } => w.event(room, seq, text, flush).await,
+            Item::Event { room, seq, text } => Box::pin(w.event(room, seq, text, flush)).await,
             Item::Reply(text) => w.send(text, flush).await,
             Item::Ephemeral(text, _) => w.send(text, flush).await,
-            Item::Subscribe(req) => w.subscribe(*req).await,
+            Item::Subscribe(req) => Box::pin(w.subscribe(*req)).await,
             Item::Reconnect(reason) => {
                 let _ = w
                     .sink

@@ -1,0 +1,282 @@
+//! `chat-load`: starts a chat-runtime on a fresh database (loopback only),
+//! drives it with WebSocket clients and prints figures: connections held,
+//! server RSS per connection, send-to-deliver latency p50/p99, deliveries and
+//! persisted messages per second, and gaps/duplicates seen (must be zero).
+//!
+//! ```text
+//! chat-load --runtime target/release/chat-runtime --database-url postgres://... idle --connections 10000
+//! chat-load ... fanout --members 1000 --rate 100 --seconds 30
+//! chat-load ... throughput --rooms 100 --senders 200 --seconds 20
+//! ```
+//!
+//! Every loop is bounded in count and time, and the tool stops by itself.
+
+#![allow(clippy::print_stdout)] // a CLI that prints its report
+
+mod client;
+mod report;
+mod server;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use client::{Client, Tracker};
+use report::Latencies;
+use serde_json::json;
+use server::Runtime;
+
+#[derive(Parser)]
+#[command(about = "Load generator for the Chorus chat runtime (loopback only)")]
+struct Args {
+    /// The chat-runtime binary to start.
+    #[arg(long)]
+    runtime: String,
+    /// Admin URL of a PostgreSQL server; a fresh database is created on it.
+    #[arg(long, env = "CHORUS_BENCH_DATABASE_URL")]
+    database_url: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Hold N idle connections (each subscribed to one room); report RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// One room of M members; one sender at R messages/s; report delivery latency.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// S senders over R rooms sending as fast as acks come back; report persisted messages/s.
+    Throughput {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 200)]
+        senders: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Messages each sender keeps in flight.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("chat-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let rt = Runtime::start(&args.runtime, &args.database_url).await?;
+    let result = match args.scenario {
+        Scenario::Idle { connections } => idle(&rt, connections).await,
+        Scenario::Fanout { members, rate, seconds } => fanout(&rt, members, rate, seconds).await,
+        Scenario::Throughput { rooms, senders, seconds, window } => throughput(&rt, rooms, senders, seconds, window).await,
+    };
+    rt.stop().await;
+    result
+}
+
+async fn idle(rt: &Runtime, n: usize) -> Result<(), String> {
+    let token = rt.signup("idler").await?;
+    let room = rt.room(&token, "idle").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rt.rss_kib()?;
+    println!("scenario: idle connections={n}");
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    let mut last_print = Instant::now();
+    for i in 0..n {
+        let mut c = Client::connect(&rt.ws, &token).await?;
+        c.send(json!({"type": "subscribe", "room": room})).await?;
+        clients.push(c);
+        if last_print.elapsed() > Duration::from_secs(2) {
+            eprintln!("  ... {} connections", i + 1);
+            last_print = Instant::now();
+        }
+    }
+    // Drain hello/subscribed frames, then let the server settle.
+    for c in clients.iter_mut() {
+        c.drain(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = rt.rss_kib()?;
+    let held = rt.metric("chat_connections").await.unwrap_or(0.0);
+    println!("connections held: {held:.0} (opened in {:.1}s)", started.elapsed().as_secs_f64());
+    println!(
+        "server RSS: {:.1} MiB before, {:.1} MiB with connections: {:.1} KiB per connection",
+        base as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(base)) as f64 / n as f64
+    );
+    drop(clients);
+    Ok(())
+}
+
+async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result<(), String> {
+    // Members share a few accounts: membership is per user, sockets are what
+    // the fan-out pays for.
+    let users = 10.min(members).max(1);
+    let owner = rt.signup("sender").await?;
+    let room = rt.room(&owner, "fanout").await?;
+    let mut tokens = Vec::new();
+    for i in 0..users {
+        let t = rt.signup(&format!("member{i}")).await?;
+        rt.join(&t, room).await?;
+        tokens.push(t);
+    }
+    println!("scenario: fanout members={members} rate={rate}/s seconds={seconds}");
+    let base = rt.rss_kib()?;
+    let latencies = Arc::new(Latencies::default());
+    let tracker = Arc::new(Tracker::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for i in 0..members {
+        let mut c = Client::connect(&rt.ws, &tokens[i % users]).await?;
+        c.send(json!({"type": "subscribe", "room": room})).await?;
+        let (lat, tr, st) = (latencies.clone(), tracker.clone(), stop.clone());
+        readers.push(tokio::spawn(async move { c.read_events(room, &lat, &tr, &st).await }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rt.rss_kib()?;
+    let mut sender = Client::connect(&rt.ws, &owner).await?;
+    let total = rate * seconds;
+    let started = Instant::now();
+    let mut acked = 0u64;
+    for i in 0..total {
+        let due = started + Duration::from_micros(i * 1_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let now = report::now_micros();
+        sender
+            .send(json!({"type": "send", "room": room, "client_msg_id": format!("f{i}"), "body": format!("t={now}")}))
+            .await?;
+        acked += sender.drain_acks().await;
+    }
+    let sending = started.elapsed();
+    // Let the last deliveries arrive.
+    let expected = total * members as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tracker.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acked += sender.wait_acks(total - acked, Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    }
+    println!("connections held: {} readers + 1 sender", members);
+    println!(
+        "server RSS with {members} connections: {:.1} MiB ({:.1} KiB per connection over the idle server)",
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(base)) as f64 / members as f64
+    );
+    println!("messages sent: {total} in {:.1}s, acked: {acked}", sending.as_secs_f64());
+    latencies.print("send->deliver latency");
+    println!(
+        "deliveries: {} of {expected} ({:.0}/s)",
+        latencies.count(),
+        latencies.count() as f64 / elapsed.as_secs_f64()
+    );
+    tracker.print();
+    Ok(())
+}
+
+async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, window: usize) -> Result<(), String> {
+    let owner = rt.signup("owner").await?;
+    let mut room_ids = Vec::new();
+    for i in 0..rooms {
+        room_ids.push(rt.room(&owner, &format!("room{i}")).await?);
+    }
+    let users = 20.min(senders).max(1);
+    let mut tokens = Vec::new();
+    for i in 0..users {
+        let t = rt.signup(&format!("sender{i}")).await?;
+        for r in &room_ids {
+            rt.join(&t, *r).await?;
+        }
+        tokens.push(t);
+    }
+    println!("scenario: throughput rooms={rooms} senders={senders} window={window} seconds={seconds}");
+    // One reader per room checks ordering and completeness.
+    let latencies = Arc::new(Latencies::default());
+    let tracker = Arc::new(Tracker::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in &room_ids {
+        let mut c = Client::connect(&rt.ws, &owner).await?;
+        c.send(json!({"type": "subscribe", "room": r})).await?;
+        let (lat, tr, st, room) = (latencies.clone(), tracker.clone(), stop.clone(), *r);
+        readers.push(tokio::spawn(async move { c.read_events(room, &lat, &tr, &st).await }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let mut c = Client::connect(&rt.ws, &tokens[s % users]).await?;
+        let room = room_ids[s % rooms];
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut in_flight = 0usize;
+            while Instant::now() < deadline {
+                while in_flight < window {
+                    let now = report::now_micros();
+                    if c.send(json!({"type": "send", "room": room, "client_msg_id": format!("s{s}-{n}"), "body": format!("t={now}")})).await.is_err() {
+                        return;
+                    }
+                    n += 1;
+                    in_flight += 1;
+                }
+                match c.next_ack(Duration::from_secs(5)).await {
+                    Some(()) => {
+                        in_flight -= 1;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                }
+            }
+            let got = c.wait_acks(in_flight as u64, Duration::from_secs(5)).await;
+            acked.fetch_add(got, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    }
+    let persisted = rt.count_messages().await?;
+    let acked = acked.load(Ordering::Relaxed);
+    println!(
+        "persisted messages: {persisted} in {:.1}s = {:.0} messages/s (acked: {acked})",
+        elapsed.as_secs_f64(),
+        persisted as f64 / elapsed.as_secs_f64()
+    );
+    latencies.print("send->deliver latency (one reader per room)");
+    println!("deliveries to room readers: {}", latencies.count());
+    tracker.print();
+    Ok(())
+}
