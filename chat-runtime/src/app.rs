@@ -38,6 +38,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Per-user send limits.
     pub limiter: Arc<RateLimiter>,
+    /// Per-room group commit of sends.
+    pub committer: Arc<crate::committer::Committer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness fails, upgrades are refused.
@@ -259,7 +261,9 @@ pub fn state(
     metrics: Arc<Metrics>,
 ) -> AppState {
     let limiter = RateLimiter::new(config.limits.messages_per_second);
+    let committer = crate::committer::Committer::new(hub.store().clone());
     AppState {
+        committer,
         config: Arc::new(config),
         hub,
         auth: Arc::new(auth),

@@ -4,10 +4,12 @@
 //! The pipeline reads top to bottom: [`config`] -> [`store`] (sqlx,
 //! migrations) -> [`hub`] (fan-out across replicas, presence) -> [`ws`]
 //! (protocol, sessions) and [`http`] (REST) -> [`web`] (the static client);
-//! [`app`] wires the routers and [`server`] starts and drains them.
+//! [`committer`] groups sends into per-room transactions; [`app`] wires the
+//! routers and [`server`] starts and drains them.
 
 pub mod app;
 pub mod auth;
+pub mod committer;
 pub mod config;
 pub mod error;
 pub mod http;

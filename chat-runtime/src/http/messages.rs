@@ -29,7 +29,7 @@ pub async fn send(
         return Err(AppError::RateLimited { retry_after_ms });
     }
     validate_message(&m, s.config.limits.max_message_bytes as usize)?;
-    let ack = s.hub.store().send(room, &p.user, &m).await?;
+    let ack = s.committer.send(room, p.user.clone(), m).await?;
     if ack.duplicate {
         s.metrics.duplicate_sends.inc();
     } else {

@@ -176,116 +176,189 @@ pub struct EventRow {
 }
 
 impl Store {
-    /// Sends a message. A retry with the same `client_msg_id` returns the
-    /// original ack with `duplicate: true` and writes nothing. Four round
-    /// trips: BEGIN, take the seq (members only), insert message and event in
-    /// one statement, COMMIT.
-    pub async fn send(&self, room: RoomId, sender: &User, m: &NewMessage) -> StoreResult<SendAck> {
-        let mut tx = self.begin().await?;
-        let seq: Option<(Seq,)> = sqlx::query_as(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 \
-             AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) RETURNING last_seq",
-        )
-        .bind(room)
-        .bind(sender.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((seq,)) = seq else {
-            tx.rollback().await?;
-            self.last_seq(room).await?;
-            return Err(StoreError::Forbidden(format!(
-                "you are not a member of room {room}; join it first"
-            )));
-        };
-        if let Some(root) = m.thread_root {
-            let ok: Option<(Option<Seq>,)> = sqlx::query_as(
-                "SELECT thread_root_seq FROM messages WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL",
-            )
-            .bind(room)
-            .bind(root)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match ok {
-                None => {
-                    return Err(StoreError::Invalid(format!(
-                        "thread_root {root} is not a message in room {room}"
-                    )));
-                }
-                Some((Some(_),)) => {
-                    return Err(StoreError::Invalid(format!(
-                        "thread_root {root} is itself a reply; reply to its root"
-                    )));
-                }
-                Some((None,)) => {}
-            }
-        }
-        let attachments = json!(m.attachments);
-        let payload = json!({
-            "kind": "message",
-            "sender": {"id": sender.id, "username": sender.username, "display_name": sender.display_name},
-            "client_msg_id": m.client_msg_id,
-            "body": m.body,
-            "thread_root": m.thread_root,
-            "attachments": attachments,
-        });
-        let inserted: Option<(Seq,)> = sqlx::query_as(
-            "WITH m AS ( \
-               INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING \
-               RETURNING created_at) \
-             INSERT INTO room_events (room_id, seq, kind, actor_id, message_seq, payload, created_at) \
-             SELECT $1, $2, 'message', $3, $2, \
-                    $8::jsonb || jsonb_build_object('created_at', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), \
-                    m.created_at FROM m RETURNING seq",
-        )
-        .bind(room)
-        .bind(seq)
-        .bind(sender.id)
-        .bind(&m.client_msg_id)
-        .bind(&m.body)
-        .bind(m.thread_root)
-        .bind(&attachments)
-        .bind(&payload)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            // A retry: this client_msg_id was already used by this sender
-            // here (a concurrent retry held the room lock we waited on, or
-            // committed earlier). Undo our seq and answer with its ack.
-            tx.rollback().await?;
-            let seq = self
-                .existing(room, sender.id, &m.client_msg_id)
-                .await?
-                .ok_or_else(|| StoreError::Conflict("client_msg_id conflict".into()))?;
-            return Ok(SendAck {
-                seq,
-                client_msg_id: m.client_msg_id.clone(),
-                duplicate: true,
-            });
-        }
-        tx.commit().await?;
-        Ok(SendAck {
-            seq,
-            client_msg_id: m.client_msg_id.clone(),
-            duplicate: false,
-        })
-    }
-
-    async fn existing(
+    /// Sends several messages to one room in one transaction (the
+    /// per-room committer's group commit). Results come back in order; each
+    /// is the answer to that send: a retry with an already used
+    /// `client_msg_id` (also within the batch) gets the original ack with
+    /// `duplicate: true` and writes nothing, non-members get a refusal, and
+    /// the new messages take consecutive seqs in batch order. The room row is
+    /// locked first, so sends from other replicas serialize with this one.
+    pub async fn send_batch(
         &self,
         room: RoomId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> StoreResult<Option<Seq>> {
-        let row: Option<(Seq,)> = sqlx::query_as(
-            "SELECT seq FROM messages WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+        batch: &[(User, NewMessage)],
+    ) -> Vec<StoreResult<SendAck>> {
+        match self.send_batch_tx(room, batch).await {
+            Ok(results) => results,
+            Err(e) => {
+                let msg = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| match &e {
+                        StoreError::NotFound(m) => Err(StoreError::NotFound(m.clone())),
+                        _ => Err(StoreError::Db(sqlx::Error::Protocol(msg.clone()))),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn send_batch_tx(
+        &self,
+        room: RoomId,
+        batch: &[(User, NewMessage)],
+    ) -> StoreResult<Vec<StoreResult<SendAck>>> {
+        use std::collections::{HashMap, HashSet};
+        let mut tx = self.begin().await?;
+        let last: Option<(Seq,)> =
+            sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1 FOR UPDATE")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((last,)) = last else {
+            return Err(StoreError::NotFound(format!("room {room} does not exist")));
+        };
+        let senders: Vec<UserId> = batch.iter().map(|(u, _)| u.id).collect();
+        let members: HashSet<UserId> = sqlx::query_as::<_, (UserId,)>(
+            "SELECT user_id FROM room_members WHERE room_id = $1 AND user_id = ANY($2)",
         )
         .bind(room)
-        .bind(sender)
-        .bind(client_msg_id)
-        .fetch_optional(&self.pool)
+        .bind(&senders)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(u,)| u)
+        .collect();
+        let ids: Vec<String> = batch.iter().map(|(_, m)| m.client_msg_id.clone()).collect();
+        let mut existing: HashMap<(UserId, String), Seq> =
+            sqlx::query_as::<_, (UserId, String, Seq)>(
+                "SELECT m.sender_id, m.client_msg_id, m.seq FROM messages m \
+             JOIN unnest($2::bigint[], $3::text[]) AS k(sender_id, client_msg_id) \
+               ON m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id \
+             WHERE m.room_id = $1",
+            )
+            .bind(room)
+            .bind(&senders)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(s, c, q)| ((s, c), q))
+            .collect();
+        let roots: Vec<Seq> = batch.iter().filter_map(|(_, m)| m.thread_root).collect();
+        let root_ok: HashMap<Seq, bool> = if roots.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (Seq, bool)>(
+                "SELECT seq, thread_root_seq IS NULL FROM messages WHERE room_id = $1 AND seq = ANY($2) AND deleted_at IS NULL",
+            )
+            .bind(room)
+            .bind(&roots)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
+
+        let mut results = Vec::with_capacity(batch.len());
+        let mut next = last;
+        let (
+            mut seqs,
+            mut rows_sender,
+            mut rows_cmid,
+            mut rows_body,
+            mut rows_root,
+            mut rows_att,
+            mut rows_payload,
+        ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (user, m) in batch {
+            let key = (user.id, m.client_msg_id.clone());
+            if !members.contains(&user.id) {
+                results.push(Err(StoreError::Forbidden(format!(
+                    "you are not a member of room {room}; join it first"
+                ))));
+                continue;
+            }
+            if let Some(seq) = existing.get(&key) {
+                results.push(Ok(SendAck {
+                    seq: *seq,
+                    client_msg_id: m.client_msg_id.clone(),
+                    duplicate: true,
+                }));
+                continue;
+            }
+            if let Some(root) = m.thread_root {
+                match root_ok.get(&root) {
+                    None => {
+                        results.push(Err(StoreError::Invalid(format!(
+                            "thread_root {root} is not a message in room {room}"
+                        ))));
+                        continue;
+                    }
+                    Some(false) => {
+                        results.push(Err(StoreError::Invalid(format!(
+                            "thread_root {root} is itself a reply; reply to its root"
+                        ))));
+                        continue;
+                    }
+                    Some(true) => {}
+                }
+            }
+            next += 1;
+            existing.insert(key, next);
+            let attachments = json!(m.attachments);
+            rows_payload.push(json!({
+                "kind": "message",
+                "sender": {"id": user.id, "username": user.username, "display_name": user.display_name},
+                "client_msg_id": m.client_msg_id,
+                "body": m.body,
+                "thread_root": m.thread_root,
+                "attachments": attachments,
+            }));
+            seqs.push(next);
+            rows_sender.push(user.id);
+            rows_cmid.push(m.client_msg_id.clone());
+            rows_body.push(m.body.clone());
+            rows_root.push(m.thread_root);
+            rows_att.push(attachments);
+            results.push(Ok(SendAck {
+                seq: next,
+                client_msg_id: m.client_msg_id.clone(),
+                duplicate: false,
+            }));
+        }
+        if seqs.is_empty() {
+            tx.rollback().await?;
+            return Ok(results);
+        }
+        sqlx::query("UPDATE rooms SET last_seq = $2 WHERE id = $1")
+            .bind(room)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "WITH m AS ( \
+               INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
+               SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::jsonb[]) \
+               RETURNING seq, created_at) \
+             INSERT INTO room_events (room_id, seq, kind, actor_id, message_seq, payload, created_at) \
+             SELECT $1, m.seq, 'message', r.sender, m.seq, \
+                    r.payload || jsonb_build_object('created_at', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), \
+                    m.created_at \
+             FROM m JOIN unnest($2::bigint[], $3::bigint[], $8::jsonb[]) AS r(seq, sender, payload) ON r.seq = m.seq",
+        )
+        .bind(room)
+        .bind(&seqs)
+        .bind(&rows_sender)
+        .bind(&rows_cmid)
+        .bind(&rows_body)
+        .bind(&rows_root)
+        .bind(&rows_att)
+        .bind(&rows_payload)
+        .execute(&mut *tx)
         .await?;
-        Ok(row.map(|(s,)| s))
+        tx.commit().await?;
+        Ok(results)
     }
 
     /// Edits a message (its author only). Returns the edit event's seq.

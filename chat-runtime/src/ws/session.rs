@@ -143,7 +143,7 @@ async fn handle_text(
     state: &AppState,
     sid: SessionId,
     principal: &Principal,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     subscribed: &mut HashMap<RoomId, ()>,
     text: &str,
 ) {
@@ -226,27 +226,42 @@ async fn handle_text(
                 state.metrics.bad_frames.inc();
                 return answer(store_error_frame(id.as_deref(), &e));
             }
+            // Queued in order, acked when stored: the reader moves on, so a
+            // client may pipeline sends; its messages keep their order.
             let started = Instant::now();
-            match store.send(room, user, &m).await {
-                Ok(ack) => {
-                    state
-                        .metrics
-                        .db_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    if ack.duplicate {
-                        state.metrics.duplicate_sends.inc();
-                    } else {
-                        state.metrics.messages_in.inc();
-                        state.hub.committed(room, ack.seq);
+            let rx = match state.committer.enqueue(room, user.clone(), m) {
+                Ok(rx) => rx,
+                Err(e) => return answer(store_error_frame(id.as_deref(), &e)),
+            };
+            let (state, outbox) = (state.clone(), outbox.clone());
+            tokio::spawn(async move {
+                let result = rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Invalid(
+                        "the send was dropped; retry with the same client_msg_id".into(),
+                    ))
+                });
+                let frame = match result {
+                    Ok(ack) => {
+                        state
+                            .metrics
+                            .db_latency
+                            .observe(started.elapsed().as_secs_f64());
+                        if ack.duplicate {
+                            state.metrics.duplicate_sends.inc();
+                        } else {
+                            state.metrics.messages_in.inc();
+                            state.hub.committed(room, ack.seq);
+                        }
+                        reply(
+                            "ack",
+                            id.as_deref(),
+                            json!({"room": room, "seq": ack.seq, "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
+                        )
                     }
-                    answer(reply(
-                        "ack",
-                        id.as_deref(),
-                        json!({"room": room, "seq": ack.seq, "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
-                    ));
-                }
-                Err(e) => answer(store_error_frame(id.as_deref(), &e)),
-            }
+                    Err(e) => store_error_frame(id.as_deref(), &e),
+                };
+                outbox.push(Item::Reply(frame.into()));
+            });
         }
         ClientFrame::Edit {
             id,

@@ -268,6 +268,8 @@ async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, wi
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
     }
+    let db_sum = rt.metric("chat_db_latency_seconds_sum").await.unwrap_or(0.0);
+    let db_count = rt.metric("chat_db_latency_seconds_count").await.unwrap_or(0.0);
     let persisted = rt.count_messages().await?;
     let acked = acked.load(Ordering::Relaxed);
     println!(
@@ -275,6 +277,12 @@ async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, wi
         elapsed.as_secs_f64(),
         persisted as f64 / elapsed.as_secs_f64()
     );
+    if db_count > 0.0 {
+        println!(
+            "server-side database time per event write or fan-out read: {:.2} ms average ({db_count:.0} operations)",
+            db_sum / db_count * 1000.0
+        );
+    }
     latencies.print("send->deliver latency (one reader per room)");
     println!("deliveries to room readers: {}", latencies.count());
     tracker.print();
