@@ -35,10 +35,7 @@ impl Tracker {
 
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    id: usize,
 }
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
 
 impl Client {
     pub async fn connect(ws_url: &str, token: &str) -> Result<Self, String> {
@@ -46,10 +43,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| format!("websocket connect: {e} (raise `ulimit -n`?)"))?;
-        Ok(Self {
-            ws,
-            id: NEXT.fetch_add(1, Ordering::Relaxed) as usize,
-        })
+        Ok(Self { ws })
     }
 
     pub async fn send(&mut self, v: Value) -> Result<(), String> {
@@ -65,7 +59,10 @@ impl Client {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     let v: Value = serde_json::from_str(&t).ok()?;
                     if v["type"] == "ping" {
-                        let _ = self.ws.send(Message::Text(r#"{"type":"pong"}"#.into())).await;
+                        let _ = self
+                            .ws
+                            .send(Message::Text(r#"{"type":"pong"}"#.into()))
+                            .await;
                         continue;
                     }
                     return Some(v);
@@ -96,7 +93,9 @@ impl Client {
     pub async fn next_ack(&mut self, timeout: Duration) -> Option<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let v = self.next_json(deadline.saturating_duration_since(Instant::now())).await?;
+            let v = self
+                .next_json(deadline.saturating_duration_since(Instant::now()))
+                .await?;
             if v["type"] == "ack" {
                 return Some(());
             }
@@ -125,7 +124,13 @@ impl Client {
     /// and checking that seqs arrive contiguously, once each. Works on the
     /// raw text (no JSON parse per frame) and keeps its figures local, so the
     /// load generator is not what limits the measurement.
-    pub async fn read_events(mut self, _room: i64, lat: &Latencies, tracker: &Tracker, stop: &AtomicBool) {
+    pub async fn read_events(
+        mut self,
+        _room: i64,
+        lat: &Latencies,
+        tracker: &Tracker,
+        stop: &AtomicBool,
+    ) {
         let mut samples = Vec::with_capacity(4096);
         let (mut gaps, mut dups) = (0u64, 0u64);
         let mut cursor: Option<i64> = None;
@@ -137,7 +142,10 @@ impl Client {
             };
             let text = msg.as_str();
             if text.contains(r#""type":"ping""#) {
-                let _ = self.ws.send(Message::Text(r#"{"type":"pong"}"#.into())).await;
+                let _ = self
+                    .ws
+                    .send(Message::Text(r#"{"type":"pong"}"#.into()))
+                    .await;
                 continue;
             }
             if text.contains(r#""type":"subscribed""#) {
@@ -147,7 +155,9 @@ impl Client {
             if !text.contains(r#""type":"event""#) {
                 continue;
             }
-            let Some(seq) = field_i64(text, "\"seq\":") else { continue };
+            let Some(seq) = field_i64(text, "\"seq\":") else {
+                continue;
+            };
             tracker.delivered.fetch_add(1, Ordering::Relaxed);
             match cursor {
                 Some(c) if seq <= c => dups += 1,
@@ -171,6 +181,8 @@ impl Client {
 fn field_i64(text: &str, key: &str) -> Option<i64> {
     let start = text.find(key)? + key.len();
     let digits: &str = &text[start..];
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
     digits[..end].parse().ok()
 }

@@ -87,8 +87,17 @@ async fn run(args: Args) -> Result<(), String> {
     let rt = Runtime::start(&args.runtime, &args.database_url).await?;
     let result = match args.scenario {
         Scenario::Idle { connections } => idle(&rt, connections).await,
-        Scenario::Fanout { members, rate, seconds } => fanout(&rt, members, rate, seconds).await,
-        Scenario::Throughput { rooms, senders, seconds, window } => throughput(&rt, rooms, senders, seconds, window).await,
+        Scenario::Fanout {
+            members,
+            rate,
+            seconds,
+        } => fanout(&rt, members, rate, seconds).await,
+        Scenario::Throughput {
+            rooms,
+            senders,
+            seconds,
+            window,
+        } => throughput(&rt, rooms, senders, seconds, window).await,
     };
     rt.stop().await;
     result
@@ -119,7 +128,10 @@ async fn idle(rt: &Runtime, n: usize) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = rt.rss_kib()?;
     let held = rt.metric("chat_connections").await.unwrap_or(0.0);
-    println!("connections held: {held:.0} (opened in {:.1}s)", started.elapsed().as_secs_f64());
+    println!(
+        "connections held: {held:.0} (opened in {:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "server RSS: {:.1} MiB before, {:.1} MiB with connections: {:.1} KiB per connection",
         base as f64 / 1024.0,
@@ -152,7 +164,9 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         let mut c = Client::connect(&rt.ws, &tokens[i % users]).await?;
         c.send(json!({"type": "subscribe", "room": room})).await?;
         let (lat, tr, st) = (latencies.clone(), tracker.clone(), stop.clone());
-        readers.push(tokio::spawn(async move { c.read_events(room, &lat, &tr, &st).await }));
+        readers.push(tokio::spawn(async move {
+            c.read_events(room, &lat, &tr, &st).await
+        }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rt.rss_kib()?;
@@ -176,7 +190,9 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
     while tracker.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    acked += sender.wait_acks(total - acked, Duration::from_secs(5)).await;
+    acked += sender
+        .wait_acks(total - acked, Duration::from_secs(5))
+        .await;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -188,7 +204,10 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         rss as f64 / 1024.0,
         (rss.saturating_sub(base)) as f64 / members as f64
     );
-    println!("messages sent: {total} in {:.1}s, acked: {acked}", sending.as_secs_f64());
+    println!(
+        "messages sent: {total} in {:.1}s, acked: {acked}",
+        sending.as_secs_f64()
+    );
     latencies.print("send->deliver latency");
     println!(
         "deliveries: {} of {expected} ({:.0}/s)",
@@ -199,7 +218,13 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
     Ok(())
 }
 
-async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, window: usize) -> Result<(), String> {
+async fn throughput(
+    rt: &Runtime,
+    rooms: usize,
+    senders: usize,
+    seconds: u64,
+    window: usize,
+) -> Result<(), String> {
     let owner = rt.signup("owner").await?;
     let mut room_ids = Vec::new();
     for i in 0..rooms {
@@ -214,7 +239,9 @@ async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, wi
         }
         tokens.push(t);
     }
-    println!("scenario: throughput rooms={rooms} senders={senders} window={window} seconds={seconds}");
+    println!(
+        "scenario: throughput rooms={rooms} senders={senders} window={window} seconds={seconds}"
+    );
     // One reader per room checks ordering and completeness.
     let latencies = Arc::new(Latencies::default());
     let tracker = Arc::new(Tracker::default());
@@ -224,7 +251,9 @@ async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, wi
         let mut c = Client::connect(&rt.ws, &owner).await?;
         c.send(json!({"type": "subscribe", "room": r})).await?;
         let (lat, tr, st, room) = (latencies.clone(), tracker.clone(), stop.clone(), *r);
-        readers.push(tokio::spawn(async move { c.read_events(room, &lat, &tr, &st).await }));
+        readers.push(tokio::spawn(async move {
+            c.read_events(room, &lat, &tr, &st).await
+        }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = Arc::new(AtomicU64::new(0));
@@ -268,8 +297,14 @@ async fn throughput(rt: &Runtime, rooms: usize, senders: usize, seconds: u64, wi
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
     }
-    let db_sum = rt.metric("chat_db_latency_seconds_sum").await.unwrap_or(0.0);
-    let db_count = rt.metric("chat_db_latency_seconds_count").await.unwrap_or(0.0);
+    let db_sum = rt
+        .metric("chat_db_latency_seconds_sum")
+        .await
+        .unwrap_or(0.0);
+    let db_count = rt
+        .metric("chat_db_latency_seconds_count")
+        .await
+        .unwrap_or(0.0);
     let persisted = rt.count_messages().await?;
     let acked = acked.load(Ordering::Relaxed);
     println!(

@@ -20,12 +20,6 @@ pub struct Latencies {
 }
 
 impl Latencies {
-    pub fn record(&self, micros: u64) {
-        if let Ok(mut s) = self.samples.lock() {
-            s.push(micros);
-        }
-    }
-
     /// Adds a reader's samples.
     pub fn extend(&self, samples: Vec<u64>) {
         if let Ok(mut s) = self.samples.lock() {

@@ -23,11 +23,15 @@ pub struct Runtime {
 impl Runtime {
     pub async fn start(bin: &str, admin_url: &str) -> Result<Self, String> {
         let name = format!("bench_{}", std::process::id());
-        let mut conn = PgConnection::connect(admin_url).await.map_err(|e| format!("database: {e}"))?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
-            .execute(&mut conn)
+        let mut conn = PgConnection::connect(admin_url)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("database: {e}"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut conn)
             .await
@@ -65,7 +69,10 @@ impl Runtime {
         .ok_or("the runtime did not start")?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
-        let public = v["public_addr"].as_str().ok_or("no public_addr")?.to_string();
+        let public = v["public_addr"]
+            .as_str()
+            .ok_or("no public_addr")?
+            .to_string();
         let admin = v["admin_addr"].as_str().ok_or("no admin_addr")?.to_string();
         Ok(Self {
             child,
@@ -83,7 +90,8 @@ impl Runtime {
     /// Resident set size of the runtime, KiB.
     pub fn rss_kib(&self) -> Result<u64, String> {
         let pid = self.child.id().ok_or("runtime exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -92,14 +100,23 @@ impl Runtime {
             .ok_or_else(|| "no VmRSS".to_string())
     }
 
-    async fn call(&self, method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Result<Value, String> {
+    async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
         let host = uri.host().unwrap_or("127.0.0.1").to_string();
         let port = uri.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let mut req = hyper::Request::builder()
             .method(method)
@@ -115,7 +132,12 @@ impl Runtime {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let text = String::from_utf8_lossy(&bytes).to_string();
         if !status.is_success() {
             return Err(format!("{method} {url}: {status} {text}"));
@@ -125,27 +147,48 @@ impl Runtime {
 
     pub async fn signup(&self, name: &str) -> Result<String, String> {
         let v = self
-            .call("POST", &format!("{}/api/v1/auth/signup", self.http), None, Some(json!({"username": name, "password": format!("password-{name}")})))
+            .call(
+                "POST",
+                &format!("{}/api/v1/auth/signup", self.http),
+                None,
+                Some(json!({"username": name, "password": format!("password-{name}")})),
+            )
             .await?;
-        v["token"].as_str().map(str::to_string).ok_or_else(|| "no token".into())
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "no token".into())
     }
 
     pub async fn room(&self, token: &str, name: &str) -> Result<i64, String> {
         let v = self
-            .call("POST", &format!("{}/api/v1/rooms", self.http), Some(token), Some(json!({"name": name, "kind": "public"})))
+            .call(
+                "POST",
+                &format!("{}/api/v1/rooms", self.http),
+                Some(token),
+                Some(json!({"name": name, "kind": "public"})),
+            )
             .await?;
         v["room"]["id"].as_i64().ok_or_else(|| "no room id".into())
     }
 
     pub async fn join(&self, token: &str, room: i64) -> Result<(), String> {
-        self.call("POST", &format!("{}/api/v1/rooms/{room}/join", self.http), Some(token), None)
-            .await
-            .map(|_| ())
+        self.call(
+            "POST",
+            &format!("{}/api/v1/rooms/{room}/join", self.http),
+            Some(token),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// A gauge or counter from /metrics.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let v = self.call("GET", &format!("{}/metrics", self.admin), None, None).await.ok()?;
+        let v = self
+            .call("GET", &format!("{}/metrics", self.admin), None, None)
+            .await
+            .ok()?;
         let text = v.as_str()?.to_string();
         text.lines()
             .find(|l| l.starts_with(&format!("{name} ")))
@@ -155,7 +198,9 @@ impl Runtime {
 
     /// Messages stored in the database.
     pub async fn count_messages(&self) -> Result<i64, String> {
-        let mut conn = PgConnection::connect(&self.db).await.map_err(|e| e.to_string())?;
+        let mut conn = PgConnection::connect(&self.db)
+            .await
+            .map_err(|e| e.to_string())?;
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
             .fetch_one(&mut conn)
             .await
