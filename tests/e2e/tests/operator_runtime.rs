@@ -35,9 +35,10 @@ async fn get(url: &str, token: Option<&str>, body: Option<Value>, method: &str) 
     let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut req = http::Request::builder()
         .method(method)
@@ -47,16 +48,23 @@ async fn get(url: &str, token: Option<&str>, body: Option<Value>, method: &str) 
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let body = http_body_util::Full::new(hyper::body::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
+    let body = http_body_util::Full::new(hyper::body::Bytes::from(
+        body.map(|b| b.to_string()).unwrap_or_default(),
+    ));
     let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
 async fn the_deployment_environment_starts_a_working_runtime() {
-    let env = OperatorEnv::new("op-runtime", Duration::from_secs(300)).await.unwrap();
+    let env = OperatorEnv::new("op-runtime", Duration::from_secs(300))
+        .await
+        .unwrap();
     let (ct, db) = env.ready_tenant("acme", "").await.unwrap();
     assert_eq!(ct.status.unwrap().database.unwrap().name, db);
 
@@ -85,8 +93,17 @@ async fn the_deployment_environment_starts_a_working_runtime() {
         vars.push((e.name, value));
     }
     let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-    for required in ["CHAT_DATABASE_URL", "CHAT_TENANT_ID", "CHAT_JWT_SECRET", "CHAT_AUTH_MODE", "CHAT_DRAIN_SECONDS"] {
-        assert!(names.contains(&required), "{required} missing from {names:?}");
+    for required in [
+        "CHAT_DATABASE_URL",
+        "CHAT_TENANT_ID",
+        "CHAT_JWT_SECRET",
+        "CHAT_AUTH_MODE",
+        "CHAT_DRAIN_SECONDS",
+    ] {
+        assert!(
+            names.contains(&required),
+            "{required} missing from {names:?}"
+        );
     }
 
     // Loopback ports instead of 0.0.0.0:8080/9090 (several tests share the machine).
@@ -119,7 +136,11 @@ async fn the_deployment_environment_starts_a_working_runtime() {
 
     // The probes the Deployment uses answer.
     for path in ["/startupz", "/readyz", "/livez"] {
-        assert_eq!(get(&format!("{admin}{path}"), None, None, "GET").await.0, 200, "{path}");
+        assert_eq!(
+            get(&format!("{admin}{path}"), None, None, "GET").await.0,
+            200,
+            "{path}"
+        );
     }
     // Chat works, in the tenant's own database, with tokens for this tenant.
     let (status, signup) = get(
@@ -148,9 +169,17 @@ async fn the_deployment_environment_starts_a_working_runtime() {
     .await;
     assert_eq!(status, 200, "{ack}");
     // The runtime connected as the tenant's role, to the tenant's database.
-    let uri = secret_text(&env.client, &env.ns, "acme-db", "uri").await.unwrap().unwrap();
-    assert!(uri.contains(&format!("{db}:")) && uri.contains(&format!("/{db}?")), "{uri}");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&uri).await.unwrap();
+    let uri = secret_text(&env.client, &env.ns, "acme-db", "uri")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        uri.contains(&format!("{db}:")) && uri.contains(&format!("/{db}?")),
+        "{uri}"
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&uri)
+        .await
+        .unwrap();
     let (count, owner): (i64, String) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM messages), (SELECT tableowner::text FROM pg_tables WHERE tablename = 'messages')",
     )
@@ -158,7 +187,10 @@ async fn the_deployment_environment_starts_a_working_runtime() {
     .await
     .unwrap();
     assert_eq!(count, 1);
-    assert_eq!(owner, db, "the runtime's tables belong to the tenant's role");
+    assert_eq!(
+        owner, db,
+        "the runtime's tables belong to the tenant's role"
+    );
     let _ = child.kill().await;
     env.stop().await;
 }
