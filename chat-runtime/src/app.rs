@@ -14,6 +14,7 @@ use axum::{
     routing::{delete, get, post, put},
 };
 use serde::{Deserialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 use crate::{
     auth::{AuthError, Authenticator, Principal},
@@ -101,7 +102,32 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/search", get(http::messages::search))
         .fallback(|| async { AppError::NotFound("no such route; see docs/protocol.md".into()) })
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request an id (the client's `x-request-id`, or a new one),
+/// runs it in a `request` span so its log lines carry the id, and returns
+/// the id in the `x-request-id` response header.
+async fn request_id(req: Request, next: axum::middleware::Next) -> Response {
+    use rand::RngCore;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            rand::rng().fill_bytes(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        });
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 /// The admin router: `/livez`, `/readyz`, `/startupz`, `/metrics`.
@@ -247,9 +273,14 @@ async fn upgrade(
         .max_write_buffer_size(2 * 1024 * 1024)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| async move {
-            session::run(socket, state, principal).await;
-            sockets.fetch_sub(1, Ordering::AcqRel);
+        .on_upgrade(move |socket| {
+            // The socket's log lines keep the upgrade request's id.
+            let span = tracing::Span::current();
+            async move {
+                session::run(socket, state, principal).await;
+                sockets.fetch_sub(1, Ordering::AcqRel);
+            }
+            .instrument(span)
         }))
 }
 

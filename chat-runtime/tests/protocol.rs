@@ -272,6 +272,20 @@ async fn metrics_and_health() {
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+    // Every response carries a request id (the client's, when it sends one).
+    let echoed = header_of(
+        &format!("{}/api/v1/me", r.http),
+        Some("trace-me-42"),
+        "x-request-id",
+    )
+    .await;
+    assert_eq!(echoed.as_deref(), Some("trace-me-42"));
+    let fresh = header_of(&format!("{}/api/v1/me", r.http), None, "x-request-id").await;
+    assert_eq!(
+        fresh.map(|v| v.len()),
+        Some(16),
+        "a generated 16-hex-digit id"
+    );
     // The public listener does not expose metrics.
     assert_eq!(
         http("GET", &format!("{}/metrics", r.http), None, None)
@@ -306,4 +320,30 @@ async fn reqwest_like(url: &str) -> String {
         .unwrap()
         .to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
+}
+
+async fn header_of(url: &str, request_id: Option<&str>, name: &str) -> Option<String> {
+    let uri: hyper::Uri = url.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(uri.path()).header("host", "x");
+    if let Some(id) = request_id {
+        req = req.header("x-request-id", id);
+    }
+    let resp = sender
+        .send_request(
+            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
 }
