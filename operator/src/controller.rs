@@ -34,13 +34,16 @@ use kube::{
 };
 use tracing::Instrument;
 
+mod referenced;
+
 use crate::{
     apply::{apply_children, apply_one},
     build::{
         Inputs, build_children,
+        deployment::AUTH_KEY_ANNOTATION,
         secret::{
             AUTH_SECRET_KEY, DB_SECRET_PASSWORD_KEY, auth_secret_name, build_auth_secret,
-            build_db_secret, db_secret_name, generate_jwt_key, secret_value,
+            build_db_secret, db_secret_name, generate_jwt_key, key_checksum, secret_value,
         },
     },
     crd::{AuthMode, ChatTenant, ReclaimPolicy},
@@ -183,7 +186,10 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=chorus-operator");
+    let (referenced, to_tenants) =
+        referenced::secret_events(&client, &ctx.settings, reader.clone());
     Controller::for_stream(main, reader)
+        .watches_stream(referenced, to_tenants)
         .owns(api::<Deployment>(&client, &ns), owned.clone())
         .owns(api::<Service>(&client, &ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
@@ -342,13 +348,18 @@ async fn apply(cached: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) ->
     }
 
     // 2. Authentication material.
-    match ensure_auth(ctx, &ct, &t).await {
-        Ok(None) => {}
-        Ok(Some(p)) => problems.push(p),
+    let auth_key_hash = match ensure_auth(ctx, &ct, &t).await {
+        Ok(Auth::Key(hash)) => Some(hash),
+        Ok(Auth::Invalid(p)) => {
+            problems.push(p);
+            None
+        }
+        Ok(Auth::NoKey) => None,
         Err(e) => {
             first_error.get_or_insert(e);
+            None
         }
-    }
+    };
 
     // 3. Gateway API presence.
     let wants_gateway = t
@@ -367,7 +378,7 @@ async fn apply(cached: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) ->
     }
 
     // 4. Observe the slots, plan, build, apply.
-    let (blue, green) = observe_deployments(ctx, &t).await?;
+    let (blue, green, running_key_hash) = observe_deployments(ctx, &t).await?;
     let by_slot = |s: Slot| if s == Slot::Blue { blue } else { green };
     let observed_other = by_slot(t.stable_slot.other());
     let plan = rollout::plan(
@@ -388,6 +399,8 @@ async fn apply(cached: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) ->
         database_host: &db_host,
         database_port: db_port,
         password_changed_at: db.password_changed_at.as_deref(),
+        // A key that cannot be read right now keeps the pods as they are.
+        auth_key_hash: auth_key_hash.as_deref().or(running_key_hash.as_deref()),
     };
     let children = build_children(&t, &inputs);
     match apply_children(&ctx.client, &t, &children, routes_served).await {
@@ -502,12 +515,14 @@ async fn rollout_events(
     }
 }
 
+/// Both slots' Deployments, and the auth key checksum their pods run with.
 async fn observe_deployments(
     ctx: &Context,
     t: &Tenant,
-) -> Result<(DeploymentObservation, DeploymentObservation)> {
+) -> Result<(DeploymentObservation, DeploymentObservation, Option<String>)> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &t.namespace);
     let mut out = [DeploymentObservation::default(); 2];
+    let mut key_hash = None;
     for (i, slot) in [Slot::Blue, Slot::Green].into_iter().enumerate() {
         let name = format!("{}-{}", t.name, slot.as_str());
         let d = api
@@ -515,6 +530,7 @@ async fn observe_deployments(
             .await
             .map_err(Error::kube(format!("reading Deployment {name}")))?;
         if let Some(d) = d {
+            key_hash = key_hash.or_else(|| running_auth_key_hash(&d));
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
             let st = d.status.unwrap_or_default();
             let caught_up =
@@ -527,7 +543,19 @@ async fn observe_deployments(
             };
         }
     }
-    Ok((out[0], out[1]))
+    Ok((out[0], out[1], key_hash))
+}
+
+fn running_auth_key_hash(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(AUTH_KEY_ANNOTATION)
+        .cloned()
 }
 
 async fn load_server(ctx: &Context, t: &Tenant) -> Result<ServerConfig, String> {
@@ -739,9 +767,20 @@ async fn provision_database(
     }
 }
 
+/// What the pods authenticate with.
+enum Auth {
+    /// A key from a Secret, by checksum (a pod template annotation, so pods
+    /// restart when the key is rotated: env from a Secret is read at start).
+    Key(String),
+    /// No key in a Secret (a JWKS URL).
+    NoKey,
+    /// The referenced key is missing or unusable.
+    Invalid(Problem),
+}
+
 /// Builtin: makes sure `<name>-auth` holds a signing key (created once).
-/// External: checks the referenced Secret key. Returns a problem to report.
-async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> Result<Option<Problem>> {
+/// External: checks the referenced Secret key.
+async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> Result<Auth> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &t.namespace);
     match t.spec.auth.mode {
         AuthMode::Builtin => {
@@ -765,7 +804,7 @@ async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> Result<Optio
                 )
                 .await;
             }
-            Ok(None)
+            Ok(Auth::Key(key_checksum(&key)))
         }
         AuthMode::External => {
             let Some(r) = t
@@ -775,7 +814,7 @@ async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> Result<Optio
                 .as_ref()
                 .and_then(|e| e.secret_ref.as_ref())
             else {
-                return Ok(None);
+                return Ok(Auth::NoKey);
             };
             let secret = secrets
                 .get_opt(&r.name)
@@ -796,11 +835,13 @@ async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> Result<Optio
                     r.key,
                     v.len()
                 )),
-                Some(Some(_)) => None,
+                Some(Some(key)) => return Ok(Auth::Key(key_checksum(&key))),
             };
-            Ok(problem.map(|message| Problem {
-                reason: "ExternalAuthInvalid",
-                message,
+            Ok(problem.map_or(Auth::NoKey, |message| {
+                Auth::Invalid(Problem {
+                    reason: "ExternalAuthInvalid",
+                    message,
+                })
             }))
         }
     }

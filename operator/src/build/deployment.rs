@@ -34,6 +34,10 @@ pub const DRAIN_MARGIN_SECONDS: i64 = 15;
 /// Pod annotation that changes when the database password is rotated, so
 /// pods restart with the new Secret value.
 pub const PASSWORD_ANNOTATION: &str = "chorus.dev/db-password-changed-at";
+/// Pod annotation carrying a checksum of the JWT key read from a Secret
+/// (`<name>-auth` or `spec.auth.externalJwt.secretRef`), so pods restart,
+/// one at a time, when the key is rotated.
+pub const AUTH_KEY_ANNOTATION: &str = "chorus.dev/auth-key-checksum";
 
 /// The Deployment of one slot.
 pub fn build_deployment(t: &Tenant, slot: &SlotSpec, inputs: &Inputs) -> Deployment {
@@ -53,6 +57,9 @@ pub fn build_deployment(t: &Tenant, slot: &SlotSpec, inputs: &Inputs) -> Deploym
     annotations.insert("chorus.dev/revision".to_string(), slot.revision.clone());
     if let Some(at) = inputs.password_changed_at {
         annotations.insert(PASSWORD_ANNOTATION.to_string(), at.to_string());
+    }
+    if let Some(sum) = inputs.auth_key_hash {
+        annotations.insert(AUTH_KEY_ANNOTATION.to_string(), sum.to_string());
     }
     Deployment {
         metadata: child_meta(t, name, labels),
@@ -475,6 +482,31 @@ mod tests {
         assert_eq!(
             ann.get(PASSWORD_ANNOTATION).map(String::as_str),
             Some("2026-11-24T10:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_rotated_auth_key_changes_the_pod_template() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        let template_annotation = |sum: Option<&str>| {
+            let mut i = inputs(&plan);
+            i.auth_key_hash = sum;
+            let d = build_deployment(&t, &plan.stable, &i);
+            let ann = d
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap();
+            ann.get(AUTH_KEY_ANNOTATION).cloned()
+        };
+        assert_eq!(template_annotation(None), None);
+        assert_eq!(template_annotation(Some("aa11")), Some("aa11".into()));
+        assert_ne!(
+            template_annotation(Some("aa11")),
+            template_annotation(Some("bb22"))
         );
     }
 }

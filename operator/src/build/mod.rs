@@ -33,6 +33,9 @@ pub struct Inputs<'a> {
     pub database_port: u16,
     /// When the database password last changed (pod template annotation).
     pub password_changed_at: Option<&'a str>,
+    /// Checksum of the JWT key the pods read from a Secret (pod template
+    /// annotation), when there is one.
+    pub auth_key_hash: Option<&'a str>,
 }
 
 /// Every child object the spec asks for (Secrets are handled with the
@@ -96,6 +99,7 @@ pub(crate) mod tests {
             database_host: "127.0.0.1",
             database_port: 5432,
             password_changed_at: None,
+            auth_key_hash: None,
         }
     }
 

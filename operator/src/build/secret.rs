@@ -91,6 +91,14 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// A short checksum of a key, safe to show in a pod annotation: it changes
+/// when the key does and reveals nothing usable about it.
+pub fn key_checksum(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +133,14 @@ mod tests {
         let k = generate_jwt_key();
         assert_eq!(k.len(), 64);
         assert_ne!(k, generate_jwt_key());
+    }
+
+    #[test]
+    fn key_checksums_differ_by_key_and_hide_it() {
+        let a = key_checksum("0123456789abcdef0123456789abcdef");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, key_checksum("0123456789abcdef0123456789abcdef"));
+        assert_ne!(a, key_checksum("0123456789abcdef0123456789abcdeF"));
+        assert!(!a.contains("0123"));
     }
 }

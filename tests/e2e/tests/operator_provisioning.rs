@@ -616,3 +616,103 @@ async fn suspend_stops_reconciling_and_says_so() {
         .unwrap();
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_missing_external_jwt_key_is_reported_and_creating_it_heals_at_once() {
+    // A resync of 5 minutes: only the watch on referenced Secrets can make
+    // the operator notice the new Secret within the test's deadline.
+    let env = OperatorEnv::new("op-extauth", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (yaml, _) = tenant_yaml(
+        "acme",
+        "  auth:\n    mode: External\n    externalJwt: {secretRef: {name: acme-idp, key: hs256}, issuer: \"https://id.acme.example\", audience: chat}",
+    );
+    create_tenant(&env.client, &env.ns, &yaml).await.unwrap();
+    let ct = env
+        .wait_condition("acme", "Degraded", "True", Some("ExternalAuthInvalid"))
+        .await
+        .unwrap();
+    let message = condition(&ct, "Degraded").unwrap().message;
+    assert!(
+        message.contains("acme-idp") && message.contains("spec.auth.externalJwt.secretRef"),
+        "the condition names the Secret and the field: {message}"
+    );
+
+    let secrets = env.api::<Secret>();
+    let put = |value: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let secret: Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "acme-idp"},
+                "stringData": {"hs256": value},
+            }))
+            .unwrap();
+            secrets
+                .patch(
+                    "acme-idp",
+                    &PatchParams::apply("tenant-admin").force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Too short a key is named as such...
+    put("short").await;
+    wait_for("the short key to be reported", T, || {
+        let cts = env.api::<ChatTenant>();
+        async move {
+            let ct = cts.get("acme").await.ok()?;
+            let c = condition(&ct, "Degraded")?;
+            c.message.contains("is 5 bytes").then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    // ...and a good one clears the condition and the tenant becomes Ready.
+    put("0123456789abcdef0123456789abcdef-tenant-shared").await;
+    env.wait_condition("acme", "Degraded", "False", None)
+        .await
+        .unwrap();
+    let ct = env
+        .wait_condition("acme", "Ready", "True", None)
+        .await
+        .unwrap();
+    let stable = format!(
+        "acme-{}",
+        ct.status.unwrap().stable.unwrap().slot.to_lowercase()
+    );
+    let deployments = env.api::<Deployment>();
+    let blue = deployments.get(&stable).await.unwrap();
+    let pod = blue.spec.unwrap().template.spec.unwrap();
+    let env_vars = serde_json::to_string(&pod.containers[0].env).unwrap();
+    assert!(
+        env_vars.contains("acme-idp"),
+        "the runtime reads the key from the tenant's Secret: {env_vars}"
+    );
+    // Env from a Secret is read when a pod starts: rotating the key changes
+    // the pod template's checksum annotation, so the pods roll.
+    let checksum_of = |d: Deployment| {
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("chorus.dev/auth-key-checksum")
+            .cloned()
+    };
+    let before = deployments.get(&stable).await.unwrap();
+    let before = checksum_of(before).expect("the pod template carries the key checksum");
+    put("fedcba9876543210fedcba9876543210-rotated-key").await;
+    wait_for("the rotated key to reach the pod template", T, || {
+        let (deployments, stable, before) = (deployments.clone(), stable.clone(), before.clone());
+        async move {
+            let d = deployments.get(&stable).await.ok()?;
+            (checksum_of(d)? != before).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    env.stop().await;
+}

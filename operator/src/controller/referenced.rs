@@ -1,0 +1,115 @@
+//! Secrets a ChatTenant names but does not own: the database server's admin
+//! Secret (`spec.database.serverRef`, in the operator's namespace) and the
+//! external JWT key (`spec.auth.externalJwt.secretRef`, in the tenant's
+//! namespace). Creating, fixing or rotating one reconciles the tenants that
+//! name it at once, instead of at the next resync or backoff. Only metadata is
+//! watched: the operator never caches Secret data it does not own.
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt, predicates,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+
+use super::Settings;
+use crate::crd::ChatTenant;
+
+type SecretMeta = PartialObjectMeta<Secret>;
+type SecretEvents = BoxStream<'static, Result<SecretMeta, watcher::Error>>;
+
+/// The metadata events of the Secrets tenants may name, and the mapper from
+/// one Secret to the tenants naming it (for `Controller::watches_stream`).
+pub(super) fn secret_events(
+    client: &Client,
+    settings: &Settings,
+    tenants: Store<ChatTenant>,
+) -> (
+    SecretEvents,
+    impl Fn(SecretMeta) -> Vec<ObjectRef<ChatTenant>> + Send + Sync + 'static,
+) {
+    let watch = |api: Api<SecretMeta>| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::resource_version, Default::default())
+            .boxed()
+    };
+    let server_ns = settings.server_namespace.clone();
+    let stream = match &settings.watch_namespace {
+        None => watch(Api::all(client.clone())),
+        Some(ns) if *ns == server_ns => watch(Api::namespaced(client.clone(), ns)),
+        Some(ns) => futures::stream::select(
+            watch(Api::namespaced(client.clone(), ns)),
+            watch(Api::namespaced(client.clone(), &server_ns)),
+        )
+        .boxed(),
+    };
+    let mapper = move |secret: SecretMeta| {
+        let (name, ns) = (secret.name_any(), secret.namespace().unwrap_or_default());
+        tenants
+            .state()
+            .iter()
+            .filter(|ct| names_secret(ct, &ns, &name, &server_ns))
+            .map(|ct| ObjectRef::from_obj(ct.as_ref()))
+            .collect()
+    };
+    (stream, mapper)
+}
+
+/// Whether `ct` names Secret `ns/name` (the server Secret lives in
+/// `server_ns`, the external JWT key in the tenant's namespace).
+fn names_secret(ct: &ChatTenant, ns: &str, name: &str, server_ns: &str) -> bool {
+    let server = ns == server_ns && ct.spec.database.server_ref.name == name;
+    let external = ct.namespace().as_deref() == Some(ns)
+        && ct
+            .spec
+            .auth
+            .external_jwt
+            .as_ref()
+            .and_then(|e| e.secret_ref.as_ref())
+            .is_some_and(|r| r.name == name);
+    server || external
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AuthMode, AuthSpec, ExternalJwt, SecretKeyRef};
+    use crate::validate::tests::sample;
+
+    const SERVER_NS: &str = "chorus-system";
+
+    #[test]
+    fn a_tenant_names_its_server_secret_only_in_the_server_namespace() {
+        let ct = sample();
+        assert!(names_secret(&ct, SERVER_NS, "shared-pg", SERVER_NS));
+        assert!(!names_secret(&ct, "tenants", "shared-pg", SERVER_NS));
+        assert!(!names_secret(&ct, SERVER_NS, "other-pg", SERVER_NS));
+    }
+
+    #[test]
+    fn a_tenant_names_its_external_key_in_its_own_namespace() {
+        let mut ct = sample();
+        assert!(!names_secret(&ct, "tenants", "jwt", SERVER_NS));
+        ct.spec.auth = AuthSpec {
+            mode: AuthMode::External,
+            external_jwt: Some(ExternalJwt {
+                secret_ref: Some(SecretKeyRef {
+                    name: "jwt".into(),
+                    key: "hs256".into(),
+                }),
+                jwks_uri: None,
+                issuer: "https://id.example.com".into(),
+                audience: "chat".into(),
+            }),
+        };
+        assert!(names_secret(&ct, "tenants", "jwt", SERVER_NS));
+        assert!(!names_secret(&ct, "elsewhere", "jwt", SERVER_NS));
+    }
+}
