@@ -17,12 +17,19 @@ mkdir -p "$state"
 state=$(cd "$state" && pwd)
 pidfile=$state/launcher.pid
 
-running() { pid_alive "$(cat "$pidfile" 2>/dev/null)" && [ -f "$state/ready" ]; }
+# The launcher of this state dir: a pid file is trusted only while that pid
+# is still our launcher (a stale file after kill -9 may name a reused pid).
+launcher_pid() {
+  local pid
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  pid_alive "$pid" && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "chorus-cluster.*--state-dir $state " && echo "$pid"
+}
+running() { launcher_pid >/dev/null && [ -f "$state/ready" ]; }
 
 case $cmd in
 up)
   if running; then
-    step "control plane already running (launcher pid $(cat "$pidfile"))"
+    step "control plane already running (launcher pid $(launcher_pid))"
     echo "export KUBECONFIG=$state/kubeconfig"
     exit 0
   fi
@@ -41,14 +48,17 @@ up)
     [ $((i % 20)) -eq 0 ] && step "waiting for kube-apiserver /readyz ($((i / 4))s)"
     sleep 0.25
   done
-  [ -f "$state/ready" ] || die "kube-apiserver not ready after 180s; logs in $state"
+  if [ ! -f "$state/ready" ]; then
+    kill -TERM "$launcher" 2>/dev/null || true
+    die "kube-apiserver not ready after 180s (stopped it again); logs in $state"
+  fi
   grep -h "earlier" "$state/launcher.log" >&2 || true
   step "control plane ready"
   echo "export KUBECONFIG=$state/kubeconfig"
   ;;
 down)
-  pid=$(cat "$pidfile" 2>/dev/null || true)
-  if pid_alive "$pid"; then
+  pid=$(launcher_pid || true)
+  if [ -n "$pid" ]; then
     kill -TERM "$pid"
     for _ in $(seq 1 120); do pid_alive "$pid" || break; sleep 0.25; done
     pid_alive "$pid" && { kill -KILL "$pid"; say "launcher did not stop in 30s; killed it"; }

@@ -9,7 +9,9 @@ K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CHORUS_ROOT/tests/c
 CP_BIN=$CHORUS_CACHE/control-plane/$K8S_VERSION
 TOOLS_BIN=$CHORUS_CACHE/tools/bin
 export GOCACHE=${GOCACHE:-$CHORUS_CACHE/go-build}
-export GOFLAGS=${GOFLAGS:--buildvcs=false}
+# -buildvcs=false: the control plane is built from the module cache, not from
+# a VCS checkout; kept when the caller sets GOFLAGS too.
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CHORUS_CACHE/target}
 export PATH=$TOOLS_BIN:$PATH
 mkdir -p "$CHORUS_CACHE"

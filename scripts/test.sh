@@ -5,6 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
 state=$CHORUS_CACHE/run/test-cluster
+# One run at a time per cache: two would share (and stop) each other's servers.
+mkdir -p "$CHORUS_CACHE/run"
+exec 9>"$CHORUS_CACHE/run/test.lock"
+flock -n 9 || die "another make test is running with CHORUS_CACHE=$CHORUS_CACHE; wait for it, or use another CHORUS_CACHE"
 
 cleanup() {
   local rc=$?

@@ -635,7 +635,23 @@ async fn provision_database(
         Some(p) => (p, PasswordAction::Keep, false),
     };
     let role = &t.database.name;
+    let provisioning_failed = |e: &database::DatabaseError| {
+        if e.is_unreachable() {
+            "ServerUnreachable"
+        } else if matches!(e, database::DatabaseError::Claim(_)) {
+            "NameInUse"
+        } else {
+            "ProvisioningFailed"
+        }
+    };
 
+    // A name that is not this tenant's gets no Secret.
+    if new_secret && let Err(e) = database::check_claim(server, &t.database).await {
+        let reason = provisioning_failed(&e);
+        ctx.event(ct, EventType::Warning, reason, e.to_string())
+            .await;
+        return fail(reason, e.into(), changed_at, handled);
+    }
     // A new Secret is written before the role gets its password, so the
     // password is never known only to the server.
     if new_secret
@@ -651,11 +667,7 @@ async fn provision_database(
     let outcome = match database::ensure(server, &t.database, &action).await {
         Ok(o) => o,
         Err(e) => {
-            let reason = if e.is_unreachable() {
-                "ServerUnreachable"
-            } else {
-                "ProvisioningFailed"
-            };
+            let reason = provisioning_failed(&e);
             ctx.event(ct, EventType::Warning, reason, e.to_string())
                 .await;
             return fail(reason, e.into(), changed_at, handled);
@@ -751,11 +763,33 @@ async fn provision_database(
                 "the password in Secret {} does not match role {role} (changed outside the operator?); set spec.database.passwordRotation.requestedAt to the current time to set a new password in both",
                 db_secret_name(t)
             );
-            ctx.event(ct, EventType::Warning, "PasswordMismatch", message.clone())
-                .await;
+            // Said once per occurrence, not at every resync.
+            let already_reported = ct.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == status::types::DATABASE_READY && c.reason == "PasswordMismatch"
+                })
+            });
+            if !already_reported {
+                ctx.event(ct, EventType::Warning, "PasswordMismatch", message.clone())
+                    .await;
+            }
             DbResult {
                 state: DatabaseState::NotReady {
                     reason: "PasswordMismatch",
+                    message,
+                },
+                password_changed_at: changed_at,
+                rotation_request_handled: handled,
+                error: None,
+            }
+        }
+        Ok(LoginCheck::Refused(why)) => {
+            let message = format!(
+                "the server refused role {role}'s login to database {role}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods"
+            );
+            DbResult {
+                state: DatabaseState::NotReady {
+                    reason: "LoginRefused",
                     message,
                 },
                 password_changed_at: changed_at,
@@ -861,13 +895,13 @@ async fn cleanup(ct: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> R
             Ok(Action::await_change())
         }
         ReclaimPolicy::Delete => {
-            let Ok(ident) = Ident::new(db_name) else {
+            if Ident::new(db_name).is_err() {
                 // An invalid name was never provisioned.
                 return Ok(Action::await_change());
-            };
+            }
             let result = match validate(&ct) {
                 Ok(t) => match load_server(ctx, &t).await {
-                    Ok(server) => database::drop_tenant(&server, &ident)
+                    Ok(server) => database::drop_tenant(&server, &t.database)
                         .await
                         .map_err(Error::from),
                     Err(e) => Err(Error::ServerConfig(e)),
@@ -875,8 +909,23 @@ async fn cleanup(ct: Arc<ChatTenant>, ctx: &Context, api: &Api<ChatTenant>) -> R
                 Err(e) => Err(Error::ServerConfig(e.to_string())),
             };
             match result {
-                Ok(executed) => {
-                    ctx.metrics.ddl_statements.inc_by(executed.len() as u64);
+                Ok(database::DropOutcome {
+                    left_alone: Some(why),
+                    ..
+                }) => {
+                    ctx.event(
+                        &ct,
+                        EventType::Warning,
+                        "DatabaseLeftAlone",
+                        format!("reclaimPolicy Delete: dropped nothing: {why}"),
+                    )
+                    .await;
+                    Ok(Action::await_change())
+                }
+                Ok(outcome) => {
+                    ctx.metrics
+                        .ddl_statements
+                        .inc_by(outcome.executed.len() as u64);
                     ctx.event(&ct, EventType::Normal, "DatabaseDropped", format!("reclaimPolicy Delete: terminated sessions, dropped database and role {db_name}")).await;
                     Ok(Action::await_change())
                 }

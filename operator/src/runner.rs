@@ -161,18 +161,35 @@ async fn lead(
         ctx.metrics.leader.set(1);
         let (stop_tx, stop) = Shutdown::new();
         let mut running = tokio::spawn(controller::run(ctx.clone(), stop.wait()));
-        let lost = tokio::select! {
-            _ = shutdown.clone().wait() => false,
-            res = leader.wait_for(|is| !*is) => res.is_ok(),
-            _ = &mut running => false,
+        enum Ended {
+            Shutdown,
+            LeaseLost,
+            ControllerExited,
+        }
+        let ended = tokio::select! {
+            _ = shutdown.clone().wait() => Ended::Shutdown,
+            res = leader.wait_for(|is| !*is) => if res.is_ok() { Ended::LeaseLost } else { Ended::Shutdown },
+            _ = &mut running => Ended::ControllerExited,
         };
+        if let Ended::ControllerExited = ended {
+            ctx.metrics.leader.set(0);
+            break;
+        }
+        if let Ended::LeaseLost = ended {
+            // Another replica may already lead: stop writing now, without
+            // waiting for reconciles in flight.
+            running.abort();
+            let _ = running.await;
+            ctx.metrics.leader.set(0);
+            tracing::warn!(identity = %le.identity, "lost the leader lease; controller stopped");
+            continue;
+        }
+        // Shutting down while still holding the lease: let reconciles in
+        // flight finish, then release it.
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
         ctx.metrics.leader.set(0);
-        if !lost {
-            break;
-        }
-        tracing::warn!(identity = %le.identity, "lost the leader lease; controller stopped");
+        break;
     }
     drop(leader);
     // Dropping the receiver makes the lease task release the lease.

@@ -129,14 +129,16 @@ pub fn validate(ct: &ChatTenant) -> Result<Tenant, InvalidSpec> {
         .and_then(|s| s.stable.as_ref())
         .and_then(|s| Slot::parse(&s.slot))
         .unwrap_or(Slot::Blue);
+    let database = TenantDatabase {
+        name: db_name,
+        connection_limit: spec.database.connection_limit,
+        owner: format!("{namespace}/{name}"),
+    };
     Ok(Tenant {
         name,
         namespace,
         generation: ct.meta().generation.unwrap_or(0),
-        database: TenantDatabase {
-            name: db_name,
-            connection_limit: spec.database.connection_limit,
-        },
+        database,
         spec,
         owner,
         stable_slot,

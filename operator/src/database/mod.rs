@@ -1,15 +1,18 @@
 //! The tenant's PostgreSQL database: identifiers, server settings,
 //! provisioning, login checks and reclaim.
 
+pub mod claim;
 pub mod ident;
 pub mod provision;
 pub mod server;
 
 use rand::{Rng, distr::Alphanumeric};
 
+pub use claim::ClaimError;
 pub use ident::{Ident, IdentError};
 pub use provision::{
-    EnsureOutcome, LoginCheck, PasswordAction, TenantDatabase, check_login, drop_tenant, ensure,
+    DropOutcome, EnsureOutcome, LoginCheck, PasswordAction, TenantDatabase, check_claim,
+    check_login, drop_tenant, ensure,
 };
 pub use server::{ServerConfig, ServerConfigError};
 
@@ -40,6 +43,9 @@ pub enum DatabaseError {
         #[source]
         source: sqlx::Error,
     },
+    /// The role or database is not this tenant's to use.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// A DDL statement failed.
     #[error("{statement}: {source}")]
     Ddl {

@@ -88,11 +88,24 @@ pub async fn put_server_secret(
     port_override: Option<u16>,
 ) -> Result<()> {
     let pg = admin_url_parts()?;
+    let login = (pg.user.clone(), pg.password.clone());
+    put_server_secret_as(client, namespace, name, port_override, login).await
+}
+
+/// [`put_server_secret`] with another admin login (user, password).
+pub async fn put_server_secret_as(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    port_override: Option<u16>,
+    (user, password): (String, String),
+) -> Result<()> {
+    let pg = admin_url_parts()?;
     let data = [
         ("host", pg.host.clone()),
         ("port", port_override.unwrap_or(pg.port).to_string()),
-        ("username", pg.user.clone()),
-        ("password", pg.password.clone()),
+        ("username", user),
+        ("password", password),
         ("sslmode", "disable".to_string()),
     ]
     .into_iter()

@@ -19,7 +19,6 @@ use kube::{
     Api, CustomResource, CustomResourceExt, ResourceExt,
     api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
-        WatchStreamExt,
         wait::{await_condition, conditions},
         watcher,
     },
@@ -77,11 +76,20 @@ async fn crd_watch_and_server_side_apply_conflict() {
     .expect("CRD not Established within 30s")
     .unwrap();
 
-    // Watch, then create: the watch must see the new object.
+    // Watch, then create: the watch (not its initial list) must see the new
+    // object, so wait for the initial list to finish before creating it.
     let widgets: Api<Widget> = Api::namespaced(client.clone(), &ns.name);
-    let mut seen = watcher(widgets.clone(), watcher::Config::default())
-        .applied_objects()
-        .boxed();
+    let mut events = watcher(widgets.clone(), watcher::Config::default()).boxed();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.try_next().await.unwrap() {
+            if matches!(event, watcher::Event::InitDone) {
+                return;
+            }
+        }
+        panic!("watch ended before its initial list");
+    })
+    .await
+    .expect("the watch did not finish its initial list");
     // Server-side apply creates the object, owned by field manager "team-a".
     let patch = |size: i32| json!({"apiVersion": "smoke.chorus.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": size}});
     let created = widgets
@@ -90,19 +98,20 @@ async fn crd_watch_and_server_side_apply_conflict() {
         .unwrap();
     assert_eq!(created.spec.size, 1);
     let observed = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(w) = seen.try_next().await.unwrap() {
-            if w.name_any() == "w1" {
+        while let Some(event) = events.try_next().await.unwrap() {
+            if let watcher::Event::Apply(w) = event
+                && w.name_any() == "w1"
+            {
                 return w;
             }
         }
         panic!("watch ended");
     })
     .await
-    .expect("the watch did not deliver the created object");
+    .expect("the watch did not deliver the created object as an event");
     assert_eq!(observed.spec.size, 1);
 
     // Two field managers disagree on one field: the second gets a conflict.
-    let patch = |size: i32| json!({"apiVersion": "smoke.chorus.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": size}});
     widgets
         .patch("w1", &PatchParams::apply("team-a"), &Patch::Apply(patch(2)))
         .await
