@@ -211,10 +211,11 @@ pub struct DatabaseSpec {
 
     /// Name of the database, also used as the name of the role that owns it.
     /// Lowercase letters, digits and '_', starting with a letter or '_', at
-    /// most 63 characters; `postgres`, `template0`, `template1` and names
-    /// starting with `pg_` are reserved. Immutable.
+    /// most 63 characters; `postgres`, `template0`, `template1`, `public`
+    /// and names starting with `pg_` are reserved. Must not be used by
+    /// another ChatTenant on the same server. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.name is immutable"))]
-    #[x_kube(validation = Rule::new("!(self in ['postgres', 'template0', 'template1']) && !self.startsWith('pg_')").message("spec.database.name is reserved by PostgreSQL: choose another name"))]
+    #[x_kube(validation = Rule::new("!(self in ['postgres', 'template0', 'template1', 'public']) && !self.startsWith('pg_')").message("spec.database.name is reserved by PostgreSQL: choose another name"))]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
     pub name: String,
 
@@ -264,10 +265,11 @@ pub enum ReclaimPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct PasswordRotation {
     /// RFC 3339 time of the request, for example `2026-11-24T10:00:00Z`.
-    /// When it is later than `status.database.passwordChangedAt`, the
-    /// operator sets a new password on the role and in Secret `<name>-db`.
-    /// Setting it again to a later time rotates again.
-    #[schemars(length(min = 20, max = 40))]
+    /// Each new value rotates once: the operator sets a new password on the
+    /// role and then in Secret `<name>-db`, and records the value in
+    /// `status.database.rotationRequestHandled`. Set it to the current time
+    /// to rotate again.
+    #[schemars(length(min = 20, max = 40), extend("format" = "date-time"))]
     pub requested_at: String,
 }
 
@@ -488,14 +490,16 @@ pub struct NamespacePeer {
 }
 
 /// An egress destination.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressPeer {
     /// Destination CIDR, for example `10.0.0.0/16`.
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("spec.networkPolicy.allowEgressTo[].cidr must be a CIDR such as 10.0.0.0/16"))]
     #[schemars(length(min = 1, max = 64))]
     pub cidr: String,
-    /// TCP ports; all ports when empty.
+    /// TCP ports (1 to 65535); all ports when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 65535)), length(max = 32))]
     pub ports: Vec<i32>,
 }
 

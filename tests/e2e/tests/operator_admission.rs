@@ -87,6 +87,34 @@ async fn bad_specs_are_refused_with_a_message_naming_the_field() {
             "spec.database.name is reserved",
         ),
         (
+            with(valid(), "/spec/database/name", json!("public")),
+            "spec.database.name is reserved",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/database/passwordRotation",
+                json!({"requestedAt": "next tuesday at noon"}),
+            ),
+            "spec.database.passwordRotation.requestedAt",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/networkPolicy",
+                json!({"allowEgressTo": [{"cidr": "10.0.0.0/33"}]}),
+            ),
+            "spec.networkPolicy.allowEgressTo[].cidr must be a CIDR",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/networkPolicy",
+                json!({"allowEgressTo": [{"cidr": "10.0.0.0/16", "ports": [70000]}]}),
+            ),
+            "spec.networkPolicy.allowEgressTo[0].ports[0]",
+        ),
+        (
             with(
                 valid(),
                 "/spec/database/name",
