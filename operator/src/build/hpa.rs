@@ -26,7 +26,7 @@ pub fn build_hpa(t: &Tenant) -> Option<HorizontalPodAutoscaler> {
                 resource("cpu", a.target_cpu_utilization_percentage),
                 resource("memory", a.target_memory_utilization_percentage),
             ]),
-            behavior: Some(a.behavior.clone().unwrap_or_else(default_behavior)),
+            behavior: Some(behavior(a.behavior.as_ref())),
         },
         status: None,
     })
@@ -44,6 +44,17 @@ fn resource(name: &str, utilization: i32) -> MetricSpec {
             },
         }),
         ..MetricSpec::default()
+    }
+}
+
+/// The spec's behaviour, each direction it leaves out taken from
+/// [`default_behavior`] (not from Kubernetes' own defaults).
+fn behavior(spec: Option<&HorizontalPodAutoscalerBehavior>) -> HorizontalPodAutoscalerBehavior {
+    let defaults = default_behavior();
+    let spec = spec.cloned().unwrap_or_default();
+    HorizontalPodAutoscalerBehavior {
+        scale_up: spec.scale_up.or(defaults.scale_up),
+        scale_down: spec.scale_down.or(defaults.scale_down),
     }
 }
 
@@ -119,5 +130,23 @@ mod tests {
         assert_eq!(down.stabilization_window_seconds, Some(300));
         let down = down.policies.unwrap();
         assert_eq!((down[0].value, down[0].period_seconds), (50, 60));
+    }
+
+    #[test]
+    fn a_partial_behavior_keeps_the_default_for_the_other_direction() {
+        let up_only = HorizontalPodAutoscalerBehavior {
+            scale_up: Some(HPAScalingRules {
+                stabilization_window_seconds: Some(30),
+                ..HPAScalingRules::default()
+            }),
+            scale_down: None,
+        };
+        let b = behavior(Some(&up_only));
+        assert_eq!(b.scale_up.unwrap().stabilization_window_seconds, Some(30));
+        assert_eq!(
+            b.scale_down.unwrap().stabilization_window_seconds,
+            Some(300),
+            "scale-down keeps Chorus's 5-minute window"
+        );
     }
 }
