@@ -333,10 +333,11 @@ async fn a_second_reconcile_issues_no_ddl_and_an_idle_resync_writes_nothing() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(reconciles >= 4, "resyncs ran ({reconciles})");
     let metrics = ctx.metrics.render();
-    // Creating the tenant took role + database + revoke + schema revoke; later
+    // Creating the tenant took role (with its ownership comment, one
+    // transaction) + database + its comment + revoke + schema revoke; later
     // reconciles issued none.
     assert!(
-        metrics.contains("chorus_database_ddl_statements_total 4"),
+        metrics.contains("chorus_database_ddl_statements_total 5"),
         "exactly the first reconcile's DDL:\n{metrics}"
     );
 }
