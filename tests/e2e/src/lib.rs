@@ -23,6 +23,7 @@ use kube::{
 };
 use sqlx::{Connection, PgConnection};
 
+pub mod catalog;
 pub mod manifests;
 pub mod operator;
 

@@ -419,6 +419,21 @@ impl OperatorEnv {
         .await
     }
 
+    /// The Events recorded for object `name` in the test's namespace, as
+    /// (reason, message).
+    pub async fn events(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let events = self
+            .api::<k8s_openapi::api::core::v1::Event>()
+            .list(&kube::api::ListParams::default())
+            .await?;
+        Ok(events
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect())
+    }
+
     /// Stops the simulator and the operator; returns the operator's context.
     pub async fn stop(self) -> Arc<Context> {
         self.simulator.abort();

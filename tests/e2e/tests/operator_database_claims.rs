@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use chorus_e2e::{
+    catalog,
     operator::{
         OperatorEnv, admin_url_parts, condition, create_tenant, put_server_secret_as, secret_text,
         tenant_yaml, wait_gone,
@@ -17,48 +18,32 @@ use chorus_e2e::{
     unique_suffix,
 };
 use chorus_operator::crd::ChatTenant;
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 async fn admin_db() -> PgConnection {
-    PgConnection::connect(&chorus_e2e::database_admin_url().unwrap())
-        .await
-        .unwrap()
+    catalog::admin_connection().await.unwrap()
 }
 
 async fn exists(catalog: &str, name: &str) -> bool {
-    let sql = match catalog {
-        "role" => "SELECT 1 FROM pg_roles WHERE rolname = $1",
-        _ => "SELECT 1 FROM pg_database WHERE datname = $1",
-    };
-    sqlx::query(sql)
-        .bind(name)
-        .fetch_optional(&mut admin_db().await)
-        .await
-        .unwrap()
-        .is_some()
+    match catalog {
+        "role" => catalog::role_exists(name).await.unwrap(),
+        _ => catalog::database_exists(name).await.unwrap(),
+    }
 }
 
-/// Runs test-generated SQL (names come from `unique_suffix`, never input).
 async fn admin_sql(sql: String) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut admin_db().await)
-        .await
-        .unwrap();
+    catalog::admin_sql(sql).await.unwrap();
 }
 
 async fn event_messages(env: &OperatorEnv, name: &str, reason: &str) -> Vec<String> {
-    env.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
+    let events = env.events(name).await.unwrap();
+    events
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.message)
+        .filter(|(r, _)| r == reason)
+        .map(|(_, message)| message)
         .collect()
 }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use chorus_e2e::{
+    catalog,
     operator::{
         OperatorEnv, condition, create_tenant, put_server_secret, secret_text, tenant_yaml,
         wait_condition, wait_gone, wait_present,
@@ -18,12 +19,12 @@ use chorus_operator::crd::ChatTenant;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{Event, Secret, Service},
+    core::v1::{Secret, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
@@ -31,41 +32,20 @@ use sqlx::{Connection, PgConnection, Row};
 const T: Duration = Duration::from_secs(30);
 
 async fn admin_db() -> PgConnection {
-    PgConnection::connect(&chorus_e2e::database_admin_url().unwrap())
-        .await
-        .unwrap()
+    catalog::admin_connection().await.unwrap()
 }
 
 async fn role_exists(db: &str) -> bool {
-    let mut conn = admin_db().await;
-    sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(db)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()
-        .is_some()
+    catalog::role_exists(db).await.unwrap()
 }
 
 async fn database_exists(db: &str) -> bool {
-    let mut conn = admin_db().await;
-    sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(db)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()
-        .is_some()
+    catalog::database_exists(db).await.unwrap()
 }
 
 async fn events(env: &OperatorEnv, name: &str) -> Vec<String> {
-    env.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
+    let events = env.events(name).await.unwrap();
+    events.into_iter().map(|(reason, _)| reason).collect()
 }
 
 #[tokio::test]
