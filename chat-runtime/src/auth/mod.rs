@@ -274,9 +274,14 @@ impl Authenticator {
                 }
             }
             Mode::External { .. } => {
-                store
+                match store
                     .external_user(&claims.sub, claims.preferred_username.as_deref())
-                    .await?
+                    .await
+                {
+                    Ok(u) => u,
+                    Err(StoreError::Invalid(m)) => return Err(AuthError::Invalid(m)),
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         Ok(Principal {

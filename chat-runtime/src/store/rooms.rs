@@ -7,7 +7,8 @@ use serde_json::json;
 use sqlx::{FromRow, Postgres, Transaction};
 
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event, next_seq,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
+    check_no_nul, next_seq,
 };
 
 /// Room kinds.
@@ -113,7 +114,7 @@ fn check_name(name: &str) -> StoreResult<()> {
             "name must be 1 to 80 characters".into(),
         ));
     }
-    Ok(())
+    check_no_nul("name", name)
 }
 
 async fn member_event(
@@ -171,6 +172,7 @@ impl Store {
             ));
         }
         check_name(name)?;
+        check_no_nul("topic", topic)?;
         let mut tx = self.begin().await?;
         let (id,): (RoomId,) = sqlx::query_as(
             "INSERT INTO rooms (kind, name, topic, created_by) VALUES ($1, $2, $3, $4) RETURNING id",
