@@ -11,7 +11,7 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
-use crate::store::{RoomId, Seq};
+use crate::store::{RoomId, Seq, UserId};
 
 /// One queued item.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub enum Item {
         seq: Seq,
         /// The frame, serialized once for every subscriber.
         text: Utf8Bytes,
+        /// The user whose membership this event ends (left, kicked,
+        /// banned): that user's socket receives nothing after it.
+        ends: Option<UserId>,
     },
     /// A frame that must arrive (ack, error, subscribed, pong).
     Reply(Utf8Bytes),
@@ -192,6 +195,7 @@ mod tests {
             room: 1,
             seq,
             text: "x".repeat(n).into(),
+            ends: None,
         }
     }
 

@@ -20,9 +20,9 @@ use super::{
 use crate::{
     app::AppState,
     auth::Principal,
-    hub::{SessionId, Status},
+    hub::{SessionId, Status, membership_ended},
     store::{
-        RoomId, Seq, StoreError,
+        RoomId, Seq, StoreError, UserId,
         events::{NewMessage, validate_message},
     },
 };
@@ -81,12 +81,16 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
         )
         .into(),
     ));
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), state.clone()));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        outbox.clone(),
+        state.clone(),
+        principal.user.id,
+    ));
 
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = Instant::now();
-    let mut subscribed: HashMap<RoomId, ()> = HashMap::new();
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -109,7 +113,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Message::Text(text) => {
                         // Boxed: the handler's futures (database calls) are large, and
                         // an idle socket should not carry them around.
-                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut subscribed, text.as_str())).await;
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, text.as_str())).await;
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
@@ -144,7 +148,6 @@ async fn handle_text(
     sid: SessionId,
     principal: &Principal,
     outbox: &Arc<Outbox>,
-    subscribed: &mut HashMap<RoomId, ()>,
     text: &str,
 ) {
     let frame = match decode(text) {
@@ -172,7 +175,7 @@ async fn handle_text(
             if let Err(e) = store.require_member(room, user.id).await {
                 return answer(store_error_frame(id.as_deref(), &e));
             }
-            if subscribed.len() >= 500 && !subscribed.contains_key(&room) {
+            if state.hub.subscription_count(sid) >= 500 && !state.hub.is_subscribed(sid, room) {
                 return answer(error_frame(
                     id.as_deref(),
                     "invalid",
@@ -183,7 +186,12 @@ async fn handle_text(
             if let Err(e) = state.hub.subscribe(sid, room).await {
                 return answer(store_error_frame(id.as_deref(), &e));
             }
-            subscribed.insert(room, ());
+            // Membership may have ended between the check above and the
+            // subscription (the fan-out unsubscribes only sockets it knows).
+            if let Err(e) = store.require_member(room, user.id).await {
+                state.hub.unsubscribe(sid, room);
+                return answer(store_error_frame(id.as_deref(), &e));
+            }
             outbox.push(Item::Subscribe(Box::new(SubscribeRequest {
                 id,
                 room,
@@ -193,7 +201,6 @@ async fn handle_text(
         }
         ClientFrame::Unsubscribe { id, room } => {
             state.hub.unsubscribe(sid, room);
-            subscribed.remove(&room);
             answer(reply("unsubscribed", id.as_deref(), json!({"room": room})));
         }
         ClientFrame::Send {
@@ -303,7 +310,7 @@ async fn handle_text(
             Err(e) => answer(store_error_frame(id.as_deref(), &e)),
         },
         ClientFrame::Typing { room } => {
-            if subscribed.contains_key(&room) {
+            if state.hub.is_subscribed(sid, room) {
                 state.hub.typing(room, user).await;
             } else {
                 answer(error_frame(
@@ -355,6 +362,7 @@ type Sink = SplitSink<WebSocket, Message>;
 struct Writer {
     sink: Sink,
     state: AppState,
+    user: UserId,
     cursors: HashMap<RoomId, Seq>,
 }
 
@@ -367,11 +375,34 @@ impl Writer {
         }
     }
 
+    /// After an event that ends this socket's user's membership: stop
+    /// delivering the room and say so. Returns whether it ended.
+    async fn ended(&mut self, room: RoomId, ends: Option<UserId>) -> Result<bool, axum::Error> {
+        if ends != Some(self.user) {
+            return Ok(false);
+        }
+        // The fan-out already dropped this socket from the room (it sees
+        // every event in order); the writer only stops writing it.
+        self.cursors.remove(&room);
+        self.send(
+            reply(
+                "unsubscribed",
+                None,
+                json!({"room": room, "reason": "membership_ended"}),
+            )
+            .into(),
+            true,
+        )
+        .await?;
+        Ok(true)
+    }
+
     async fn event(
         &mut self,
         room: RoomId,
         seq: Seq,
         text: Utf8Bytes,
+        ends: Option<UserId>,
         flush: bool,
     ) -> Result<(), axum::Error> {
         let Some(&cursor) = self.cursors.get(&room) else {
@@ -394,12 +425,17 @@ impl Writer {
                     self.send(event_frame(room, r.seq, &epoch, &r.payload).into(), false)
                         .await?;
                     self.state.metrics.deliveries.inc();
+                    self.cursors.insert(room, r.seq);
+                    if self.ended(room, membership_ended(&r.payload)).await? {
+                        return Ok(());
+                    }
                 }
             }
         }
         self.send(text, flush).await?;
         self.state.metrics.deliveries.inc();
         self.cursors.insert(room, seq);
+        self.ended(room, ends).await?;
         Ok(())
     }
 
@@ -469,22 +505,32 @@ impl Writer {
             .await?;
             self.state.metrics.deliveries.inc();
             cursor = r.seq;
+            if membership_ended(&r.payload) == Some(self.user) {
+                // Left (or was removed) while replaying: nothing after it.
+                return self.ended(room, Some(self.user)).await.map(|_| ());
+            }
         }
         self.cursors.insert(room, cursor);
         Ok(())
     }
 }
 
-async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState) {
+async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState, user: UserId) {
     let mut w = Writer {
         sink,
         state,
+        user,
         cursors: HashMap::new(),
     };
     while let Some(item) = outbox.pop().await {
         let flush = outbox.is_empty();
         let sent = match item {
-            Item::Event { room, seq, text } => Box::pin(w.event(room, seq, text, flush)).await,
+            Item::Event {
+                room,
+                seq,
+                text,
+                ends,
+            } => Box::pin(w.event(room, seq, text, ends, flush)).await,
             Item::Reply(text) => w.send(text, flush).await,
             Item::Ephemeral(text, _) => w.send(text, flush).await,
             Item::Subscribe(req) => Box::pin(w.subscribe(*req)).await,
