@@ -139,3 +139,63 @@ async fn leaving_kicked_and_banned_members_stop_receiving_on_every_replica() {
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
+
+#[tokio::test]
+async fn only_moderators_and_owners_lift_a_ban_by_inviting() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let carol = signup(&r.http, "carol").await;
+    let dave = signup(&r.http, "dave").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    join(&r.http, &carol, room).await;
+    join(&r.http, &dave, room).await;
+    let (status, _) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/bans"),
+        &alice,
+        json!({"user": "dave"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A plain member's invitation does not undo the ban.
+    let (status, e) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/invite"),
+        &carol,
+        json!({"user": "dave"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("banned"),
+        "{e}"
+    );
+    let (status, _) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/join"),
+        &dave,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 403, "the ban still holds");
+
+    // The owner's invitation lifts it.
+    let (status, e) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/invite"),
+        &alice,
+        json!({"user": "dave"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{e}");
+    let (status, members) = http(
+        "GET",
+        &format!("{}/api/v1/rooms/{room}/members", r.http),
+        Some(&dave),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "dave is a member again: {members}");
+}

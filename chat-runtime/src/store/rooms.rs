@@ -342,7 +342,8 @@ impl Store {
     }
 
     /// Adds `target` to a room. Public rooms: any member may invite;
-    /// private rooms: moderators and owners. Not for DMs.
+    /// private rooms: moderators and owners. Not for DMs. Inviting a banned
+    /// user lifts the ban, so only moderators and owners may do it.
     pub async fn invite(&self, room: RoomId, actor: &User, target: &User) -> StoreResult<Seq> {
         let role = self.require_member(room, actor.id).await?;
         let view = self.room_view(room, actor.id).await?;
@@ -360,11 +361,17 @@ impl Store {
             _ => {}
         }
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
+        let lifted = sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
             .bind(room)
             .bind(target.id)
             .execute(&mut *tx)
             .await?;
+        if lifted.rows_affected() > 0 && role < Role::Moderator {
+            return Err(StoreError::Forbidden(format!(
+                "{} is banned from room {room}; only moderators and owners can lift a ban",
+                target.username
+            )));
+        }
         let inserted = sqlx::query(
             "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
