@@ -4,3 +4,4 @@
 pub mod outbox;
 pub mod protocol;
 pub mod session;
+mod writer;
