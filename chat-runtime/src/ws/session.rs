@@ -14,6 +14,7 @@ use serde_json::json;
 use super::{
     outbox::{Item, Outbox, SubscribeRequest},
     protocol::{ClientFrame, PresenceStatus, decode, error_frame, reply},
+    writer::{CLOSE_TIMEOUT, WriterEnd},
 };
 use crate::{
     app::AppState,
@@ -91,6 +92,8 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = Instant::now();
+    let mut silent = false;
+    let mut ended: Option<WriterEnd> = None;
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -103,7 +106,6 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                             "frame too large: the limit is {} bytes",
                             state.config.limits.max_message_bytes as usize * 2 + 64 * 1024
                         )));
-                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
                         break;
                     }
                     _ => break,
@@ -125,22 +127,48 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > DEAD_AFTER {
-                    state.metrics.slow_disconnects.inc();
+                    // Dead peer: queue the reconnect close and stop reading;
+                    // the writer gets CLOSE_TIMEOUT to send it, then goes.
+                    silent = true;
                     outbox.push(Item::Reconnect("no frame from the client for 60s"));
+                    break;
                 } else {
                     outbox.push(Item::Reply(reply("ping", None, json!({})).into()));
                 }
             }
-            _ = &mut writer => break,
+            end = &mut writer => {
+                ended = Some(end.unwrap_or(WriterEnd::PeerGone));
+                break;
+            }
         }
     }
     outbox.close();
     hub.close_session(sid);
-    state.metrics.connections.dec();
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-        writer.abort();
+    if ended.is_none() {
+        // Let the writer flush what is queued (a close frame, typically);
+        // a writer stuck on a peer that does not read is aborted.
+        ended = match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+            Ok(end) => Some(end.unwrap_or(WriterEnd::PeerGone)),
+            Err(_) => {
+                writer.abort();
+                Some(WriterEnd::Stalled)
+            }
+        };
     }
+    let reason = if silent {
+        "no frame from the client in time"
+    } else if ended == Some(WriterEnd::Stalled) {
+        "write stalled"
+    } else if outbox.overflowed() {
+        "queue overflowed"
+    } else {
+        "closed"
+    };
+    if reason != "closed" {
+        state.metrics.slow_disconnects.inc();
+    }
+    state.metrics.connections.dec();
+    tracing::info!(user = principal.user.id, reason, "websocket closed");
 }
 
 async fn handle_text(

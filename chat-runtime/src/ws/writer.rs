@@ -3,7 +3,7 @@
 //! stream per room: it skips what the client has and fills gaps from the
 //! database; subscriptions replay missed events before live ones.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, stream::SplitSink};
@@ -22,6 +22,35 @@ use crate::{
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Longest a single write may take: a peer that stops reading fills the
+/// socket's buffers and then stalls writes; after this long it is
+/// disconnected instead of pinning its queue and task forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the close frame (and the close itself) may take.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    /// The socket failed (the peer went away).
+    #[error("socket: {0}")]
+    Socket(#[from] axum::Error),
+    /// A write did not complete within [`WRITE_TIMEOUT`].
+    #[error("a write stalled for {}s: the peer stopped reading", WRITE_TIMEOUT.as_secs())]
+    Stalled,
+}
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriterEnd {
+    /// The queue closed, or a close frame was sent.
+    Closed,
+    /// The socket failed.
+    PeerGone,
+    /// A write stalled past [`WRITE_TIMEOUT`]: a slow or dead peer.
+    Stalled,
+}
+
 struct Writer {
     sink: Sink,
     state: AppState,
@@ -30,17 +59,33 @@ struct Writer {
 }
 
 impl Writer {
-    async fn send(&mut self, text: Utf8Bytes, flush: bool) -> Result<(), axum::Error> {
-        if flush {
-            self.sink.send(Message::Text(text)).await
-        } else {
-            self.sink.feed(Message::Text(text)).await
+    async fn send(&mut self, text: Utf8Bytes, flush: bool) -> Result<(), WriteError> {
+        let write = async {
+            if flush {
+                self.sink.send(Message::Text(text)).await
+            } else {
+                self.sink.feed(Message::Text(text)).await
+            }
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(WriteError::Stalled),
         }
+    }
+
+    /// Sends a close frame (bounded by [`CLOSE_TIMEOUT`]; the socket is
+    /// dropped either way).
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(frame)).await;
     }
 
     /// After an event that ends this socket's user's membership: stop
     /// delivering the room and say so. Returns whether it ended.
-    async fn ended(&mut self, room: RoomId, ends: Option<UserId>) -> Result<bool, axum::Error> {
+    async fn ended(&mut self, room: RoomId, ends: Option<UserId>) -> Result<bool, WriteError> {
         if ends != Some(self.user) {
             return Ok(false);
         }
@@ -67,7 +112,7 @@ impl Writer {
         text: Utf8Bytes,
         ends: Option<UserId>,
         flush: bool,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), WriteError> {
         let Some(&cursor) = self.cursors.get(&room) else {
             return Ok(());
         };
@@ -102,7 +147,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn subscribe(&mut self, req: SubscribeRequest) -> Result<(), axum::Error> {
+    async fn subscribe(&mut self, req: SubscribeRequest) -> Result<(), WriteError> {
         let hub = self.state.hub.clone();
         let store = hub.store();
         let epoch = hub.epoch();
@@ -178,14 +223,21 @@ impl Writer {
     }
 }
 
-/// Writes what the queue holds until it closes or the socket fails.
-pub(super) async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState, user: UserId) {
+/// Writes what the queue holds until it closes, a close frame is sent, the
+/// socket fails, or a write stalls past [`WRITE_TIMEOUT`].
+pub(super) async fn write_loop(
+    sink: Sink,
+    outbox: Arc<Outbox>,
+    state: AppState,
+    user: UserId,
+) -> WriterEnd {
     let mut w = Writer {
         sink,
         state,
         user,
         cursors: HashMap::new(),
     };
+    let mut end = WriterEnd::Closed;
     while let Some(item) = outbox.pop().await {
         let flush = outbox.is_empty();
         let sent = match item {
@@ -199,29 +251,27 @@ pub(super) async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState,
             Item::Ephemeral(text, _) => w.send(text, flush).await,
             Item::Subscribe(req) => Box::pin(w.subscribe(*req)).await,
             Item::Reconnect(reason) => {
-                let _ = w
-                    .sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CLOSE_RECONNECT,
-                        reason: reason.into(),
-                    })))
-                    .await;
+                w.close(CLOSE_RECONNECT, reason.into()).await;
                 break;
             }
             Item::Close(code, reason) => {
-                let _ = w
-                    .sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
+                w.close(code, reason).await;
                 break;
             }
         };
-        if sent.is_err() {
-            break;
+        match sent {
+            Ok(()) => {}
+            Err(WriteError::Stalled) => {
+                tracing::info!("closing a socket whose peer stopped reading (write stalled)");
+                end = WriterEnd::Stalled;
+                break;
+            }
+            Err(WriteError::Socket(_)) => {
+                end = WriterEnd::PeerGone;
+                break;
+            }
         }
     }
-    let _ = w.sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, w.sink.close()).await;
+    end
 }
