@@ -251,22 +251,15 @@ async fn upgrade(
         .await
         .map_err(auth_error)?;
     let max = state.config.limits.max_connections;
-    if state
-        .sockets
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_err()
-    {
+    let Some(slot) = ConnectionSlot::acquire(&state.sockets, max) else {
         state.metrics.connections_refused.inc();
         return Err(AppError::Unavailable(format!(
             "this replica holds its maximum of {max} connections; retry later"
         )));
-    }
+    };
     // Small buffers keep memory per idle connection low; messages larger than
     // the body limit (plus framing) are refused by the protocol layer.
     let frame_limit = state.config.limits.max_message_bytes as usize * 2 + 64 * 1024;
-    let sockets = state.sockets.clone();
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -278,10 +271,34 @@ async fn upgrade(
             let span = tracing::Span::current();
             async move {
                 session::run(socket, state, principal).await;
-                sockets.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
             }
             .instrument(span)
         }))
+}
+
+/// One WebSocket's place in the replica's connection limit. It is taken
+/// before the upgrade and moved into the upgrade callback; dropping it frees
+/// the place, so an upgrade that fails (and never runs the callback) frees
+/// it too.
+pub struct ConnectionSlot(Arc<AtomicU32>);
+
+impl ConnectionSlot {
+    /// Takes a place when fewer than `max` are taken.
+    pub fn acquire(sockets: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(sockets.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Builds the state.
@@ -303,5 +320,25 @@ pub fn state(
         draining: Arc::new(AtomicBool::new(false)),
         started: Arc::new(AtomicBool::new(false)),
         sockets: Arc::new(AtomicU32::new(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_are_freed_on_drop_even_when_never_used() {
+        let sockets = Arc::new(AtomicU32::new(0));
+        let a = ConnectionSlot::acquire(&sockets, 2).unwrap();
+        let b = ConnectionSlot::acquire(&sockets, 2).unwrap();
+        assert!(ConnectionSlot::acquire(&sockets, 2).is_none(), "full");
+        drop(a);
+        assert_eq!(sockets.load(Ordering::Acquire), 1);
+        // An upgrade callback that is dropped without running (failed
+        // upgrade) still frees its slot.
+        let callback = move || drop(b);
+        drop(callback);
+        assert_eq!(sockets.load(Ordering::Acquire), 0);
     }
 }
