@@ -198,6 +198,74 @@ async fn resume_replays_exactly_the_missed_events_or_says_so() {
 }
 
 #[tokio::test]
+async fn deleted_messages_stay_deleted_in_replay_history_and_search() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let sub = ws.subscribe(room, None).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let start = sub["last_seq"].as_i64().unwrap();
+    drop(ws);
+
+    let base = format!("{}/api/v1/rooms/{room}/messages", r.http);
+    let (status, sent) = http(
+        "POST",
+        &base,
+        Some(&alice),
+        Some(json!({"client_msg_id": "s1", "body": "secret plans",
+            "attachments": [{"url": "https://cdn.example/secret.png", "content_type": "image/png", "size_bytes": 9}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    let seq = sent["seq"].as_i64().unwrap();
+    let (status, _) = http(
+        "PATCH",
+        &format!("{base}/{seq}"),
+        Some(&alice),
+        Some(json!({"body": "secret plans, revised"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = http("DELETE", &format!("{base}/{seq}"), Some(&alice), None).await;
+    assert_eq!(status, 200);
+
+    // Resume from before the message: its events replay, without content.
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let resumed = ws.subscribe(room, Some((&epoch, start))).await;
+    assert_eq!(resumed["replayed"], 3, "{resumed}");
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let e = ws.expect("replayed", T, |f| f["type"] == "event").await;
+        assert!(
+            !e.to_string().contains("secret"),
+            "deleted content replayed: {e}"
+        );
+        if e["kind"] != "delete" {
+            assert_eq!(
+                (e["body"].as_str(), e["deleted"].as_bool()),
+                (Some(""), Some(true)),
+                "{e}"
+            );
+        }
+        kinds.push(e["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["message", "edit", "delete"]);
+    let (_, hist) = http("GET", &base, Some(&alice), None).await;
+    assert!(!hist.to_string().contains("secret"), "{hist}");
+    assert_eq!(hist["messages"][0]["deleted"], true);
+    let (_, found) = http(
+        "GET",
+        &format!("{}/api/v1/search?q=secret", r.http),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(found["results"], json!([]), "{found}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;

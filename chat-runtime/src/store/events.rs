@@ -442,14 +442,15 @@ impl Store {
     }
 
     /// Deletes a message (its author, or a moderator/owner), leaving a
-    /// tombstone. Returns the delete event's seq.
+    /// tombstone: the body and attachments are erased from the message and
+    /// from its earlier events in the log. Returns the delete event's seq.
     pub async fn delete(&self, room: RoomId, actor: &User, message: Seq) -> StoreResult<Seq> {
         let role = self.require_member(room, actor.id).await?;
         let mut tx = self.begin().await?;
         let seq = next_seq(&mut tx, room).await?;
         let deleted = sqlx::query(
-            "UPDATE messages SET deleted_at = now() WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL \
-             AND (sender_id = $3 OR $4)",
+            "UPDATE messages SET deleted_at = now(), body = '', attachments = '[]' \
+             WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL AND (sender_id = $3 OR $4)",
         )
         .bind(room)
         .bind(message)
@@ -462,6 +463,18 @@ impl Store {
                 "message {message} does not exist, is already deleted, or is not yours to delete"
             )));
         }
+        // The content goes from the log too: replay and history never show
+        // it again (the events keep their seq, marked `deleted`).
+        sqlx::query(
+            "UPDATE room_events SET payload = payload || CASE WHEN kind = 'message' \
+               THEN '{\"body\": \"\", \"attachments\": [], \"deleted\": true}'::jsonb \
+               ELSE '{\"body\": \"\", \"deleted\": true}'::jsonb END \
+             WHERE room_id = $1 AND message_seq = $2 AND kind IN ('message', 'edit')",
+        )
+        .bind(room)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
         let payload = json!({"kind": "delete", "message_seq": message, "actor": {"id": actor.id, "username": actor.username}});
         append_event(
             &mut tx,
