@@ -266,6 +266,44 @@ async fn deleted_messages_stay_deleted_in_replay_history_and_search() {
 }
 
 #[tokio::test]
+async fn a_hole_in_the_log_closes_with_the_reconnect_code_instead_of_skipping() {
+    use sqlx::Connection;
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let last = ws.subscribe(room, None).await["last_seq"].as_i64().unwrap();
+    // Forge a hole: the room moves on by two seqs but only the second event
+    // exists (as if the first were lost). The fan-out poll finds it.
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::query("UPDATE rooms SET last_seq = last_seq + 2 WHERE id = $1")
+        .bind(room)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO room_events (room_id, seq, kind, actor_id, payload) \
+         VALUES ($1, $2, 'member', 1, '{\"kind\": \"member\", \"action\": \"role\", \"user\": {\"id\": 1}}')",
+    )
+    .bind(room)
+    .bind(last + 2)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    loop {
+        match ws.next(T).await {
+            Next::Closed(code) => {
+                assert_eq!(code, Some(4000));
+                break;
+            }
+            Next::Frame(f) => assert_ne!(f["type"], "event", "skipped past a hole: {f}"),
+            Next::Timeout => panic!("neither the event nor a close came"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;

@@ -35,6 +35,9 @@ pub(super) enum WriteError {
     /// The socket failed (the peer went away).
     #[error("socket: {0}")]
     Socket(#[from] axum::Error),
+    /// Missed events could not be read to fill a gap.
+    #[error("missed events could not be read ({0})")]
+    Hole(String),
     /// A write did not complete within [`WRITE_TIMEOUT`].
     #[error("a write stalled for {}s: the peer stopped reading", WRITE_TIMEOUT.as_secs())]
     Stalled,
@@ -121,22 +124,34 @@ impl Writer {
         }
         if seq > cursor + 1 {
             // A gap (lost wake-up, overtaken pump): read it from the database.
+            // Every seq below a committed one is committed, so a short read
+            // is a hole: never skip it, have the client resume instead.
             let epoch = self.state.hub.epoch();
-            if let Ok(rows) = self
+            let rows = match self
                 .state
                 .hub
                 .store()
                 .events_between(room, cursor, seq - 1)
                 .await
             {
-                for r in rows {
-                    self.send(event_frame(room, r.seq, &epoch, &r.payload).into(), false)
-                        .await?;
-                    self.state.metrics.deliveries.inc();
-                    self.cursors.insert(room, r.seq);
-                    if self.ended(room, membership_ended(&r.payload)).await? {
-                        return Ok(());
-                    }
+                Ok(rows) if rows.len() as i64 == seq - 1 - cursor => rows,
+                Ok(rows) => {
+                    return Err(WriteError::Hole(format!(
+                        "room {room}: {} of the events {}..={} exist",
+                        rows.len(),
+                        cursor + 1,
+                        seq - 1
+                    )));
+                }
+                Err(e) => return Err(WriteError::Hole(format!("room {room}: {e}"))),
+            };
+            for r in rows {
+                self.send(event_frame(room, r.seq, &epoch, &r.payload).into(), false)
+                    .await?;
+                self.state.metrics.deliveries.inc();
+                self.cursors.insert(room, r.seq);
+                if self.ended(room, membership_ended(&r.payload)).await? {
+                    return Ok(());
                 }
             }
         }
@@ -268,6 +283,17 @@ pub(super) async fn write_loop(
             }
             Err(WriteError::Socket(_)) => {
                 end = WriterEnd::PeerGone;
+                break;
+            }
+            Err(e @ WriteError::Hole(_)) => {
+                // Never advance past a hole: the client resumes from what it
+                // has, on this replica or another.
+                tracing::warn!(error = %e, "closing a socket to fill a gap by resume");
+                w.close(
+                    CLOSE_RECONNECT,
+                    "could not read missed events; reconnect and resume".into(),
+                )
+                .await;
                 break;
             }
         }
