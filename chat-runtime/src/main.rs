@@ -55,7 +55,8 @@ async fn serve(args: chat_runtime::config::ServeArgs) -> ExitCode {
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "start-up failed");
+            // One clear line, like a configuration error.
+            eprintln!("chat-runtime: start-up failed: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -156,11 +156,19 @@ impl Authenticator {
         })
     }
 
-    /// Loads keys that come from a file or URL (at start; a URL that does not
-    /// answer yet is retried on use).
+    /// Loads keys that come from a file or URL, at start. A file that cannot
+    /// be read or holds no usable key is an error (start-up stops); a URL
+    /// that does not answer yet is only logged and retried on use.
     pub async fn prime(&self) -> Result<(), String> {
         if let Mode::External { jwks: Some(j), .. } = &self.mode {
-            j.refresh(true).await?;
+            match j.refresh(true).await {
+                Ok(()) => {}
+                Err(e) if j.is_file() => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "JWKS not loaded yet; retried when a token needs it (at most every 30 s)"
+                ),
+            }
         }
         Ok(())
     }
