@@ -399,3 +399,29 @@ async fn a_bad_jwks_file_fails_start_up_with_one_clear_line() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_token_expires() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let token = signup(&r.http, "alice").await;
+    let (_, body) = me(&r.http, &token).await;
+    let uid = body["user"]["id"].as_i64().unwrap().to_string();
+    let short = hs256(
+        JWT_SECRET,
+        json!({"sub": uid, "tid": "acme", "exp": now() + 3, "iss": "chorus", "aud": "acme"}),
+    );
+    let mut ws = Ws::connect(&r.ws, &short).await;
+    match ws.next(std::time::Duration::from_secs(10)).await {
+        support::Next::Closed(code) => assert_eq!(code, Some(4001)),
+        support::Next::Frame(f) => panic!("expected the 4001 close, got {f}"),
+        support::Next::Timeout => panic!("the socket outlived its token"),
+    }
+    // A socket with a long-lived token stays open meanwhile.
+    let mut long = Ws::connect(&r.ws, &token).await;
+    long.send(json!({"type": "ping", "id": "still"})).await;
+    long.expect("pong", std::time::Duration::from_secs(5), |f| {
+        f["type"] == "pong"
+    })
+    .await;
+}

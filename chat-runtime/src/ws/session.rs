@@ -29,7 +29,7 @@ use crate::{
 /// Close code asking the client to reconnect and resume (drain, overflow,
 /// epoch change, missed pings).
 pub const CLOSE_RECONNECT: u16 = 4000;
-/// Close code for an unusable or logged-out token.
+/// Close code sent when the connection's token expires (at its `exp`).
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// Frames queued per socket before it is closed as too slow.
 pub const QUEUE_FRAMES: usize = 1024;
@@ -58,6 +58,15 @@ pub(super) fn store_error_frame(id: Option<&str>, e: &StoreError) -> String {
         other => other.to_string(),
     };
     error_frame(id, code, &message, None)
+}
+
+/// Time from now until a Unix time in seconds (zero when it has passed).
+fn until_unix(at: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Duration::from_secs(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
 }
 
 /// Runs a socket to completion.
@@ -93,7 +102,11 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     ping.tick().await;
     let mut last_seen = Instant::now();
     let mut silent = false;
+    let mut expired = false;
     let mut ended: Option<WriterEnd> = None;
+    // The token's lifetime is the connection's: at `exp` it closes with 4001.
+    let expiry = tokio::time::sleep(until_unix(principal.exp));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -136,6 +149,14 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     outbox.push(Item::Reply(reply("ping", None, json!({})).into()));
                 }
             }
+            _ = &mut expiry => {
+                expired = true;
+                outbox.push(Item::Close(
+                    CLOSE_UNAUTHORIZED,
+                    "token expired: log in again, then reconnect".into(),
+                ));
+                break;
+            }
             end = &mut writer => {
                 ended = Some(end.unwrap_or(WriterEnd::PeerGone));
                 break;
@@ -161,10 +182,12 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
         "write stalled"
     } else if outbox.overflowed() {
         "queue overflowed"
+    } else if expired {
+        "token expired"
     } else {
         "closed"
     };
-    if reason != "closed" {
+    if !matches!(reason, "closed" | "token expired") {
         state.metrics.slow_disconnects.inc();
     }
     state.metrics.connections.dec();
