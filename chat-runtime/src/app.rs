@@ -8,19 +8,22 @@ use std::sync::{
 
 use axum::{
     Router,
-    extract::{FromRequest, FromRequestParts, Query, Request, State, WebSocketUpgrade},
+    extract::{
+        DefaultBodyLimit, FromRequestParts, Request, State, WebSocketUpgrade,
+        ws::rejection::WebSocketUpgradeRejection,
+    },
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
 };
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::{
     auth::{AuthError, Authenticator, Principal},
     config::Config,
     error::AppError,
-    http,
+    http::{self, extract::AppQuery},
     hub::Hub,
     metrics::Metrics,
     ratelimit::RateLimiter,
@@ -53,6 +56,7 @@ pub struct AppState {
 
 /// The public router.
 pub fn app(state: AppState) -> Router {
+    let body_limit = request_limit(&state.config);
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
@@ -102,6 +106,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/search", get(http::messages::search))
         .fallback(|| async { AppError::NotFound("no such route; see docs/protocol.md".into()) })
+        .method_not_allowed_fallback(|| async {
+            AppError::MethodNotAllowed(
+                "this path does not take that method; see docs/protocol.md".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -210,20 +220,6 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-/// `axum::Json` whose rejections use the API's error format.
-pub struct AppJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(AppJson(v)),
-            Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct WsQuery {
     access_token: Option<String>,
@@ -231,10 +227,16 @@ struct WsQuery {
 
 async fn upgrade(
     State(state): State<AppState>,
-    Query(q): Query<WsQuery>,
+    AppQuery(q): AppQuery<WsQuery>,
     headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    let ws = ws.map_err(|r| {
+        AppError::BadRequest(format!(
+            "{}: /ws is the WebSocket endpoint; connect with a WebSocket client (docs/protocol.md)",
+            r.body_text()
+        ))
+    })?;
     if state.draining.load(Ordering::Relaxed) {
         state.metrics.connections_refused.inc();
         return Err(AppError::Unavailable(
@@ -259,7 +261,7 @@ async fn upgrade(
     };
     // Small buffers keep memory per idle connection low; messages larger than
     // the body limit (plus framing) are refused by the protocol layer.
-    let frame_limit = state.config.limits.max_message_bytes as usize * 2 + 64 * 1024;
+    let frame_limit = request_limit(&state.config);
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -275,6 +277,12 @@ async fn upgrade(
             }
             .instrument(span)
         }))
+}
+
+/// Largest REST body and WebSocket frame: twice the message limit (JSON
+/// escaping) plus 64 KiB for the other fields.
+pub fn request_limit(config: &Config) -> usize {
+    config.limits.max_message_bytes as usize * 2 + 64 * 1024
 }
 
 /// One WebSocket's place in the replica's connection limit. It is taken

@@ -304,6 +304,83 @@ async fn a_hole_in_the_log_closes_with_the_reconnect_code_instead_of_skipping() 
 }
 
 #[tokio::test]
+async fn every_rest_error_is_json_with_a_stable_code() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let base = &r.http;
+    let big = json!({"client_msg_id": "big", "body": "x".repeat(200_000)});
+    let cases = [
+        (
+            "GET",
+            format!("{base}/api/v1/rooms/seven"),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/api/v1/rooms/{room}/messages?limit=many"),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "DELETE",
+            format!("{base}/api/v1/rooms"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            format!("{base}/api/v1/me"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        ("GET", format!("{base}/ws"), None, 400, "bad_request"),
+        (
+            "GET",
+            format!("{base}/no/such/route"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            Some(big),
+            413,
+            "too_large",
+        ),
+        (
+            "POST",
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            Some(json!({"body": "no id"})),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, url, body, status, code) in cases {
+        let (got, e) = http(method, &url, Some(&alice), body).await;
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {url}: {e}"
+        );
+        assert!(
+            !e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{method} {url}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;
