@@ -262,6 +262,9 @@ async fn upgrade(
     // Small buffers keep memory per idle connection low; messages larger than
     // the body limit (plus framing) are refused by the protocol layer.
     let frame_limit = request_limit(&state.config);
+    // The request's span (with its request id), captured here: the upgrade
+    // callback runs in a task of its own, outside it.
+    let span = tracing::Span::current();
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -270,7 +273,6 @@ async fn upgrade(
         .max_frame_size(frame_limit)
         .on_upgrade(move |socket| {
             // The socket's log lines keep the upgrade request's id.
-            let span = tracing::Span::current();
             async move {
                 session::run(socket, state, principal).await;
                 drop(slot);

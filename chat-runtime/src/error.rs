@@ -93,7 +93,7 @@ impl IntoResponse for AppError {
             AppError::Internal(detail) => {
                 tracing::error!(code = self.code(), detail = %detail, "request failed")
             }
-            other => tracing::warn!(code = other.code(), message = %other, "request refused"),
+            other => tracing::warn!(code = other.code(), error = %other, "request refused"),
         }
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         if let AppError::RateLimited { retry_after_ms } = &self {

@@ -381,6 +381,52 @@ async fn every_rest_error_is_json_with_a_stable_code() {
 }
 
 #[tokio::test]
+async fn log_lines_carry_tenant_pod_and_the_sockets_request_id() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let mut req = format!("{}?access_token={alice}", r.ws)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-request-id", "ws-trace-42".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    drop(ws);
+    // The session logs its end inside the upgrade request's span.
+    let deadline = std::time::Instant::now() + T;
+    let closed = loop {
+        let lines = r.log_lines(|l| l["message"] == "websocket closed");
+        if let Some(l) = lines.into_iter().next() {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 'websocket closed' line"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(closed["span"]["request_id"], "ws-trace-42", "{closed}");
+    // A refused request logs a warning in its own span.
+    let (status, _) = http("GET", &format!("{}/api/v1/me", r.http), None, None).await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = r.log_lines(|l| l["message"] == "request refused");
+    assert_eq!(refused.len(), 1, "{:?}", r.logs.lock().unwrap());
+    assert_eq!(refused[0]["code"], "unauthorized");
+    assert_eq!(
+        refused[0]["span"]["request_id"].as_str().map(str::len),
+        Some(16)
+    );
+    let all = r.log_lines(|_| true);
+    assert!(all.len() >= 3, "{all:?}");
+    for line in &all {
+        assert_eq!(line["tenant"], "acme", "{line}");
+        assert_eq!(line["pod"], r.name.as_str(), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;
