@@ -427,6 +427,37 @@ async fn log_lines_carry_tenant_pod_and_the_sockets_request_id() {
 }
 
 #[tokio::test]
+async fn typing_is_throttled_per_socket() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    support::join(&r.http, &bob, room).await;
+    let mut a = Ws::connect(&r.ws, &alice).await;
+    let mut b = Ws::connect(&r.ws, &bob).await;
+    a.subscribe(room, None).await;
+    b.subscribe(room, None).await;
+    for _ in 0..5 {
+        a.send(json!({"type": "typing", "room": room})).await;
+    }
+    let mut seen = 0;
+    loop {
+        match b.next(Duration::from_millis(1500)).await {
+            Next::Frame(f) if f["type"] == "typing" => seen += 1,
+            Next::Frame(_) => {}
+            Next::Timeout => break,
+            Next::Closed(c) => panic!("closed {c:?}"),
+        }
+    }
+    assert_eq!(seen, 1, "five typing frames in a burst reach others once");
+    // After the interval, typing goes through again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.send(json!({"type": "typing", "room": room})).await;
+    b.expect("typing again", T, |f| f["type"] == "typing").await;
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;

@@ -505,13 +505,17 @@ impl Hub {
 
     // ---- presence ----
 
-    /// Sets the status a socket announces.
+    /// Sets the status a socket announces. An unchanged status costs
+    /// nothing (no broadcast, no fan-out queries).
     pub fn set_status(self: &Arc<Self>, id: SessionId, status: Status) {
         let user = {
             let mut sessions = lock(&self.sessions);
             let Some(entry) = sessions.get_mut(&id) else {
                 return;
             };
+            if entry.status == status {
+                return;
+            }
             entry.status = status;
             entry.user.id
         };
@@ -663,5 +667,55 @@ pub async fn run_timers(hub: Arc<Hub>) {
                 hub.check_epoch().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts ephemeral broadcasts.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Broker for Counting {
+        fn publish_wakeup(&self, _: RoomId, _: Seq) {}
+        fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_presence_costs_no_broadcast() {
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let broker = Arc::new(Counting::default());
+        let hub = Hub::new(
+            Store { pool },
+            Arc::new(Metrics::default()),
+            "pod-a".into(),
+            "epoch".into(),
+            broker.clone(),
+        );
+        let user = User {
+            id: 1,
+            username: "alice".into(),
+            display_name: "Alice".into(),
+        };
+        let sid = hub.open_session(user, Arc::new(Outbox::new(16, 4096)));
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        settle().await;
+        let opened = broker.0.load(Ordering::SeqCst);
+        assert_eq!(opened, 1, "coming online is announced");
+        for _ in 0..10 {
+            hub.set_status(sid, Status::Online);
+        }
+        settle().await;
+        assert_eq!(broker.0.load(Ordering::SeqCst), opened, "nothing changed");
+        hub.set_status(sid, Status::Away);
+        settle().await;
+        assert_eq!(broker.0.load(Ordering::SeqCst), opened + 1);
     }
 }

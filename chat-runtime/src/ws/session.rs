@@ -14,6 +14,7 @@ use serde_json::json;
 use super::{
     outbox::{Item, Outbox, SubscribeRequest},
     protocol::{ClientFrame, PresenceStatus, decode, error_frame, reply},
+    throttle::Throttle,
     writer::{CLOSE_TIMEOUT, WriterEnd},
 };
 use crate::{
@@ -101,6 +102,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = Instant::now();
+    let mut throttle = Throttle::default();
     let mut silent = false;
     let mut expired = false;
     let mut ended: Option<WriterEnd> = None;
@@ -128,7 +130,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Message::Text(text) => {
                         // Boxed: the handler's futures (database calls) are large, and
                         // an idle socket should not carry them around.
-                        Box::pin(handle_text(&state, sid, &principal, &outbox, text.as_str())).await;
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, text.as_str())).await;
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
@@ -199,6 +201,7 @@ async fn handle_text(
     sid: SessionId,
     principal: &Principal,
     outbox: &Arc<Outbox>,
+    throttle: &mut Throttle,
     text: &str,
 ) {
     let frame = match decode(text) {
@@ -362,7 +365,9 @@ async fn handle_text(
         },
         ClientFrame::Typing { room } => {
             if state.hub.is_subscribed(sid, room) {
-                state.hub.typing(room, user).await;
+                if throttle.typing(room, Instant::now()) {
+                    state.hub.typing(room, user).await;
+                }
             } else {
                 answer(error_frame(
                     None,
