@@ -199,3 +199,51 @@ async fn only_moderators_and_owners_lift_a_ban_by_inviting() {
     .await;
     assert_eq!(status, 200, "dave is a member again: {members}");
 }
+
+#[tokio::test]
+async fn leaving_a_dm_is_undone_by_opening_it_again() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let (status, dm) = post(&r.http, "/api/v1/dms", &alice, json!({"user": "bob"})).await;
+    assert_eq!(status, 200, "{dm}");
+    let room = dm["room"]["id"].as_i64().unwrap();
+    let (status, _) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/leave"),
+        &alice,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, again) = post(&r.http, "/api/v1/dms", &alice, json!({"user": "bob"})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["room"]["id"], room, "the same DM room");
+    assert_eq!(again["room"]["role"], "member");
+    let (status, _) = post(
+        &r.http,
+        &format!("/api/v1/rooms/{room}/messages"),
+        &alice,
+        json!({"client_msg_id": "back", "body": "I'm back"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Bob, who never left, sees the rejoin and the message.
+    let (_, hist) = http(
+        "GET",
+        &format!("{}/api/v1/rooms/{room}/messages", r.http),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(hist["messages"][0]["body"], "I'm back", "{hist}");
+    let (_, members) = http(
+        "GET",
+        &format!("{}/api/v1/rooms/{room}/members", r.http),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
+}

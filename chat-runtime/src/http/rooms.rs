@@ -80,14 +80,18 @@ pub struct UserRef {
     pub user: String,
 }
 
-/// `POST /api/v1/dms {"user": "bob"}`: the DM room with bob.
+/// `POST /api/v1/dms {"user": "bob"}`: the DM room with bob (created on
+/// first use; the caller joins it again after leaving).
 pub async fn direct(
     State(s): State<AppState>,
     Authed(p): Authed,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
     let other = s.hub.store().user_by_name(&u.user).await?;
-    let room = s.hub.store().direct_room(&p.user, &other).await?;
+    let (room, seq) = s.hub.store().direct_room(&p.user, &other).await?;
+    if let Some(seq) = seq {
+        s.hub.committed(room.id, seq);
+    }
     Ok(Json(json!({"room": room})))
 }
 

@@ -193,8 +193,14 @@ impl Store {
         self.room_view(id, creator.id).await
     }
 
-    /// The direct-message room of two users, created on first use.
-    pub async fn direct_room(&self, me: &User, other: &User) -> StoreResult<RoomView> {
+    /// The direct-message room of two users, created on first use. A caller
+    /// who left it joins it again. Returns the room and the seq of the
+    /// membership event written, if any.
+    pub async fn direct_room(
+        &self,
+        me: &User,
+        other: &User,
+    ) -> StoreResult<(RoomView, Option<Seq>)> {
         if me.id == other.id {
             return Err(StoreError::Invalid(
                 "a direct message needs another user".into(),
@@ -216,29 +222,47 @@ impl Store {
         .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
-        let id = match created {
+        let (id, seq) = match created {
             Some((id,)) => {
+                let mut seq = None;
                 for u in [lo, hi] {
                     sqlx::query("INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'member')")
                         .bind(id)
                         .bind(u.id)
                         .execute(&mut *tx)
                         .await?;
-                    member_event(&mut tx, id, me, u, "joined", Some(Role::Member)).await?;
+                    seq =
+                        Some(member_event(&mut tx, id, me, u, "joined", Some(Role::Member)).await?);
                 }
                 tx.commit().await?;
-                id
+                (id, seq)
             }
             None => {
-                tx.rollback().await?;
                 let (id,): (RoomId,) = sqlx::query_as("SELECT id FROM rooms WHERE dm_key = $1")
                     .bind(&key)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await?;
-                id
+                // One of the pair who left comes back by opening the DM again.
+                let rejoined = sqlx::query(
+                    "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'member') \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(me.id)
+                .execute(&mut *tx)
+                .await?;
+                if rejoined.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    (id, None)
+                } else {
+                    let seq =
+                        member_event(&mut tx, id, me, me, "joined", Some(Role::Member)).await?;
+                    tx.commit().await?;
+                    (id, Some(seq))
+                }
             }
         };
-        self.room_view(id, me.id).await
+        Ok((self.room_view(id, me.id).await?, seq))
     }
 
     /// One room as `user` sees it. Private rooms and DMs are visible to
