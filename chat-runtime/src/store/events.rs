@@ -2,9 +2,10 @@
 //! (tombstones), reactions, read state, history (keyset pagination), threads,
 //! full-text search, replay for resume, and retention.
 //!
-//! Every event takes the room's next seq with `UPDATE rooms ... RETURNING`
-//! inside its own transaction and queues `NOTIFY chat_events '<room>:<seq>'`,
-//! delivered at commit.
+//! Every event takes the room's next seq inside its own transaction (the
+//! room row's lock orders writers, so commit order is seq order). The wake-up
+//! to other replicas is sent after the commit, coalesced, by the broker
+//! ([`crate::hub::pg`]), never inside the transaction.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -363,21 +363,21 @@ async fn handle_text(
             )),
             Err(e) => answer(store_error_frame(id.as_deref(), &e)),
         },
-        ClientFrame::Typing { room } => {
+        ClientFrame::Typing { id, room } => {
             if state.hub.is_subscribed(sid, room) {
                 if throttle.typing(room, Instant::now()) {
                     state.hub.typing(room, user).await;
                 }
             } else {
                 answer(error_frame(
-                    None,
+                    id.as_deref(),
                     "invalid",
                     &format!("subscribe to room {room} before sending typing"),
                     None,
                 ));
             }
         }
-        ClientFrame::Presence { status } => {
+        ClientFrame::Presence { status, .. } => {
             state.hub.set_status(
                 sid,
                 match status {
