@@ -95,7 +95,7 @@ enum Mode {
     },
     External {
         hs256: Option<DecodingKey>,
-        jwks: Option<JwksCache>,
+        jwks: Option<Box<JwksCache>>,
         issuer: String,
         audience: String,
     },
@@ -145,7 +145,9 @@ impl Authenticator {
                 hs256: hs256_secret
                     .as_ref()
                     .map(|s| DecodingKey::from_secret(s.as_bytes())),
-                jwks: jwks.as_ref().map(|src| JwksCache::new(src.clone())),
+                jwks: jwks
+                    .as_ref()
+                    .map(|src| Box::new(JwksCache::new(src.clone()))),
                 issuer: issuer.clone(),
                 audience: audience.clone(),
             },
