@@ -8,19 +8,22 @@ use std::sync::{
 
 use axum::{
     Router,
-    extract::{FromRequest, FromRequestParts, Query, Request, State, WebSocketUpgrade},
+    extract::{
+        DefaultBodyLimit, FromRequestParts, Request, State, WebSocketUpgrade,
+        ws::rejection::WebSocketUpgradeRejection,
+    },
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
 };
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::{
     auth::{AuthError, Authenticator, Principal},
     config::Config,
     error::AppError,
-    http,
+    http::{self, extract::AppQuery},
     hub::Hub,
     metrics::Metrics,
     ratelimit::RateLimiter,
@@ -53,6 +56,7 @@ pub struct AppState {
 
 /// The public router.
 pub fn app(state: AppState) -> Router {
+    let body_limit = request_limit(&state.config);
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
@@ -102,6 +106,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/search", get(http::messages::search))
         .fallback(|| async { AppError::NotFound("no such route; see docs/protocol.md".into()) })
+        .method_not_allowed_fallback(|| async {
+            AppError::MethodNotAllowed(
+                "this path does not take that method; see docs/protocol.md".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -210,20 +220,6 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-/// `axum::Json` whose rejections use the API's error format.
-pub struct AppJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(AppJson(v)),
-            Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct WsQuery {
     access_token: Option<String>,
@@ -231,10 +227,16 @@ struct WsQuery {
 
 async fn upgrade(
     State(state): State<AppState>,
-    Query(q): Query<WsQuery>,
+    AppQuery(q): AppQuery<WsQuery>,
     headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    let ws = ws.map_err(|r| {
+        AppError::BadRequest(format!(
+            "{}: /ws is the WebSocket endpoint; connect with a WebSocket client (docs/protocol.md)",
+            r.body_text()
+        ))
+    })?;
     if state.draining.load(Ordering::Relaxed) {
         state.metrics.connections_refused.inc();
         return Err(AppError::Unavailable(
@@ -251,22 +253,18 @@ async fn upgrade(
         .await
         .map_err(auth_error)?;
     let max = state.config.limits.max_connections;
-    if state
-        .sockets
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_err()
-    {
+    let Some(slot) = ConnectionSlot::acquire(&state.sockets, max) else {
         state.metrics.connections_refused.inc();
         return Err(AppError::Unavailable(format!(
             "this replica holds its maximum of {max} connections; retry later"
         )));
-    }
+    };
     // Small buffers keep memory per idle connection low; messages larger than
     // the body limit (plus framing) are refused by the protocol layer.
-    let frame_limit = state.config.limits.max_message_bytes as usize * 2 + 64 * 1024;
-    let sockets = state.sockets.clone();
+    let frame_limit = request_limit(&state.config);
+    // The request's span (with its request id), captured here: the upgrade
+    // callback runs in a task of its own, outside it.
+    let span = tracing::Span::current();
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -275,13 +273,42 @@ async fn upgrade(
         .max_frame_size(frame_limit)
         .on_upgrade(move |socket| {
             // The socket's log lines keep the upgrade request's id.
-            let span = tracing::Span::current();
             async move {
                 session::run(socket, state, principal).await;
-                sockets.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
             }
             .instrument(span)
         }))
+}
+
+/// Largest REST body and WebSocket frame: twice the message limit (JSON
+/// escaping) plus 64 KiB for the other fields.
+pub fn request_limit(config: &Config) -> usize {
+    config.limits.max_message_bytes as usize * 2 + 64 * 1024
+}
+
+/// One WebSocket's place in the replica's connection limit. It is taken
+/// before the upgrade and moved into the upgrade callback; dropping it frees
+/// the place, so an upgrade that fails (and never runs the callback) frees
+/// it too.
+pub struct ConnectionSlot(Arc<AtomicU32>);
+
+impl ConnectionSlot {
+    /// Takes a place when fewer than `max` are taken.
+    pub fn acquire(sockets: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(sockets.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Builds the state.
@@ -303,5 +330,25 @@ pub fn state(
         draining: Arc::new(AtomicBool::new(false)),
         started: Arc::new(AtomicBool::new(false)),
         sockets: Arc::new(AtomicU32::new(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_are_freed_on_drop_even_when_never_used() {
+        let sockets = Arc::new(AtomicU32::new(0));
+        let a = ConnectionSlot::acquire(&sockets, 2).unwrap();
+        let b = ConnectionSlot::acquire(&sockets, 2).unwrap();
+        assert!(ConnectionSlot::acquire(&sockets, 2).is_none(), "full");
+        drop(a);
+        assert_eq!(sockets.load(Ordering::Acquire), 1);
+        // An upgrade callback that is dropped without running (failed
+        // upgrade) still frees its slot.
+        let callback = move || drop(b);
+        drop(callback);
+        assert_eq!(sockets.load(Ordering::Acquire), 0);
     }
 }

@@ -24,6 +24,9 @@ pub enum AppError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: already exists.
     #[error("{0}")]
     Conflict(String),
@@ -52,6 +55,7 @@ impl AppError {
             AppError::Unauthorized(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::NotFound(_) => "not_found",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::Conflict(_) => "conflict",
             AppError::TooLarge(_) => "too_large",
             AppError::RateLimited { .. } => "rate_limited",
@@ -66,6 +70,7 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -88,7 +93,7 @@ impl IntoResponse for AppError {
             AppError::Internal(detail) => {
                 tracing::error!(code = self.code(), detail = %detail, "request failed")
             }
-            other => tracing::warn!(code = other.code(), message = %other, "request refused"),
+            other => tracing::warn!(code = other.code(), error = %other, "request refused"),
         }
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         if let AppError::RateLimited { retry_after_ms } = &self {

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Migrate(args)) => {
-            telemetry::init(&args.log_level);
+            telemetry::init(&args.log_level, &[]);
             let Some(url) = args.database_url.filter(|u| !u.is_empty()) else {
                 eprintln!(
                     "CHAT_DATABASE_URL: is required: set it to postgres://user:password@host:5432/db"
@@ -47,15 +47,15 @@ async fn serve(args: chat_runtime::config::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&level);
-    let tenant = config.tenant_id.clone();
-    let pod = config.pod_name.clone();
-    let span = tracing::info_span!("runtime", tenant = %tenant, pod = %pod);
-    let _entered = span.enter();
+    telemetry::init(
+        &level,
+        &[("tenant", &config.tenant_id), ("pod", &config.pod_name)],
+    );
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "start-up failed");
+            // One clear line, like a configuration error.
+            eprintln!("chat-runtime: start-up failed: {e}");
             return ExitCode::FAILURE;
         }
     };

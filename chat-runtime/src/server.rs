@@ -40,7 +40,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// Auth keys could not be loaded.
-    #[error("auth: {0}")]
+    #[error("{0}")]
     Auth(String),
 }
 
@@ -94,6 +94,10 @@ impl Server {
     /// Starts everything; returns once both listeners accept connections.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::default());
+        // Keys first: a bad JWKS file fails start-up at once, before the
+        // database wait.
+        let auth = Authenticator::new(&config.tenant_id, &config.auth).map_err(StartError::Auth)?;
+        auth.prime().await.map_err(StartError::Auth)?;
         let store = Store::connect(
             &config.database_url,
             config.db_pool_size,
@@ -103,10 +107,6 @@ impl Server {
         .map_err(StartError::Database)?;
         store.migrate().await?;
         let epoch = store.epoch().await.map_err(StartError::Epoch)?;
-        let auth = Authenticator::new(&config.tenant_id, &config.auth).map_err(StartError::Auth)?;
-        if let Err(e) = auth.prime().await {
-            tracing::warn!(error = %e, "JWKS not loaded yet; retried when a token needs it");
-        }
         let broker = PgBroker::new(store.pool.clone());
         let hub = Hub::new(
             store.clone(),

@@ -367,3 +367,61 @@ async fn bad_configuration_fails_at_start_with_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_bad_jwks_file_fails_start_up_with_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("jwks-bad-{}", support::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, "this is not JSON").unwrap();
+    // The database is unreachable on purpose: the key file is checked
+    // first, so start-up fails at once instead of waiting for it.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-runtime"))
+        .env_clear()
+        .env("CHAT_DATABASE_URL", "postgres://u@127.0.0.1:1/db")
+        .env("CHAT_TENANT_ID", "acme")
+        .env("CHAT_AUTH_MODE", "external")
+        .env("CHAT_EXTERNAL_ISSUER", "https://id.acme.example")
+        .env("CHAT_EXTERNAL_AUDIENCE", "acme-chat")
+        .env("CHAT_EXTERNAL_JWKS_FILE", &file)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(15), run)
+        .await
+        .expect("start-up must fail at once on a bad JWKS file")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CHAT_EXTERNAL_JWKS_FILE") && stderr.contains("not a JSON Web Key Set"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_token_expires() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let token = signup(&r.http, "alice").await;
+    let (_, body) = me(&r.http, &token).await;
+    let uid = body["user"]["id"].as_i64().unwrap().to_string();
+    let short = hs256(
+        JWT_SECRET,
+        json!({"sub": uid, "tid": "acme", "exp": now() + 3, "iss": "chorus", "aud": "acme"}),
+    );
+    let mut ws = Ws::connect(&r.ws, &short).await;
+    match ws.next(std::time::Duration::from_secs(10)).await {
+        support::Next::Closed(code) => assert_eq!(code, Some(4001)),
+        support::Next::Frame(f) => panic!("expected the 4001 close, got {f}"),
+        support::Next::Timeout => panic!("the socket outlived its token"),
+    }
+    // A socket with a long-lived token stays open meanwhile.
+    let mut long = Ws::connect(&r.ws, &token).await;
+    long.send(json!({"type": "ping", "id": "still"})).await;
+    long.expect("pong", std::time::Duration::from_secs(5), |f| {
+        f["type"] == "pong"
+    })
+    .await;
+}

@@ -198,6 +198,266 @@ async fn resume_replays_exactly_the_missed_events_or_says_so() {
 }
 
 #[tokio::test]
+async fn deleted_messages_stay_deleted_in_replay_history_and_search() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let sub = ws.subscribe(room, None).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let start = sub["last_seq"].as_i64().unwrap();
+    drop(ws);
+
+    let base = format!("{}/api/v1/rooms/{room}/messages", r.http);
+    let (status, sent) = http(
+        "POST",
+        &base,
+        Some(&alice),
+        Some(json!({"client_msg_id": "s1", "body": "secret plans",
+            "attachments": [{"url": "https://cdn.example/secret.png", "content_type": "image/png", "size_bytes": 9}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    let seq = sent["seq"].as_i64().unwrap();
+    let (status, _) = http(
+        "PATCH",
+        &format!("{base}/{seq}"),
+        Some(&alice),
+        Some(json!({"body": "secret plans, revised"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = http("DELETE", &format!("{base}/{seq}"), Some(&alice), None).await;
+    assert_eq!(status, 200);
+
+    // Resume from before the message: its events replay, without content.
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let resumed = ws.subscribe(room, Some((&epoch, start))).await;
+    assert_eq!(resumed["replayed"], 3, "{resumed}");
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let e = ws.expect("replayed", T, |f| f["type"] == "event").await;
+        assert!(
+            !e.to_string().contains("secret"),
+            "deleted content replayed: {e}"
+        );
+        if e["kind"] != "delete" {
+            assert_eq!(
+                (e["body"].as_str(), e["deleted"].as_bool()),
+                (Some(""), Some(true)),
+                "{e}"
+            );
+        }
+        kinds.push(e["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["message", "edit", "delete"]);
+    let (_, hist) = http("GET", &base, Some(&alice), None).await;
+    assert!(!hist.to_string().contains("secret"), "{hist}");
+    assert_eq!(hist["messages"][0]["deleted"], true);
+    let (_, found) = http(
+        "GET",
+        &format!("{}/api/v1/search?q=secret", r.http),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(found["results"], json!([]), "{found}");
+}
+
+#[tokio::test]
+async fn a_hole_in_the_log_closes_with_the_reconnect_code_instead_of_skipping() {
+    use sqlx::Connection;
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let last = ws.subscribe(room, None).await["last_seq"].as_i64().unwrap();
+    // Forge a hole: the room moves on by two seqs but only the second event
+    // exists (as if the first were lost). The fan-out poll finds it.
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::query("UPDATE rooms SET last_seq = last_seq + 2 WHERE id = $1")
+        .bind(room)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO room_events (room_id, seq, kind, actor_id, payload) \
+         VALUES ($1, $2, 'member', 1, '{\"kind\": \"member\", \"action\": \"role\", \"user\": {\"id\": 1}}')",
+    )
+    .bind(room)
+    .bind(last + 2)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    loop {
+        match ws.next(T).await {
+            Next::Closed(code) => {
+                assert_eq!(code, Some(4000));
+                break;
+            }
+            Next::Frame(f) => assert_ne!(f["type"], "event", "skipped past a hole: {f}"),
+            Next::Timeout => panic!("neither the event nor a close came"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_rest_error_is_json_with_a_stable_code() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let base = &r.http;
+    let big = json!({"client_msg_id": "big", "body": "x".repeat(200_000)});
+    let cases = [
+        (
+            "GET",
+            format!("{base}/api/v1/rooms/seven"),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/api/v1/rooms/{room}/messages?limit=many"),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "DELETE",
+            format!("{base}/api/v1/rooms"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            format!("{base}/api/v1/me"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        ("GET", format!("{base}/ws"), None, 400, "bad_request"),
+        (
+            "GET",
+            format!("{base}/no/such/route"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            Some(big),
+            413,
+            "too_large",
+        ),
+        (
+            "POST",
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            Some(json!({"body": "no id"})),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, url, body, status, code) in cases {
+        let (got, e) = http(method, &url, Some(&alice), body).await;
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {url}: {e}"
+        );
+        assert!(
+            !e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{method} {url}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn log_lines_carry_tenant_pod_and_the_sockets_request_id() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let mut req = format!("{}?access_token={alice}", r.ws)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-request-id", "ws-trace-42".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    drop(ws);
+    // The session logs its end inside the upgrade request's span.
+    let deadline = std::time::Instant::now() + T;
+    let closed = loop {
+        let lines = r.log_lines(|l| l["message"] == "websocket closed");
+        if let Some(l) = lines.into_iter().next() {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 'websocket closed' line"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(closed["span"]["request_id"], "ws-trace-42", "{closed}");
+    // A refused request logs a warning in its own span.
+    let (status, _) = http("GET", &format!("{}/api/v1/me", r.http), None, None).await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = r.log_lines(|l| l["message"] == "request refused");
+    assert_eq!(refused.len(), 1, "{:?}", r.logs.lock().unwrap());
+    assert_eq!(refused[0]["code"], "unauthorized");
+    assert_eq!(
+        refused[0]["span"]["request_id"].as_str().map(str::len),
+        Some(16)
+    );
+    let all = r.log_lines(|_| true);
+    assert!(all.len() >= 3, "{all:?}");
+    for line in &all {
+        assert_eq!(line["tenant"], "acme", "{line}");
+        assert_eq!(line["pod"], r.name.as_str(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn typing_is_throttled_per_socket() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    support::join(&r.http, &bob, room).await;
+    let mut a = Ws::connect(&r.ws, &alice).await;
+    let mut b = Ws::connect(&r.ws, &bob).await;
+    a.subscribe(room, None).await;
+    b.subscribe(room, None).await;
+    for _ in 0..5 {
+        a.send(json!({"type": "typing", "room": room})).await;
+    }
+    let mut seen = 0;
+    loop {
+        match b.next(Duration::from_millis(1500)).await {
+            Next::Frame(f) if f["type"] == "typing" => seen += 1,
+            Next::Frame(_) => {}
+            Next::Timeout => break,
+            Next::Closed(c) => panic!("closed {c:?}"),
+        }
+    }
+    assert_eq!(seen, 1, "five typing frames in a burst reach others once");
+    // After the interval, typing goes through again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.send(json!({"type": "typing", "room": room})).await;
+    b.expect("typing again", T, |f| f["type"] == "typing").await;
+}
+
+#[tokio::test]
 async fn sigterm_drains_with_the_reconnect_code() {
     let db = fresh_db().await;
     let r = Replica::start(&db).await;

@@ -81,61 +81,68 @@ async fn messages_typing_and_presence_cross_replicas() {
         .await;
 }
 
-/// A client that sends numbered messages, retrying unacked ones after a
-/// reconnect with the same client_msg_id.
+/// A client that pipelines numbered sends and retries the unacknowledged
+/// ones (same client_msg_id) after reconnecting.
 struct Sender {
     name: String,
     token: String,
     ws: Ws,
     acked: BTreeMap<String, i64>,
-    next: usize,
+    duplicates: usize,
 }
 
 impl Sender {
-    async fn send_one(&mut self, room: i64, id: &str) -> Result<i64, ()> {
+    fn ids(&self, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{}-{i}", self.name)).collect()
+    }
+
+    async fn send(&mut self, room: i64, id: &str) {
         self.ws
             .send(json!({"type": "send", "id": id, "room": room, "client_msg_id": id, "body": format!("{} says {id}", self.name)}))
             .await;
-        loop {
+    }
+
+    /// Reads answers until every id in `ids` is acked or the socket ends;
+    /// returns whether it ended.
+    async fn collect(&mut self, room: i64, ids: &[String]) -> bool {
+        while !ids.iter().all(|id| self.acked.contains_key(id)) {
             match self.ws.next(T).await {
-                Next::Frame(f) if f["type"] == "ack" && f["id"] == id => {
-                    return Ok(f["seq"].as_i64().unwrap());
+                Next::Frame(f) if f["type"] == "ack" => {
+                    let id = f["client_msg_id"].as_str().unwrap().to_string();
+                    if f["duplicate"] == true {
+                        self.duplicates += 1;
+                    }
+                    let seq = f["seq"].as_i64().unwrap();
+                    if let Some(old) = self.acked.insert(id.clone(), seq) {
+                        assert_eq!(old, seq, "{id} acked with two seqs");
+                    }
                 }
                 Next::Frame(f) if f["type"] == "error" && f["code"] == "rate_limited" => {
                     tokio::time::sleep(Duration::from_millis(
                         f["retry_after_ms"].as_u64().unwrap_or(50),
                     ))
                     .await;
-                    self.ws
-                        .send(json!({"type": "send", "id": id, "room": room, "client_msg_id": id, "body": format!("{} says {id}", self.name)}))
-                        .await;
+                    let id = f["id"].as_str().unwrap().to_string();
+                    self.send(room, &id).await;
                 }
-                Next::Frame(_) => continue,
-                Next::Closed(_) | Next::Timeout => return Err(()),
+                Next::Frame(f) if f["type"] == "error" => panic!("send refused: {f}"),
+                Next::Frame(_) => {}
+                Next::Closed(_) | Next::Timeout => return true,
             }
         }
+        false
     }
 }
 
 #[tokio::test]
 async fn killing_a_replica_loses_and_duplicates_nothing() {
     let db = fresh_db().await;
-    let mut a = Replica::start_with(
-        &db,
-        support::ReplicaOpts {
-            env: vec![("CHAT_MESSAGES_PER_SECOND", "1000".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let b = Replica::start_with(
-        &db,
-        support::ReplicaOpts {
-            env: vec![("CHAT_MESSAGES_PER_SECOND", "1000".into())],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = || support::ReplicaOpts {
+        env: vec![("CHAT_MESSAGES_PER_SECOND", "1000".into())],
+        ..Default::default()
+    };
+    let mut a = Replica::start_with(&db, opts()).await;
+    let b = Replica::start_with(&db, opts()).await;
     let owner = signup(&b.http, "owner").await;
     let room = public_room(&b.http, &owner, "load").await;
 
@@ -159,61 +166,72 @@ async fn killing_a_replica_loses_and_duplicates_nothing() {
             token,
             ws,
             acked: BTreeMap::new(),
-            next: 0,
+            duplicates: 0,
         });
     }
 
-    // Phase 1: send on A, reading as we go; kill A in the middle.
-    let per_sender = 40;
-    let kill_at = 15;
-    let mut pending: Vec<(usize, String)> = Vec::new();
-    for round in 0..per_sender {
-        if round == kill_at {
-            a.kill().await;
+    // Phase 1: every sender pipelines all its sends to A at once; A is
+    // killed as soon as the first ack is back, with most sends in flight
+    // (queued, committing, or committed but not yet acknowledged).
+    let per_sender = 60;
+    for s in senders.iter_mut() {
+        for id in s.ids(per_sender) {
+            s.send(room, &id).await;
         }
-        for (i, s) in senders.iter_mut().enumerate() {
-            let id = format!("{}-{}", s.name, s.next);
-            match s.send_one(room, &id).await {
-                Ok(seq) => {
-                    s.acked.insert(id, seq);
-                    s.next += 1;
-                }
-                Err(()) => pending.push((i, id)),
+    }
+    loop {
+        match senders[0].ws.next(T).await {
+            Next::Frame(f) if f["type"] == "ack" => {
+                let id = f["client_msg_id"].as_str().unwrap().to_string();
+                senders[0].acked.insert(id, f["seq"].as_i64().unwrap());
+                break;
             }
+            Next::Frame(_) => {}
+            other => panic!("no ack before the kill: {}", matches!(other, Next::Timeout)),
         }
-        if !pending.is_empty() {
-            break;
-        }
-        // Drain what the reader has so far.
-        while let Next::Frame(f) = reader.next(Duration::from_millis(1)).await {
-            if f["type"] == "event" {
+    }
+    a.kill().await;
+    for s in senders.iter_mut() {
+        let ids = s.ids(per_sender);
+        s.collect(room, &ids).await; // until A's socket ends
+    }
+    let in_flight: usize = senders.iter().map(|s| per_sender - s.acked.len()).sum();
+    assert!(in_flight > 0, "the kill caught sends in flight");
+    // What the reader got from A before it died.
+    loop {
+        match reader.next(Duration::from_secs(2)).await {
+            Next::Frame(f) if f["type"] == "event" => {
                 let seq = f["seq"].as_i64().unwrap();
+                assert_eq!(seq, last_seen + 1, "contiguous on A");
                 seen.push(seq);
                 last_seen = seq;
             }
+            Next::Frame(_) => {}
+            Next::Closed(_) | Next::Timeout => break,
         }
     }
-    assert!(!pending.is_empty(), "the kill interrupted the senders");
 
-    // Phase 2: everyone reconnects to B; senders retry what was unacked with
-    // the same client_msg_id, then finish.
+    // Phase 2: everyone reconnects to B and retries every unacknowledged
+    // send with the same client_msg_id (pipelined again). Sends that A had
+    // committed come back as duplicate: true with their original seq.
+    let mut duplicates = 0;
     for s in senders.iter_mut() {
         s.ws = Ws::connect(&b.ws, &s.token).await;
-    }
-    for (i, id) in pending {
-        let s = &mut senders[i];
-        let seq = s.send_one(room, &id).await.expect("retry on B");
-        s.acked.insert(id, seq);
-        s.next += 1;
-    }
-    for s in senders.iter_mut() {
-        while s.next < per_sender {
-            let id = format!("{}-{}", s.name, s.next);
-            let seq = s.send_one(room, &id).await.expect("send on B");
-            s.acked.insert(id, seq);
-            s.next += 1;
+        let ids = s.ids(per_sender);
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !s.acked.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &missing {
+            s.send(room, id).await;
         }
+        assert!(!s.collect(room, &ids).await, "every retry acked on B");
+        duplicates += s.duplicates;
     }
+    eprintln!(
+        "in flight at the kill: {in_flight}; committed but unacked (duplicate acks on retry): {duplicates}"
+    );
 
     // The reader resumes on B from what it last saw.
     let mut reader = Ws::connect(&b.ws, &reader_token).await;

@@ -17,7 +17,22 @@ const state = {
   backoff: 500,
   lastTypingSent: 0,
   reqId: 0,
+  // Sends not yet acknowledged, by client_msg_id: shown as pending, resent
+  // after a reconnect (the server answers a repeat with the original ack).
+  pending: new Map(), // client_msg_id -> {room, body, failed}
 };
+
+// Calls fn at most once every ms milliseconds; a call in between runs once
+// at the end of the interval (so the latest state is always sent).
+function throttled(fn, ms) {
+  let last = 0;
+  let timer = null;
+  return function () {
+    const wait = last + ms - Date.now();
+    if (wait <= 0) { last = Date.now(); fn(); return; }
+    if (!timer) timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
+  };
+}
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -212,6 +227,23 @@ function render(keepScroll) {
     }
     box.appendChild(div);
   }
+  for (const [cid, p] of state.pending) {
+    if (p.room !== state.current) continue;
+    const div = document.createElement('div');
+    div.className = 'message pending' + (p.failed ? ' failed' : '');
+    div.dataset.clientMsgId = cid;
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = state.user ? state.user.username : '';
+    const body = document.createElement('span');
+    body.className = 'body';
+    body.textContent = p.body;
+    const note = document.createElement('span');
+    note.className = 'edited';
+    note.textContent = p.failed ? '(not sent: ' + p.failed + ')' : '(sending…)';
+    div.append(who, body, note);
+    box.appendChild(div);
+  }
   // Follow new messages when the reader is at the bottom (or just opened the room).
   if (!keepScroll && (atBottom || box.dataset.room !== String(state.current))) box.scrollTop = box.scrollHeight;
   box.dataset.room = String(state.current);
@@ -291,6 +323,7 @@ function onFrame(f) {
       state.epoch = f.epoch;
       setStatus('online', 'connected');
       for (const id of state.rooms.keys()) if (roomState(id).info && roomState(id).info.role) subscribe(id);
+      for (const cid of state.pending.keys()) sendPending(cid);
       break;
     case 'subscribed': {
       const rs = roomState(f.room);
@@ -303,6 +336,12 @@ function onFrame(f) {
       break;
     }
     case 'event': onEvent(f); break;
+    case 'ack':
+      if (f.client_msg_id && state.pending.delete(f.client_msg_id)) render(true);
+      break;
+    case 'unsubscribed':
+      if (f.reason) refreshRoomsSoon();
+      break;
     case 'typing': {
       const name = f.user.username;
       clearTimeout(state.typing.get(name));
@@ -317,7 +356,19 @@ function onFrame(f) {
       renderPresence();
       break;
     case 'ping': send({type: 'pong'}); break;
-    case 'error': console.warn('chorus:', f.code, f.message); break;
+    case 'error': {
+      const p = f.id && state.pending.get(f.id);
+      if (p) {
+        if (f.code === 'rate_limited' || f.code === 'internal') {
+          setTimeout(() => sendPending(f.id), f.retry_after_ms || 1000);
+        } else {
+          p.failed = f.message;
+          render(true);
+        }
+      }
+      console.warn('chorus:', f.code, f.message);
+      break;
+    }
     default: break;
   }
 }
@@ -327,6 +378,7 @@ function onEvent(e) {
   if (rs.cursor !== null && e.seq <= rs.cursor) return; // already have it
   rs.cursor = e.seq;
   if (e.kind === 'message') {
+    if (state.user && e.sender.id === state.user.id) state.pending.delete(e.client_msg_id);
     rs.messages.set(e.seq, {seq: e.seq, sender: e.sender.username, body: e.body, created_at: e.created_at, reactions: [], thread_root: e.thread_root});
     if (state.typing.has(e.sender.username)) { clearTimeout(state.typing.get(e.sender.username)); state.typing.delete(e.sender.username); renderTyping(); }
   } else if (e.kind === 'edit') {
@@ -348,12 +400,24 @@ function onEvent(e) {
     rs.messages.set(e.seq, {seq: e.seq, system: true, body: e.user.username + ' ' + e.action});
     if (e.room === state.current) loadPresence(e.room);
   }
-  if (e.room === state.current) { render(); markRead(); } else refreshRooms();
+  if (e.room === state.current) { render(); markRead(); } else refreshRoomsSoon();
 }
 
-function markRead() {
+// Room lists (two REST calls) and read positions follow events, which can
+// come many per second: both are throttled.
+const refreshRoomsSoon = throttled(() => { refreshRooms().catch(() => {}); }, 2000);
+
+const markRead = throttled(() => {
   const rs = state.current !== null ? roomState(state.current) : null;
-  if (rs && rs.cursor !== null) send({type: 'read', room: state.current, seq: rs.cursor});
+  if (rs && rs.cursor !== null && rs.cursor !== rs.readSent && state.ws && state.ws.readyState === WebSocket.OPEN) {
+    rs.readSent = rs.cursor;
+    send({type: 'read', room: state.current, seq: rs.cursor});
+  }
+}, 1000);
+
+function sendPending(cid) {
+  const p = state.pending.get(cid);
+  if (p && !p.failed) send({type: 'send', id: cid, room: p.room, client_msg_id: cid, body: p.body});
 }
 
 $('composer').addEventListener('submit', (e) => {
@@ -361,8 +425,12 @@ $('composer').addEventListener('submit', (e) => {
   const text = $('message').value;
   if (!text.trim() || state.current === null) return;
   const id = 'web-' + Date.now().toString(36) + '-' + Math.random().toString(36).slice(2, 8);
-  send({type: 'send', id: id, room: state.current, client_msg_id: id, body: text});
+  // Kept until acknowledged: a send while disconnected goes out after the
+  // reconnect instead of being lost.
+  state.pending.set(id, {room: state.current, body: text, failed: null});
+  sendPending(id);
   $('message').value = '';
+  render();
 });
 
 $('message').addEventListener('input', () => {

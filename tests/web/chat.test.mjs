@@ -145,6 +145,13 @@ test('sign up, chat between two people, typing, presence, history, reconnect', a
   // page reconnects, resumes, and shows it exactly once.
   runtime.kill('SIGKILL');
   await bob.waitForSelector('#status[data-state=reconnecting]', {timeout: T});
+  // Alice writes while disconnected: the composer clears and the message
+  // shows as pending; it must go out once she is back.
+  await alice.waitForSelector('#status[data-state=reconnecting]', {timeout: T});
+  await alice.fill('#message', 'typed while offline');
+  await alice.press('#message', 'Enter');
+  await alice.waitForSelector('.message.pending:has-text("typed while offline")', {timeout: T});
+  assert.equal(await alice.inputValue('#message'), '');
   runtime = await startRuntime();
   const sent = await apiAs(alice, 'POST', `/api/v1/rooms/${room}/messages`, {client_msg_id: 'while-away', body: 'sent while bob was away'});
   assert.equal(sent.status, 200);
@@ -152,6 +159,11 @@ test('sign up, chat between two people, typing, presence, history, reconnect', a
   await bob.waitForSelector('.message:has-text("sent while bob was away")', {timeout: T});
   assert.equal(await bob.locator('.message:has-text("sent while bob was away")').count(), 1);
   assert.equal(await bob.locator('.message:has-text("hello bob")').count(), 1, 'no duplicate after resume');
+  // The message typed offline is delivered once, and no longer pending.
+  await bob.waitForSelector('.message:has-text("typed while offline")', {timeout: T});
+  await alice.waitForFunction(() => !document.querySelector('.message.pending'), null, {timeout: T});
+  await alice.waitForSelector('.message:has-text("typed while offline")', {timeout: T});
+  assert.equal(await bob.locator('.message:has-text("typed while offline")').count(), 1, 'delivered exactly once');
   // And live delivery works again after the reconnect.
   await alice.waitForSelector('#status[data-state=online]', {timeout: T});
   await alice.fill('#message', 'welcome back');

@@ -95,7 +95,7 @@ enum Mode {
     },
     External {
         hs256: Option<DecodingKey>,
-        jwks: Option<JwksCache>,
+        jwks: Option<Box<JwksCache>>,
         issuer: String,
         audience: String,
     },
@@ -145,7 +145,9 @@ impl Authenticator {
                 hs256: hs256_secret
                     .as_ref()
                     .map(|s| DecodingKey::from_secret(s.as_bytes())),
-                jwks: jwks.as_ref().map(|src| JwksCache::new(src.clone())),
+                jwks: jwks
+                    .as_ref()
+                    .map(|src| Box::new(JwksCache::new(src.clone()))),
                 issuer: issuer.clone(),
                 audience: audience.clone(),
             },
@@ -156,11 +158,19 @@ impl Authenticator {
         })
     }
 
-    /// Loads keys that come from a file or URL (at start; a URL that does not
-    /// answer yet is retried on use).
+    /// Loads keys that come from a file or URL, at start. A file that cannot
+    /// be read or holds no usable key is an error (start-up stops); a URL
+    /// that does not answer yet is only logged and retried on use.
     pub async fn prime(&self) -> Result<(), String> {
         if let Mode::External { jwks: Some(j), .. } = &self.mode {
-            j.refresh(true).await?;
+            match j.refresh(true).await {
+                Ok(()) => {}
+                Err(e) if j.is_file() => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "JWKS not loaded yet; retried when a token needs it (at most every 30 s)"
+                ),
+            }
         }
         Ok(())
     }
@@ -274,9 +284,14 @@ impl Authenticator {
                 }
             }
             Mode::External { .. } => {
-                store
+                match store
                     .external_user(&claims.sub, claims.preferred_username.as_deref())
-                    .await?
+                    .await
+                {
+                    Ok(u) => u,
+                    Err(StoreError::Invalid(m)) => return Err(AuthError::Invalid(m)),
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         Ok(Principal {

@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppJson, AppState, Authed},
+    app::{AppState, Authed},
     error::{ApiResult, AppError},
+    http::extract::AppJson,
     store::accounts::{hash_password, verify_password},
 };
 

@@ -1,16 +1,14 @@
 //! Messages over REST: send, history, threads, edit, delete, reactions, read
 //! state, search.
 
-use axum::{
-    Json,
-    extract::{Path, Query, State},
-};
+use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppJson, AppState, Authed},
+    app::{AppState, Authed},
     error::{ApiResult, AppError},
+    http::extract::{AppJson, AppPath, AppQuery},
     store::{
         RoomId, Seq,
         events::{NewMessage, validate_message},
@@ -21,7 +19,7 @@ use crate::{
 pub async fn send(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
     AppJson(m): AppJson<NewMessage>,
 ) -> ApiResult<Json<Value>> {
     if let Err(retry_after_ms) = s.limiter.check(p.user.id) {
@@ -57,8 +55,8 @@ pub struct Page {
 pub async fn history(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
-    Query(q): Query<Page>,
+    AppPath(room): AppPath<RoomId>,
+    AppQuery(q): AppQuery<Page>,
 ) -> ApiResult<Json<Value>> {
     let messages = s
         .hub
@@ -81,8 +79,8 @@ pub async fn history(
 pub async fn thread(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, root)): Path<(RoomId, Seq)>,
-    Query(q): Query<Page>,
+    AppPath((room, root)): AppPath<(RoomId, Seq)>,
+    AppQuery(q): AppQuery<Page>,
 ) -> ApiResult<Json<Value>> {
     let replies = s
         .hub
@@ -110,7 +108,7 @@ pub struct EditBody {
 pub async fn edit(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, seq)): Path<(RoomId, Seq)>,
+    AppPath((room, seq)): AppPath<(RoomId, Seq)>,
     AppJson(b): AppJson<EditBody>,
 ) -> ApiResult<Json<Value>> {
     let event = s
@@ -134,7 +132,7 @@ pub async fn edit(
 pub async fn remove(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, seq)): Path<(RoomId, Seq)>,
+    AppPath((room, seq)): AppPath<(RoomId, Seq)>,
 ) -> ApiResult<Json<Value>> {
     let event = s.hub.store().delete(room, &p.user, seq).await?;
     s.hub.committed(room, event);
@@ -164,7 +162,7 @@ async fn reaction(
 pub async fn react(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, seq, emoji)): Path<(RoomId, Seq, String)>,
+    AppPath((room, seq, emoji)): AppPath<(RoomId, Seq, String)>,
 ) -> ApiResult<Json<Value>> {
     reaction(s, p, room, seq, emoji, true).await
 }
@@ -173,7 +171,7 @@ pub async fn react(
 pub async fn unreact(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, seq, emoji)): Path<(RoomId, Seq, String)>,
+    AppPath((room, seq, emoji)): AppPath<(RoomId, Seq, String)>,
 ) -> ApiResult<Json<Value>> {
     reaction(s, p, room, seq, emoji, false).await
 }
@@ -190,7 +188,7 @@ pub struct ReadBody {
 pub async fn read(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
     AppJson(b): AppJson<ReadBody>,
 ) -> ApiResult<Json<Value>> {
     let read = s.hub.store().mark_read(room, p.user.id, b.seq).await?;
@@ -212,7 +210,7 @@ pub struct SearchQuery {
 pub async fn search(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Query(q): Query<SearchQuery>,
+    AppQuery(q): AppQuery<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
     let hits = s
         .hub

@@ -2,5 +2,6 @@
 //! `{"error": {"code", "message"}}`.
 
 pub mod accounts;
+pub mod extract;
 pub mod messages;
 pub mod rooms;

@@ -1,15 +1,13 @@
 //! Rooms, DMs, membership, roles, kicks, bans, presence.
 
-use axum::{
-    Json,
-    extract::{Path, Query, State},
-};
+use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppJson, AppState, Authed},
+    app::{AppState, Authed},
     error::{ApiResult, AppError},
+    http::extract::{AppJson, AppPath, AppQuery},
     store::{
         RoomId,
         rooms::{Role, RoomKind},
@@ -28,7 +26,7 @@ pub struct ListQuery {
 pub async fn list(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Query(q): Query<ListQuery>,
+    AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let rooms = match q.scope.as_deref().unwrap_or("joined") {
         "joined" => s.hub.store().joined_rooms(p.user.id).await?,
@@ -82,14 +80,18 @@ pub struct UserRef {
     pub user: String,
 }
 
-/// `POST /api/v1/dms {"user": "bob"}`: the DM room with bob.
+/// `POST /api/v1/dms {"user": "bob"}`: the DM room with bob (created on
+/// first use; the caller joins it again after leaving).
 pub async fn direct(
     State(s): State<AppState>,
     Authed(p): Authed,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
     let other = s.hub.store().user_by_name(&u.user).await?;
-    let room = s.hub.store().direct_room(&p.user, &other).await?;
+    let (room, seq) = s.hub.store().direct_room(&p.user, &other).await?;
+    if let Some(seq) = seq {
+        s.hub.committed(room.id, seq);
+    }
     Ok(Json(json!({"room": room})))
 }
 
@@ -97,7 +99,7 @@ pub async fn direct(
 pub async fn show(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
@@ -108,7 +110,7 @@ pub async fn show(
 pub async fn join(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     let seq = s.hub.store().join(room, &p.user).await?;
     s.hub.committed(room, seq);
@@ -121,7 +123,7 @@ pub async fn join(
 pub async fn leave(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     let seq = s.hub.store().leave(room, &p.user).await?;
     s.hub.committed(room, seq);
@@ -132,7 +134,7 @@ pub async fn leave(
 pub async fn invite(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
@@ -145,7 +147,7 @@ pub async fn invite(
 pub async fn members(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({"members": s.hub.store().members(room, p.user.id).await?}),
@@ -164,7 +166,7 @@ pub struct RoleBody {
 pub async fn set_role(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, user)): Path<(RoomId, String)>,
+    AppPath((room, user)): AppPath<(RoomId, String)>,
     AppJson(r): AppJson<RoleBody>,
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&user).await?;
@@ -181,7 +183,7 @@ pub async fn set_role(
 pub async fn kick(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
@@ -194,7 +196,7 @@ pub async fn kick(
 pub async fn ban(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&u.user).await?;
@@ -207,7 +209,7 @@ pub async fn ban(
 pub async fn unban(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path((room, user)): Path<(RoomId, String)>,
+    AppPath((room, user)): AppPath<(RoomId, String)>,
 ) -> ApiResult<Json<Value>> {
     let target = s.hub.store().user_by_name(&user).await?;
     s.hub.store().unban(room, &p.user, &target).await?;
@@ -219,7 +221,7 @@ pub async fn unban(
 pub async fn presence(
     State(s): State<AppState>,
     Authed(p): Authed,
-    Path(room): Path<RoomId>,
+    AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     s.hub.store().require_member(room, p.user.id).await?;
     let ids = s.hub.store().member_ids(room).await?;

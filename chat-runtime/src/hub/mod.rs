@@ -81,9 +81,28 @@ pub trait Broker: Send + Sync + 'static {
 
 struct RoomState {
     delivered: Seq,
-    subscribers: HashMap<SessionId, Arc<Outbox>>,
+    subscribers: HashMap<SessionId, Subscriber>,
     pumping: bool,
     pending: bool,
+}
+
+/// One local socket subscribed to a room.
+struct Subscriber {
+    user: UserId,
+    outbox: Arc<Outbox>,
+}
+
+/// The user whose membership a room event ends (`member` events with
+/// action `left`, `kicked` or `banned`), if any. Their sockets stop
+/// receiving the room right after this event.
+pub fn membership_ended(payload: &serde_json::Value) -> Option<UserId> {
+    if payload.get("kind").and_then(|k| k.as_str()) != Some("member") {
+        return None;
+    }
+    match payload.get("action").and_then(|a| a.as_str()) {
+        Some("left" | "kicked" | "banned") => payload.get("user")?.get("id")?.as_i64(),
+        _ => None,
+    }
 }
 
 struct SessionEntry {
@@ -187,16 +206,20 @@ impl Hub {
     /// Subscribes a socket to a room's live events. Events at or below the
     /// returned seq are the caller's to read from the database.
     pub async fn subscribe(&self, id: SessionId, room: RoomId) -> crate::store::StoreResult<Seq> {
-        let outbox = {
+        let (user, outbox) = {
             let mut sessions = lock(&self.sessions);
             let Some(entry) = sessions.get_mut(&id) else {
                 return Ok(0);
             };
             entry.rooms.insert(room);
-            entry.outbox.clone()
+            (entry.user.id, entry.outbox.clone())
+        };
+        let subscriber = || Subscriber {
+            user,
+            outbox: outbox.clone(),
         };
         let existing = lock(&self.rooms).get_mut(&room).map(|state| {
-            state.subscribers.insert(id, outbox.clone());
+            state.subscribers.insert(id, subscriber());
             state.delivered
         });
         if let Some(delivered) = existing {
@@ -210,8 +233,20 @@ impl Hub {
             pumping: false,
             pending: false,
         });
-        state.subscribers.insert(id, outbox);
+        state.subscribers.insert(id, subscriber());
         Ok(state.delivered)
+    }
+
+    /// Whether a socket is subscribed to a room.
+    pub fn is_subscribed(&self, id: SessionId, room: RoomId) -> bool {
+        lock(&self.sessions)
+            .get(&id)
+            .is_some_and(|e| e.rooms.contains(&room))
+    }
+
+    /// How many rooms a socket is subscribed to.
+    pub fn subscription_count(&self, id: SessionId) -> usize {
+        lock(&self.sessions).get(&id).map_or(0, |e| e.rooms.len())
     }
 
     /// Stops a socket's subscription.
@@ -281,44 +316,67 @@ impl Hub {
                 .db_latency
                 .observe(started.elapsed().as_secs_f64());
             let epoch = self.epoch();
-            let frames: Vec<(Seq, axum::extract::ws::Utf8Bytes, i64)> = rows
+            let frames: Vec<PumpFrame> = rows
                 .iter()
-                .map(|r| {
-                    (
-                        r.seq,
-                        event_frame(room, r.seq, &epoch, &r.payload).into(),
-                        r.created_ms,
-                    )
+                .map(|r| PumpFrame {
+                    seq: r.seq,
+                    text: event_frame(room, r.seq, &epoch, &r.payload).into(),
+                    created_ms: r.created_ms,
+                    ends: membership_ended(&r.payload),
                 })
                 .collect();
             let now_ms = now_ms();
-            let mut rooms = lock(&self.rooms);
-            let Some(state) = rooms.get_mut(&room) else {
-                return;
-            };
-            for (seq, text, created_ms) in &frames {
-                for outbox in state.subscribers.values() {
-                    if outbox.push(Item::Event {
-                        room,
-                        seq: *seq,
-                        text: text.clone(),
-                    }) == Push::Overflow
-                    {
-                        self.metrics.slow_disconnects.inc();
+            let mut ended: Vec<SessionId> = Vec::new();
+            let more = {
+                let mut rooms = lock(&self.rooms);
+                let Some(state) = rooms.get_mut(&room) else {
+                    return;
+                };
+                for f in &frames {
+                    for sub in state.subscribers.values() {
+                        // An overflow closes that socket; its session counts it.
+                        sub.outbox.push(Item::Event {
+                            room,
+                            seq: f.seq,
+                            text: f.text.clone(),
+                            ends: f.ends,
+                        });
+                    }
+                    // A member who left, or was kicked or banned, gets this
+                    // event and nothing after it.
+                    if let Some(user) = f.ends {
+                        state.subscribers.retain(|sid, sub| {
+                            let keep = sub.user != user;
+                            if !keep {
+                                ended.push(*sid);
+                            }
+                            keep
+                        });
+                    }
+                    self.metrics
+                        .fanout_latency
+                        .observe(((now_ms - f.created_ms).max(0) as f64) / 1000.0);
+                    state.delivered = state.delivered.max(f.seq);
+                }
+                let more = frames.len() as i64 == PUMP_BATCH || state.pending;
+                state.pending = false;
+                if !more {
+                    state.pumping = false;
+                    if state.subscribers.is_empty() {
+                        rooms.remove(&room);
                     }
                 }
-                self.metrics
-                    .fanout_latency
-                    .observe(((now_ms - created_ms).max(0) as f64) / 1000.0);
-                state.delivered = state.delivered.max(*seq);
-            }
-            let more = frames.len() as i64 == PUMP_BATCH || state.pending;
-            state.pending = false;
-            if !more {
-                state.pumping = false;
-                if state.subscribers.is_empty() {
-                    rooms.remove(&room);
+                more
+            };
+            if !ended.is_empty() {
+                let mut sessions = lock(&self.sessions);
+                for sid in ended {
+                    if let Some(entry) = sessions.get_mut(&sid) {
+                        entry.rooms.remove(&room);
+                    }
                 }
+            }
+            if !more {
                 return;
             }
         }
@@ -402,13 +460,12 @@ impl Hub {
             json!({"type": "typing", "room": room, "user": {"id": user, "username": username}})
                 .to_string()
                 .into();
-        let sessions = lock(&self.sessions);
         if let Some(state) = lock(&self.rooms).get(&room) {
-            for (sid, outbox) in &state.subscribers {
-                if sessions.get(sid).is_some_and(|s| s.user.id == user) {
+            for sub in state.subscribers.values() {
+                if sub.user == user {
                     continue;
                 }
-                if outbox.push(Item::Ephemeral(frame.clone(), "typing")) == Push::Dropped {
+                if sub.outbox.push(Item::Ephemeral(frame.clone(), "typing")) == Push::Dropped {
                     self.metrics.dropped("typing");
                 }
             }
@@ -448,13 +505,17 @@ impl Hub {
 
     // ---- presence ----
 
-    /// Sets the status a socket announces.
+    /// Sets the status a socket announces. An unchanged status costs
+    /// nothing (no broadcast, no fan-out queries).
     pub fn set_status(self: &Arc<Self>, id: SessionId, status: Status) {
         let user = {
             let mut sessions = lock(&self.sessions);
             let Some(entry) = sessions.get_mut(&id) else {
                 return;
             };
+            if entry.status == status {
+                return;
+            }
             entry.status = status;
             entry.user.id
         };
@@ -506,9 +567,9 @@ impl Hub {
             let room_state = lock(&hub.rooms);
             for room in rooms {
                 if let Some(state) = room_state.get(&room) {
-                    for (sid, outbox) in &state.subscribers {
+                    for (sid, sub) in &state.subscribers {
                         if seen.insert(*sid)
-                            && outbox.push(Item::Ephemeral(frame.clone(), "presence"))
+                            && sub.outbox.push(Item::Ephemeral(frame.clone(), "presence"))
                                 == Push::Dropped
                         {
                             hub.metrics.dropped("presence");
@@ -576,6 +637,14 @@ impl Hub {
     }
 }
 
+/// One event as the pump hands it to local subscribers.
+struct PumpFrame {
+    seq: Seq,
+    text: axum::extract::ws::Utf8Bytes,
+    created_ms: i64,
+    ends: Option<UserId>,
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -598,5 +667,55 @@ pub async fn run_timers(hub: Arc<Hub>) {
                 hub.check_epoch().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts ephemeral broadcasts.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Broker for Counting {
+        fn publish_wakeup(&self, _: RoomId, _: Seq) {}
+        fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_presence_costs_no_broadcast() {
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let broker = Arc::new(Counting::default());
+        let hub = Hub::new(
+            Store { pool },
+            Arc::new(Metrics::default()),
+            "pod-a".into(),
+            "epoch".into(),
+            broker.clone(),
+        );
+        let user = User {
+            id: 1,
+            username: "alice".into(),
+            display_name: "Alice".into(),
+        };
+        let sid = hub.open_session(user, Arc::new(Outbox::new(16, 4096)));
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        settle().await;
+        let opened = broker.0.load(Ordering::SeqCst);
+        assert_eq!(opened, 1, "coming online is announced");
+        for _ in 0..10 {
+            hub.set_status(sid, Status::Online);
+        }
+        settle().await;
+        assert_eq!(broker.0.load(Ordering::SeqCst), opened, "nothing changed");
+        hub.set_status(sid, Status::Away);
+        settle().await;
+        assert_eq!(broker.0.load(Ordering::SeqCst), opened + 1);
     }
 }

@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Store, StoreError, StoreResult, UserId};
+use super::{Store, StoreError, StoreResult, UserId, check_no_nul};
 
 /// A user as clients see it.
 #[derive(Clone, Debug, Serialize, FromRow, PartialEq, Eq)]
@@ -87,6 +87,7 @@ impl Store {
         password_hash: &str,
     ) -> StoreResult<User> {
         validate_username(username)?;
+        check_no_nul("display_name", display_name)?;
         let row: Option<User> = sqlx::query_as(
             "INSERT INTO users (username, display_name, password_hash) VALUES ($1, $2, $3) \
              ON CONFLICT (username) DO NOTHING RETURNING id, username, display_name",
@@ -104,6 +105,11 @@ impl Store {
         &self,
         username: &str,
     ) -> StoreResult<Option<(User, Option<String>)>> {
+        if validate_username(username).is_err() {
+            // No stored username looks like this (and PostgreSQL could not
+            // even compare one holding a NUL).
+            return Ok(None);
+        }
         let row: Option<(UserId, String, String, Option<String>)> = sqlx::query_as(
             "SELECT id, username, display_name, password_hash FROM users WHERE username = $1",
         )
@@ -133,6 +139,11 @@ impl Store {
 
     /// A user by username.
     pub async fn user_by_name(&self, username: &str) -> StoreResult<User> {
+        if validate_username(username).is_err() {
+            return Err(StoreError::NotFound(format!(
+                "user {username:?} does not exist"
+            )));
+        }
         sqlx::query_as("SELECT id, username, display_name FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(&self.pool)
@@ -143,6 +154,8 @@ impl Store {
     /// The user behind an External token's `sub`, created on first sight.
     /// The username is the preferred name when free, else `ext-<hash>`.
     pub async fn external_user(&self, subject: &str, preferred: Option<&str>) -> StoreResult<User> {
+        check_no_nul("sub", subject)?;
+        let preferred = preferred.filter(|p| !p.contains('\0'));
         if let Some(u) = sqlx::query_as::<_, User>(
             "SELECT id, username, display_name FROM users WHERE external_subject = $1",
         )

@@ -2,17 +2,18 @@
 //! (tombstones), reactions, read state, history (keyset pagination), threads,
 //! full-text search, replay for resume, and retention.
 //!
-//! Every event takes the room's next seq with `UPDATE rooms ... RETURNING`
-//! inside its own transaction and queues `NOTIFY chat_events '<room>:<seq>'`,
-//! delivered at commit.
+//! Every event takes the room's next seq inside its own transaction (the
+//! room row's lock orders writers, so commit order is seq order). The wake-up
+//! to other replicas is sent after the commit, coalesced, by the broker
+//! ([`crate::hub::pg`]), never inside the transaction.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::FromRow;
 
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event, next_seq,
-    rooms::Role,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
+    check_no_nul, next_seq, rooms::Role,
 };
 
 /// A reference to an attachment stored elsewhere (the runtime keeps only metadata).
@@ -69,6 +70,7 @@ pub fn validate_message(m: &NewMessage, max_body_bytes: usize) -> StoreResult<()
             m.body.len()
         )));
     }
+    check_no_nul("body", &m.body)?;
     if m.body.trim().is_empty() && m.attachments.is_empty() {
         return Err(StoreError::Invalid(
             "body is empty: send text or an attachment".into(),
@@ -80,6 +82,11 @@ pub fn validate_message(m: &NewMessage, max_body_bytes: usize) -> StoreResult<()
         )));
     }
     for (i, a) in m.attachments.iter().enumerate() {
+        check_no_nul(&format!("attachments[{i}].url"), &a.url)?;
+        check_no_nul(&format!("attachments[{i}].content_type"), &a.content_type)?;
+        if let Some(name) = &a.name {
+            check_no_nul(&format!("attachments[{i}].name"), name)?;
+        }
         if !(a.url.starts_with("https://") || a.url.starts_with("http://")) || a.url.len() > 2048 {
             return Err(StoreError::Invalid(format!(
                 "attachments[{i}].url must be an http(s) URL of at most 2048 characters"
@@ -183,6 +190,10 @@ impl Store {
     /// `duplicate: true` and writes nothing, non-members get a refusal, and
     /// the new messages take consecutive seqs in batch order. The room row is
     /// locked first, so sends from other replicas serialize with this one.
+    ///
+    /// When the batch's transaction fails, its messages are committed again
+    /// one at a time (in order), so one message the database refuses fails
+    /// only its own sender, never the others in the batch.
     pub async fn send_batch(
         &self,
         room: RoomId,
@@ -190,6 +201,25 @@ impl Store {
     ) -> Vec<StoreResult<SendAck>> {
         match self.send_batch_tx(room, batch).await {
             Ok(results) => results,
+            Err(e @ StoreError::Db(_)) if batch.len() > 1 => {
+                tracing::warn!(
+                    room,
+                    size = batch.len(),
+                    error = %e,
+                    "group commit failed; committing its messages one at a time"
+                );
+                let mut results = Vec::with_capacity(batch.len());
+                for one in batch {
+                    let result = match self.send_batch_tx(room, std::slice::from_ref(one)).await {
+                        Ok(mut r) => r.pop().unwrap_or_else(|| {
+                            Err(StoreError::Invalid("the send was not stored; retry".into()))
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    results.push(result);
+                }
+                results
+            }
             Err(e) => {
                 let msg = e.to_string();
                 batch
@@ -375,6 +405,7 @@ impl Store {
                 "body must be 1 to {max} bytes"
             )));
         }
+        check_no_nul("body", body)?;
         self.require_member(room, actor.id).await?;
         let mut tx = self.begin().await?;
         let seq = next_seq(&mut tx, room).await?;
@@ -412,14 +443,15 @@ impl Store {
     }
 
     /// Deletes a message (its author, or a moderator/owner), leaving a
-    /// tombstone. Returns the delete event's seq.
+    /// tombstone: the body and attachments are erased from the message and
+    /// from its earlier events in the log. Returns the delete event's seq.
     pub async fn delete(&self, room: RoomId, actor: &User, message: Seq) -> StoreResult<Seq> {
         let role = self.require_member(room, actor.id).await?;
         let mut tx = self.begin().await?;
         let seq = next_seq(&mut tx, room).await?;
         let deleted = sqlx::query(
-            "UPDATE messages SET deleted_at = now() WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL \
-             AND (sender_id = $3 OR $4)",
+            "UPDATE messages SET deleted_at = now(), body = '', attachments = '[]' \
+             WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL AND (sender_id = $3 OR $4)",
         )
         .bind(room)
         .bind(message)
@@ -432,6 +464,18 @@ impl Store {
                 "message {message} does not exist, is already deleted, or is not yours to delete"
             )));
         }
+        // The content goes from the log too: replay and history never show
+        // it again (the events keep their seq, marked `deleted`).
+        sqlx::query(
+            "UPDATE room_events SET payload = payload || CASE WHEN kind = 'message' \
+               THEN '{\"body\": \"\", \"attachments\": [], \"deleted\": true}'::jsonb \
+               ELSE '{\"body\": \"\", \"deleted\": true}'::jsonb END \
+             WHERE room_id = $1 AND message_seq = $2 AND kind IN ('message', 'edit')",
+        )
+        .bind(room)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
         let payload = json!({"kind": "delete", "message_seq": message, "actor": {"id": actor.id, "username": actor.username}});
         append_event(
             &mut tx,
@@ -463,6 +507,7 @@ impl Store {
                 "emoji must be 1 to 16 characters without spaces".into(),
             ));
         }
+        check_no_nul("emoji", emoji)?;
         self.require_member(room, actor.id).await?;
         let mut tx = self.begin().await?;
         let seq = next_seq(&mut tx, room).await?;
@@ -575,6 +620,7 @@ impl Store {
         if query.trim().is_empty() || query.len() > 256 {
             return Err(StoreError::Invalid("q must be 1 to 256 characters".into()));
         }
+        check_no_nul("q", query)?;
         let rows: Vec<SearchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{} WHERE m.search @@ plainto_tsquery('simple', $2) AND m.deleted_at IS NULL \
                AND ($3::bigint IS NULL OR m.room_id = $3) ORDER BY m.created_at DESC LIMIT $4",
@@ -725,6 +771,28 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("size_bytes")
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let e = validate_message(&msg("a\0b"), 100).unwrap_err().to_string();
+        assert!(e.starts_with("body contains a NUL"), "{e}");
+        let mut att = msg("");
+        att.attachments = vec![Attachment {
+            url: "https://cdn.example/a.png".into(),
+            content_type: "image/png".into(),
+            size_bytes: 1,
+            name: Some("a\0.png".into()),
+        }];
+        let e = validate_message(&att, 100).unwrap_err().to_string();
+        assert!(e.starts_with("attachments[0].name contains a NUL"), "{e}");
+        att.attachments[0].name = None;
+        att.attachments[0].content_type = "image/\0png".into();
+        let e = validate_message(&att, 100).unwrap_err().to_string();
+        assert!(
+            e.starts_with("attachments[0].content_type contains a NUL"),
+            "{e}"
         );
     }
 }

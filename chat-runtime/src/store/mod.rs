@@ -62,6 +62,18 @@ impl From<StoreError> for crate::error::AppError {
 /// Result alias.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Refuses text PostgreSQL cannot store: the NUL character (U+0000) is not
+/// allowed in `text` or `jsonb` values. The error names the field, so the
+/// request fails alone instead of failing the transaction it would join.
+pub fn check_no_nul(field: &str, value: &str) -> StoreResult<()> {
+    if value.contains('\0') {
+        return Err(StoreError::Invalid(format!(
+            "{field} contains a NUL character (\\u0000), which cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
 /// The database handle.
 #[derive(Clone)]
 pub struct Store {

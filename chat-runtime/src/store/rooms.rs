@@ -7,7 +7,8 @@ use serde_json::json;
 use sqlx::{FromRow, Postgres, Transaction};
 
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event, next_seq,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
+    check_no_nul, next_seq,
 };
 
 /// Room kinds.
@@ -113,7 +114,7 @@ fn check_name(name: &str) -> StoreResult<()> {
             "name must be 1 to 80 characters".into(),
         ));
     }
-    Ok(())
+    check_no_nul("name", name)
 }
 
 async fn member_event(
@@ -171,6 +172,7 @@ impl Store {
             ));
         }
         check_name(name)?;
+        check_no_nul("topic", topic)?;
         let mut tx = self.begin().await?;
         let (id,): (RoomId,) = sqlx::query_as(
             "INSERT INTO rooms (kind, name, topic, created_by) VALUES ($1, $2, $3, $4) RETURNING id",
@@ -191,8 +193,14 @@ impl Store {
         self.room_view(id, creator.id).await
     }
 
-    /// The direct-message room of two users, created on first use.
-    pub async fn direct_room(&self, me: &User, other: &User) -> StoreResult<RoomView> {
+    /// The direct-message room of two users, created on first use. A caller
+    /// who left it joins it again. Returns the room and the seq of the
+    /// membership event written, if any.
+    pub async fn direct_room(
+        &self,
+        me: &User,
+        other: &User,
+    ) -> StoreResult<(RoomView, Option<Seq>)> {
         if me.id == other.id {
             return Err(StoreError::Invalid(
                 "a direct message needs another user".into(),
@@ -214,29 +222,47 @@ impl Store {
         .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
-        let id = match created {
+        let (id, seq) = match created {
             Some((id,)) => {
+                let mut seq = None;
                 for u in [lo, hi] {
                     sqlx::query("INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'member')")
                         .bind(id)
                         .bind(u.id)
                         .execute(&mut *tx)
                         .await?;
-                    member_event(&mut tx, id, me, u, "joined", Some(Role::Member)).await?;
+                    seq =
+                        Some(member_event(&mut tx, id, me, u, "joined", Some(Role::Member)).await?);
                 }
                 tx.commit().await?;
-                id
+                (id, seq)
             }
             None => {
-                tx.rollback().await?;
                 let (id,): (RoomId,) = sqlx::query_as("SELECT id FROM rooms WHERE dm_key = $1")
                     .bind(&key)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await?;
-                id
+                // One of the pair who left comes back by opening the DM again.
+                let rejoined = sqlx::query(
+                    "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'member') \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(me.id)
+                .execute(&mut *tx)
+                .await?;
+                if rejoined.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    (id, None)
+                } else {
+                    let seq =
+                        member_event(&mut tx, id, me, me, "joined", Some(Role::Member)).await?;
+                    tx.commit().await?;
+                    (id, Some(seq))
+                }
             }
         };
-        self.room_view(id, me.id).await
+        Ok((self.room_view(id, me.id).await?, seq))
     }
 
     /// One room as `user` sees it. Private rooms and DMs are visible to
@@ -340,7 +366,8 @@ impl Store {
     }
 
     /// Adds `target` to a room. Public rooms: any member may invite;
-    /// private rooms: moderators and owners. Not for DMs.
+    /// private rooms: moderators and owners. Not for DMs. Inviting a banned
+    /// user lifts the ban, so only moderators and owners may do it.
     pub async fn invite(&self, room: RoomId, actor: &User, target: &User) -> StoreResult<Seq> {
         let role = self.require_member(room, actor.id).await?;
         let view = self.room_view(room, actor.id).await?;
@@ -358,11 +385,17 @@ impl Store {
             _ => {}
         }
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
+        let lifted = sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
             .bind(room)
             .bind(target.id)
             .execute(&mut *tx)
             .await?;
+        if lifted.rows_affected() > 0 && role < Role::Moderator {
+            return Err(StoreError::Forbidden(format!(
+                "{} is banned from room {room}; only moderators and owners can lift a ban",
+                target.username
+            )));
+        }
         let inserted = sqlx::query(
             "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )

@@ -4,3 +4,5 @@
 pub mod outbox;
 pub mod protocol;
 pub mod session;
+pub mod throttle;
+mod writer;

@@ -1,7 +1,9 @@
 //! The bounded outbound queue of one socket, in frames and bytes. Ephemeral
 //! frames (typing, presence) are dropped first, once the queue is half full;
-//! a room event that does not fit marks the queue overflowed and the socket is
-//! closed with the reconnect code (lossless: the client resumes by seq).
+//! anything else that does not fit (a room event, or a reply to a client
+//! that keeps asking without reading) marks the queue overflowed and the
+//! socket is closed with the reconnect code (lossless: the client resumes by
+//! seq). Only the closing items themselves are exempt from the bound.
 
 use std::{
     collections::VecDeque,
@@ -11,7 +13,7 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
-use crate::store::{RoomId, Seq};
+use crate::store::{RoomId, Seq, UserId};
 
 /// One queued item.
 #[derive(Debug, Clone)]
@@ -24,6 +26,9 @@ pub enum Item {
         seq: Seq,
         /// The frame, serialized once for every subscriber.
         text: Utf8Bytes,
+        /// The user whose membership this event ends (left, kicked,
+        /// banned): that user's socket receives nothing after it.
+        ends: Option<UserId>,
     },
     /// A frame that must arrive (ack, error, subscribed, pong).
     Reply(Utf8Bytes),
@@ -123,9 +128,8 @@ impl Outbox {
                 {
                     return Push::Dropped;
                 }
-                // Control items always fit: they are tiny and bounded by the
-                // client's own requests, which the reader caps.
-                Item::Subscribe(_) | Item::Reconnect(_) | Item::Close(..) | Item::Reply(_) => {
+                // Closing items always fit: nothing is queued after them.
+                Item::Reconnect(_) | Item::Close(..) => {
                     s.bytes += size;
                     s.items.push_back(item);
                     Push::Queued
@@ -172,6 +176,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Whether the queue overflowed (the socket is being closed as too slow).
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
     /// Items queued now.
     pub fn len(&self) -> usize {
         self.lock().items.len()
@@ -192,6 +201,7 @@ mod tests {
             room: 1,
             seq,
             text: "x".repeat(n).into(),
+            ends: None,
         }
     }
 
@@ -208,6 +218,23 @@ mod tests {
         assert_eq!(q.push(event(4, 10)), Push::Overflow);
         assert!(matches!(q.pop().await, Some(Item::Reconnect(_))));
         assert_eq!(q.push(event(5, 10)), Push::Closed);
+    }
+
+    #[tokio::test]
+    async fn replies_count_against_the_bound() {
+        // A client that sends pings (or bad frames) without reading the
+        // answers cannot grow the queue without limit.
+        let q = Outbox::new(3, 1 << 20);
+        for _ in 0..3 {
+            assert_eq!(q.push(Item::Reply("pong".into())), Push::Queued);
+        }
+        assert_eq!(q.push(Item::Reply("pong".into())), Push::Overflow);
+        assert!(q.overflowed());
+        assert!(matches!(q.pop().await, Some(Item::Reconnect(_))));
+        assert_eq!(q.push(Item::Reply("pong".into())), Push::Closed);
+        let q = Outbox::new(100, 10);
+        assert_eq!(q.push(Item::Reply("12345678".into())), Push::Queued);
+        assert_eq!(q.push(Item::Reply("12345678".into())), Push::Overflow);
     }
 
     #[tokio::test]

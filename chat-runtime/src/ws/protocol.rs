@@ -101,11 +101,17 @@ pub enum ClientFrame {
     },
     /// "I am typing" in a room (ephemeral; send every few seconds while typing).
     Typing {
+        /// Request id, echoed in an error (there is no other answer).
+        #[serde(default)]
+        id: Option<String>,
         /// Room.
         room: RoomId,
     },
     /// Set one's presence.
     Presence {
+        /// Request id, echoed in an error (there is no other answer).
+        #[serde(default)]
+        id: Option<String>,
         /// `online` or `away`.
         status: PresenceStatus,
     },
@@ -266,7 +272,9 @@ mod tests {
             r#"{"type":"react","room":3,"seq":4,"emoji":"👍"}"#,
             r#"{"type":"read","room":3,"seq":4}"#,
             r#"{"type":"typing","room":3}"#,
+            r#"{"type":"typing","id":"t1","room":3}"#,
             r#"{"type":"presence","status":"away"}"#,
+            r#"{"type":"presence","id":"p1","status":"online"}"#,
             r#"{"type":"ping","id":"p"}"#,
             r#"{"type":"pong"}"#,
         ];

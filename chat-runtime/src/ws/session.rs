@@ -1,21 +1,21 @@
 //! One WebSocket: a reader that handles client frames in order, and a writer
-//! that owns the socket's send half, its per-room cursors and its bounded
-//! queue. The writer turns live events into a contiguous stream per room: it
-//! skips what the client has and fills gaps from the database.
+//! ([`super::writer`]) that owns the socket's send half, its per-room
+//! cursors and its bounded queue.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::{SinkExt, StreamExt, stream::SplitSink};
+use axum::extract::ws::{Message, WebSocket};
+use futures::StreamExt;
 use serde_json::json;
 
 use super::{
     outbox::{Item, Outbox, SubscribeRequest},
-    protocol::{ClientFrame, PresenceStatus, decode, error_frame, event_frame, reply},
+    protocol::{ClientFrame, PresenceStatus, decode, error_frame, reply},
+    throttle::Throttle,
+    writer::{CLOSE_TIMEOUT, WriterEnd},
 };
 use crate::{
     app::AppState,
@@ -30,7 +30,7 @@ use crate::{
 /// Close code asking the client to reconnect and resume (drain, overflow,
 /// epoch change, missed pings).
 pub const CLOSE_RECONNECT: u16 = 4000;
-/// Close code for an unusable or logged-out token.
+/// Close code sent when the connection's token expires (at its `exp`).
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// Frames queued per socket before it is closed as too slow.
 pub const QUEUE_FRAMES: usize = 1024;
@@ -41,7 +41,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(25);
 /// Silence after which a peer is considered dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(60);
 
-fn store_error_frame(id: Option<&str>, e: &StoreError) -> String {
+/// An error frame for a storage refusal or failure (failures are logged,
+/// never detailed to the client).
+pub(super) fn store_error_frame(id: Option<&str>, e: &StoreError) -> String {
     let code = match e {
         StoreError::NotFound(_) => "not_found",
         StoreError::Forbidden(_) => "forbidden",
@@ -57,6 +59,15 @@ fn store_error_frame(id: Option<&str>, e: &StoreError) -> String {
         other => other.to_string(),
     };
     error_frame(id, code, &message, None)
+}
+
+/// Time from now until a Unix time in seconds (zero when it has passed).
+fn until_unix(at: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Duration::from_secs(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
 }
 
 /// Runs a socket to completion.
@@ -81,12 +92,23 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
         )
         .into(),
     ));
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), state.clone()));
+    let mut writer = tokio::spawn(super::writer::write_loop(
+        sink,
+        outbox.clone(),
+        state.clone(),
+        principal.user.id,
+    ));
 
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = Instant::now();
-    let mut subscribed: HashMap<RoomId, ()> = HashMap::new();
+    let mut throttle = Throttle::default();
+    let mut silent = false;
+    let mut expired = false;
+    let mut ended: Option<WriterEnd> = None;
+    // The token's lifetime is the connection's: at `exp` it closes with 4001.
+    let expiry = tokio::time::sleep(until_unix(principal.exp));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -99,7 +121,6 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                             "frame too large: the limit is {} bytes",
                             state.config.limits.max_message_bytes as usize * 2 + 64 * 1024
                         )));
-                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
                         break;
                     }
                     _ => break,
@@ -109,7 +130,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Message::Text(text) => {
                         // Boxed: the handler's futures (database calls) are large, and
                         // an idle socket should not carry them around.
-                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut subscribed, text.as_str())).await;
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, text.as_str())).await;
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
@@ -121,22 +142,58 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > DEAD_AFTER {
-                    state.metrics.slow_disconnects.inc();
+                    // Dead peer: queue the reconnect close and stop reading;
+                    // the writer gets CLOSE_TIMEOUT to send it, then goes.
+                    silent = true;
                     outbox.push(Item::Reconnect("no frame from the client for 60s"));
+                    break;
                 } else {
                     outbox.push(Item::Reply(reply("ping", None, json!({})).into()));
                 }
             }
-            _ = &mut writer => break,
+            _ = &mut expiry => {
+                expired = true;
+                outbox.push(Item::Close(
+                    CLOSE_UNAUTHORIZED,
+                    "token expired: log in again, then reconnect".into(),
+                ));
+                break;
+            }
+            end = &mut writer => {
+                ended = Some(end.unwrap_or(WriterEnd::PeerGone));
+                break;
+            }
         }
     }
     outbox.close();
     hub.close_session(sid);
-    state.metrics.connections.dec();
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-        writer.abort();
+    if ended.is_none() {
+        // Let the writer flush what is queued (a close frame, typically);
+        // a writer stuck on a peer that does not read is aborted.
+        ended = match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+            Ok(end) => Some(end.unwrap_or(WriterEnd::PeerGone)),
+            Err(_) => {
+                writer.abort();
+                Some(WriterEnd::Stalled)
+            }
+        };
     }
+    let reason = if silent {
+        "no frame from the client in time"
+    } else if ended == Some(WriterEnd::Stalled) {
+        "write stalled"
+    } else if outbox.overflowed() {
+        "queue overflowed"
+    } else if expired {
+        "token expired"
+    } else {
+        "closed"
+    };
+    if !matches!(reason, "closed" | "token expired") {
+        state.metrics.slow_disconnects.inc();
+    }
+    state.metrics.connections.dec();
+    tracing::info!(user = principal.user.id, reason, "websocket closed");
 }
 
 async fn handle_text(
@@ -144,7 +201,7 @@ async fn handle_text(
     sid: SessionId,
     principal: &Principal,
     outbox: &Arc<Outbox>,
-    subscribed: &mut HashMap<RoomId, ()>,
+    throttle: &mut Throttle,
     text: &str,
 ) {
     let frame = match decode(text) {
@@ -172,7 +229,7 @@ async fn handle_text(
             if let Err(e) = store.require_member(room, user.id).await {
                 return answer(store_error_frame(id.as_deref(), &e));
             }
-            if subscribed.len() >= 500 && !subscribed.contains_key(&room) {
+            if state.hub.subscription_count(sid) >= 500 && !state.hub.is_subscribed(sid, room) {
                 return answer(error_frame(
                     id.as_deref(),
                     "invalid",
@@ -183,7 +240,12 @@ async fn handle_text(
             if let Err(e) = state.hub.subscribe(sid, room).await {
                 return answer(store_error_frame(id.as_deref(), &e));
             }
-            subscribed.insert(room, ());
+            // Membership may have ended between the check above and the
+            // subscription (the fan-out unsubscribes only sockets it knows).
+            if let Err(e) = store.require_member(room, user.id).await {
+                state.hub.unsubscribe(sid, room);
+                return answer(store_error_frame(id.as_deref(), &e));
+            }
             outbox.push(Item::Subscribe(Box::new(SubscribeRequest {
                 id,
                 room,
@@ -193,7 +255,6 @@ async fn handle_text(
         }
         ClientFrame::Unsubscribe { id, room } => {
             state.hub.unsubscribe(sid, room);
-            subscribed.remove(&room);
             answer(reply("unsubscribed", id.as_deref(), json!({"room": room})));
         }
         ClientFrame::Send {
@@ -302,19 +363,21 @@ async fn handle_text(
             )),
             Err(e) => answer(store_error_frame(id.as_deref(), &e)),
         },
-        ClientFrame::Typing { room } => {
-            if subscribed.contains_key(&room) {
-                state.hub.typing(room, user).await;
+        ClientFrame::Typing { id, room } => {
+            if state.hub.is_subscribed(sid, room) {
+                if throttle.typing(room, Instant::now()) {
+                    state.hub.typing(room, user).await;
+                }
             } else {
                 answer(error_frame(
-                    None,
+                    id.as_deref(),
                     "invalid",
                     &format!("subscribe to room {room} before sending typing"),
                     None,
                 ));
             }
         }
-        ClientFrame::Presence { status } => {
+        ClientFrame::Presence { status, .. } => {
             state.hub.set_status(
                 sid,
                 match status {
@@ -348,170 +411,4 @@ fn ack_event(
         Err(e) => store_error_frame(id, &e),
     };
     outbox.push(Item::Reply(frame.into()));
-}
-
-type Sink = SplitSink<WebSocket, Message>;
-
-struct Writer {
-    sink: Sink,
-    state: AppState,
-    cursors: HashMap<RoomId, Seq>,
-}
-
-impl Writer {
-    async fn send(&mut self, text: Utf8Bytes, flush: bool) -> Result<(), axum::Error> {
-        if flush {
-            self.sink.send(Message::Text(text)).await
-        } else {
-            self.sink.feed(Message::Text(text)).await
-        }
-    }
-
-    async fn event(
-        &mut self,
-        room: RoomId,
-        seq: Seq,
-        text: Utf8Bytes,
-        flush: bool,
-    ) -> Result<(), axum::Error> {
-        let Some(&cursor) = self.cursors.get(&room) else {
-            return Ok(());
-        };
-        if seq <= cursor {
-            return Ok(());
-        }
-        if seq > cursor + 1 {
-            // A gap (lost wake-up, overtaken pump): read it from the database.
-            let epoch = self.state.hub.epoch();
-            if let Ok(rows) = self
-                .state
-                .hub
-                .store()
-                .events_between(room, cursor, seq - 1)
-                .await
-            {
-                for r in rows {
-                    self.send(event_frame(room, r.seq, &epoch, &r.payload).into(), false)
-                        .await?;
-                    self.state.metrics.deliveries.inc();
-                }
-            }
-        }
-        self.send(text, flush).await?;
-        self.state.metrics.deliveries.inc();
-        self.cursors.insert(room, seq);
-        Ok(())
-    }
-
-    async fn subscribe(&mut self, req: SubscribeRequest) -> Result<(), axum::Error> {
-        let hub = self.state.hub.clone();
-        let store = hub.store();
-        let epoch = hub.epoch();
-        let room = req.room;
-        let last = match store.last_seq(room).await {
-            Ok(l) => l,
-            Err(e) => {
-                return self
-                    .send(store_error_frame(req.id.as_deref(), &e).into(), true)
-                    .await;
-            }
-        };
-        let limit = i64::from(self.state.config.resume_limit);
-        let (recovered, reason, rows) = match (req.epoch.as_deref(), req.last_seq) {
-            (Some(e), Some(ls)) if e == epoch && ls <= last => {
-                match store.events_after(room, ls, limit + 1).await {
-                    Ok(rows) if rows.len() as i64 > limit => {
-                        (false, Some("too_far_behind"), Vec::new())
-                    }
-                    Ok(rows) if rows.first().is_some_and(|r| r.seq != ls + 1) => {
-                        (false, Some("history_gone"), Vec::new())
-                    }
-                    Ok(rows) => (true, None, rows),
-                    Err(e) => {
-                        return self
-                            .send(store_error_frame(req.id.as_deref(), &e).into(), true)
-                            .await;
-                    }
-                }
-            }
-            (Some(_), Some(_)) => (false, Some("epoch_changed"), Vec::new()),
-            _ => (false, Some("fresh"), Vec::new()),
-        };
-        self.state.metrics.resume(if recovered {
-            "recovered"
-        } else {
-            reason.unwrap_or("fresh")
-        });
-        let from = if recovered {
-            req.last_seq.unwrap_or(last)
-        } else {
-            last
-        };
-        let mut fields = json!({
-            "room": room, "epoch": epoch, "last_seq": from, "recovered": recovered, "replayed": rows.len(),
-            "room_last_seq": last,
-        });
-        if let Some(r) = reason {
-            fields["reason"] = json!(r);
-        }
-        self.send(
-            reply("subscribed", req.id.as_deref(), fields).into(),
-            rows.is_empty(),
-        )
-        .await?;
-        let mut cursor = from;
-        let n = rows.len();
-        for (i, r) in rows.into_iter().enumerate() {
-            self.send(
-                event_frame(room, r.seq, &epoch, &r.payload).into(),
-                i + 1 == n,
-            )
-            .await?;
-            self.state.metrics.deliveries.inc();
-            cursor = r.seq;
-        }
-        self.cursors.insert(room, cursor);
-        Ok(())
-    }
-}
-
-async fn write_loop(sink: Sink, outbox: Arc<Outbox>, state: AppState) {
-    let mut w = Writer {
-        sink,
-        state,
-        cursors: HashMap::new(),
-    };
-    while let Some(item) = outbox.pop().await {
-        let flush = outbox.is_empty();
-        let sent = match item {
-            Item::Event { room, seq, text } => Box::pin(w.event(room, seq, text, flush)).await,
-            Item::Reply(text) => w.send(text, flush).await,
-            Item::Ephemeral(text, _) => w.send(text, flush).await,
-            Item::Subscribe(req) => Box::pin(w.subscribe(*req)).await,
-            Item::Reconnect(reason) => {
-                let _ = w
-                    .sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CLOSE_RECONNECT,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                break;
-            }
-            Item::Close(code, reason) => {
-                let _ = w
-                    .sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                break;
-            }
-        };
-        if sent.is_err() {
-            break;
-        }
-    }
-    let _ = w.sink.close().await;
 }

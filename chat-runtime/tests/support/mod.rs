@@ -63,6 +63,8 @@ pub struct Replica {
     pub ws: String,
     pub admin: String,
     pub name: String,
+    /// Every stdout line (JSON logs) so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub struct ReplicaOpts<'a> {
@@ -131,7 +133,13 @@ impl Replica {
             }
         };
         // Keep draining output so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(vec![line.clone()]));
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                kept.lock().unwrap().push(l);
+            }
+        });
         tokio::spawn(async move {
             let mut e = BufReader::new(stderr).lines();
             while let Ok(Some(l)) = e.next_line().await {
@@ -147,7 +155,19 @@ impl Replica {
             ws: format!("ws://{public}/ws"),
             admin: format!("http://{admin}"),
             name,
+            logs,
         }
+    }
+
+    /// Log lines (parsed JSON) for which `pred` holds.
+    pub fn log_lines(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| pred(v))
+            .collect()
     }
 
     /// SIGKILL: the replica vanishes mid-flight.
@@ -200,6 +220,42 @@ pub async fn http(
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// GET `url` and return the body as text (for `/metrics`).
+pub async fn get_text(url: &str) -> String {
+    let uri: hyper::Uri = url.parse().unwrap();
+    let stream = TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(uri.path())
+        .header("host", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = sender
+        .send_request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of an unlabelled metric on a replica's admin listener.
+pub async fn metric(admin: &str, name: &str) -> Option<f64> {
+    let text = get_text(&format!("{admin}/metrics")).await;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
 }
 
 /// Signs up `name` (password "password-<name>") and returns the token.

@@ -18,18 +18,44 @@ use crate::report::{Latencies, now_micros};
 pub struct Tracker {
     gaps: AtomicU64,
     duplicates: AtomicU64,
+    early_closes: AtomicU64,
     /// Events received so far, by all readers.
     pub delivered: AtomicU64,
 }
 
 impl Tracker {
-    /// Prints the counts.
+    /// Counts the events a reader never got: everything after the last seq
+    /// it saw (`reached`, or `start` when it saw none) up to the room's last
+    /// seq. A reader whose socket closed early misses the rest of the run.
+    pub fn missing(&self, reached: Option<i64>, start: i64, room_last: i64) {
+        let from = reached.unwrap_or(start);
+        if room_last > from {
+            self.gaps
+                .fetch_add((room_last - from) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Prints the counts; anything but zero is a failure, said loudly.
     pub fn print(&self) {
-        println!(
-            "gaps: {}, duplicates: {}",
+        let (gaps, dups, early) = (
             self.gaps.load(Ordering::Relaxed),
-            self.duplicates.load(Ordering::Relaxed)
+            self.duplicates.load(Ordering::Relaxed),
+            self.early_closes.load(Ordering::Relaxed),
         );
+        println!("gaps: {gaps}, duplicates: {dups}, readers closed early: {early}");
+        if gaps + dups + early > 0 {
+            println!(
+                "FAILED: readers must see every event exactly once and stay connected (gaps {gaps}, duplicates {dups}, early closes {early})"
+            );
+        }
+    }
+
+    /// Whether every reader saw every event once and stayed connected.
+    pub fn clean(&self) -> bool {
+        self.gaps.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+            + self.early_closes.load(Ordering::Relaxed)
+            == 0
     }
 }
 
@@ -120,25 +146,43 @@ impl Client {
         got
     }
 
-    /// Reads events until `stop`, recording latency (from `t=<micros>` bodies)
+    /// Reads events until `stop` (or until the socket ends, which is counted
+    /// and reported as an early close), recording latency (from `t=<micros>` bodies)
     /// and checking that seqs arrive contiguously, once each. Works on the
     /// raw text (no JSON parse per frame) and keeps its figures local, so the
     /// load generator is not what limits the measurement.
     pub async fn read_events(
         mut self,
-        _room: i64,
+        room: i64,
         lat: &Latencies,
         tracker: &Tracker,
         stop: &AtomicBool,
-    ) {
+    ) -> Option<i64> {
         let mut samples = Vec::with_capacity(4096);
         let (mut gaps, mut dups) = (0u64, 0u64);
         let mut cursor: Option<i64> = None;
         while !stop.load(Ordering::Relaxed) {
             let msg = match tokio::time::timeout(Duration::from_millis(200), self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    tracker.early_closes.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "  READER CLOSED EARLY: room {room} at seq {cursor:?}: server closed it ({frame:?}); the events after it count as gaps"
+                    );
+                    break;
+                }
                 Ok(Some(Ok(_))) | Err(_) => continue,
-                Ok(_) => break,
+                Ok(other) => {
+                    tracker.early_closes.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "  READER CLOSED EARLY: room {room} at seq {cursor:?}: {}; the events after it count as gaps",
+                        match other {
+                            Some(Err(e)) => format!("socket error: {e}"),
+                            _ => "socket ended".to_string(),
+                        }
+                    );
+                    break;
+                }
             };
             let text = msg.as_str();
             if text.contains(r#""type":"ping""#) {
@@ -174,6 +218,7 @@ impl Client {
         lat.extend(samples);
         tracker.gaps.fetch_add(gaps, Ordering::Relaxed);
         tracker.duplicates.fetch_add(dups, Ordering::Relaxed);
+        cursor
     }
 }
 

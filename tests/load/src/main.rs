@@ -159,6 +159,7 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
     let latencies = Arc::new(Latencies::default());
     let tracker = Arc::new(Tracker::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let start_seq = rt.last_seq(room).await?;
     let mut readers = Vec::new();
     for i in 0..members {
         let mut c = Client::connect(&rt.ws, &tokens[i % users]).await?;
@@ -195,8 +196,9 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         .await;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
+    let room_last = rt.last_seq(room).await?;
     for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        account_reader(&tracker, r, room, start_seq, room_last).await;
     }
     println!("connections held: {} readers + 1 sender", members);
     println!(
@@ -215,7 +217,7 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         latencies.count() as f64 / elapsed.as_secs_f64()
     );
     tracker.print();
-    Ok(())
+    tracker_verdict(&tracker)
 }
 
 async fn throughput(
@@ -246,6 +248,10 @@ async fn throughput(
     let latencies = Arc::new(Latencies::default());
     let tracker = Arc::new(Tracker::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let mut start_seqs = Vec::new();
+    for r in &room_ids {
+        start_seqs.push(rt.last_seq(*r).await?);
+    }
     let mut readers = Vec::new();
     for r in &room_ids {
         let mut c = Client::connect(&rt.ws, &owner).await?;
@@ -294,8 +300,9 @@ async fn throughput(
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    for ((r, room), start_seq) in readers.into_iter().zip(&room_ids).zip(start_seqs) {
+        let room_last = rt.last_seq(*room).await?;
+        account_reader(&tracker, r, *room, start_seq, room_last).await;
     }
     let db_sum = rt
         .metric("chat_db_latency_seconds_sum")
@@ -321,5 +328,32 @@ async fn throughput(
     latencies.print("send->deliver latency (one reader per room)");
     println!("deliveries to room readers: {}", latencies.count());
     tracker.print();
-    Ok(())
+    tracker_verdict(&tracker)
+}
+
+/// Waits for a reader and counts what it never received (up to the room's
+/// last seq) as gaps; a reader that does not stop in time missed it all.
+async fn account_reader(
+    tracker: &Tracker,
+    reader: tokio::task::JoinHandle<Option<i64>>,
+    room: i64,
+    start_seq: i64,
+    room_last: i64,
+) {
+    match tokio::time::timeout(Duration::from_secs(5), reader).await {
+        Ok(Ok(cursor)) => tracker.missing(cursor, start_seq, room_last),
+        _ => {
+            eprintln!("  READER DID NOT STOP: room {room}; counting its events as gaps");
+            tracker.missing(None, start_seq, room_last);
+        }
+    }
+}
+
+/// An error when any reader saw a gap or a duplicate or closed early.
+fn tracker_verdict(tracker: &Tracker) -> Result<(), String> {
+    if tracker.clean() {
+        Ok(())
+    } else {
+        Err("readers saw gaps, duplicates or early closes (see above)".into())
+    }
 }

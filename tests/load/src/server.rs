@@ -207,4 +207,17 @@ impl Runtime {
             .map_err(|e| e.to_string())?;
         Ok(n)
     }
+
+    /// The room's latest seq (what every reader should have reached).
+    pub async fn last_seq(&self, room: i64) -> Result<i64, String> {
+        let mut conn = PgConnection::connect(&self.db)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (n,): (i64,) = sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1")
+            .bind(room)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n)
+    }
 }

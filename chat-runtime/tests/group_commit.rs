@@ -1,0 +1,235 @@
+//! Group commit of sends: one message the database refuses fails only its own
+//! sender, never the others sharing its batch; text PostgreSQL cannot store
+//! (NUL) is refused up front with an error naming the field.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod support;
+
+use std::time::Duration;
+
+use chat_runtime::store::{Store, events::NewMessage, rooms::RoomKind};
+use serde_json::json;
+use support::{Replica, ReplicaOpts, Ws, fresh_db, http, join, public_room, signup};
+
+const T: Duration = Duration::from_secs(10);
+
+fn message(id: &str, body: &str) -> NewMessage {
+    NewMessage {
+        client_msg_id: id.into(),
+        body: body.into(),
+        thread_root: None,
+        attachments: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_refused_message_fails_alone_in_its_batch() {
+    let db = fresh_db().await;
+    let store = Store::connect(&db, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let alice = store.create_user("alice", "Alice", "x").await.unwrap();
+    let bob = store.create_user("bob", "Bob", "x").await.unwrap();
+    let carol = store.create_user("carol", "Carol", "x").await.unwrap();
+    let room = store
+        .create_room(&alice, RoomKind::Public, "general", "")
+        .await
+        .unwrap()
+        .id;
+    store.join(room, &bob).await.unwrap();
+    store.join(room, &carol).await.unwrap();
+
+    // Bob's body holds a NUL, which PostgreSQL refuses (validation would
+    // catch it; the store must not depend on that).
+    let batch = vec![
+        (alice.clone(), message("a1", "first")),
+        (bob.clone(), message("b1", "bad \u{0}")),
+        (carol.clone(), message("c1", "third")),
+    ];
+    let results = store.send_batch(room, &batch).await;
+    assert_eq!(results.len(), 3);
+    let a = results[0].as_ref().expect("alice's message is stored");
+    assert!(results[1].is_err(), "bob's message is refused");
+    let c = results[2].as_ref().expect("carol's message is stored");
+    assert!(a.seq < c.seq, "batch order is seq order");
+
+    let history = store.history(room, alice.id, None, 50).await.unwrap();
+    let ids: Vec<&str> = history.iter().map(|m| m.client_msg_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["c1", "a1"],
+        "exactly the two good messages, newest first"
+    );
+    // A retry of a stored message is still answered as a duplicate.
+    let retry = store
+        .send_batch(room, &[(alice.clone(), message("a1", "first"))])
+        .await;
+    assert!(retry[0].as_ref().unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_naming_the_field() {
+    let db = fresh_db().await;
+    let r = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![("CHAT_MESSAGES_PER_SECOND", "1000".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    join(&r.http, &bob, room).await;
+    let base = &r.http;
+
+    // REST: each field is named in a 400.
+    let cases = [
+        (
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            "POST",
+            json!({"client_msg_id": "n1", "body": "a\u{0}b"}),
+            "body",
+        ),
+        (
+            format!("{base}/api/v1/rooms/{room}/messages"),
+            "POST",
+            json!({"client_msg_id": "n2", "body": "",
+                   "attachments": [{"url": "https://x.example/\u{0}", "content_type": "image/png", "size_bytes": 1}]}),
+            "attachments[0].url",
+        ),
+        (
+            format!("{base}/api/v1/rooms"),
+            "POST",
+            json!({"name": "bad\u{0}room", "kind": "public"}),
+            "name",
+        ),
+        (
+            format!("{base}/api/v1/rooms"),
+            "POST",
+            json!({"name": "room", "kind": "public", "topic": "t\u{0}"}),
+            "topic",
+        ),
+    ];
+    for (url, method, body, field) in cases {
+        let (status, e) = http(method, &url, Some(&alice), Some(body)).await;
+        assert_eq!(status, 400, "{field}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field} contains a NUL")),
+            "{field}: {e}"
+        );
+    }
+    let (status, e) = http(
+        "POST",
+        &format!("{base}/api/v1/auth/signup"),
+        None,
+        Some(json!({"username": "carol", "password": "password-carol", "display_name": "C\u{0}"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("display_name")
+    );
+    let (status, e) = http(
+        "GET",
+        &format!("{base}/api/v1/search?q=a%00b"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    let (ok, _) = http(
+        "POST",
+        &format!("{base}/api/v1/rooms/{room}/messages"),
+        Some(&alice),
+        Some(json!({"client_msg_id": "good", "body": "fine"})),
+    )
+    .await;
+    assert_eq!(ok, 200);
+    let (_, hist) = http(
+        "GET",
+        &format!("{base}/api/v1/rooms/{room}/messages"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let seq = hist["messages"][0]["seq"].as_i64().unwrap();
+    for (method, path, body, field) in [
+        (
+            "PATCH",
+            format!("/api/v1/rooms/{room}/messages/{seq}"),
+            Some(json!({"body": "x\u{0}"})),
+            "body",
+        ),
+        (
+            "PUT",
+            format!("/api/v1/rooms/{room}/messages/{seq}/reactions/a%00"),
+            None,
+            "emoji",
+        ),
+    ] {
+        let (status, e) = http(method, &format!("{base}{path}"), Some(&alice), body).await;
+        assert_eq!(status, 400, "{field}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(field),
+            "{field}: {e}"
+        );
+    }
+
+    // WebSocket: senders pipelining into one room; the NUL send gets an
+    // error naming the field, every other send is acknowledged.
+    let mut a = Ws::connect(&r.ws, &alice).await;
+    let mut b = Ws::connect(&r.ws, &bob).await;
+    for i in 0..20 {
+        a.send(json!({"type": "send", "id": format!("a{i}"), "room": room, "client_msg_id": format!("a{i}"), "body": "hi"}))
+            .await;
+        if i == 10 {
+            b.send(json!({"type": "send", "id": "bad", "room": room, "client_msg_id": "bad", "body": "\u{0}"}))
+                .await;
+        }
+        b.send(json!({"type": "send", "id": format!("b{i}"), "room": room, "client_msg_id": format!("b{i}"), "body": "hi"}))
+            .await;
+    }
+    let mut got = std::collections::HashMap::new();
+    for (ws, who) in [(&mut a, "a"), (&mut b, "b")] {
+        let mut want: Vec<String> = (0..20).map(|i| format!("{who}{i}")).collect();
+        if who == "b" {
+            want.push("bad".into());
+        }
+        while !want.iter().all(|id| got.contains_key(id)) {
+            let f = ws
+                .expect("an answer", T, |f| {
+                    f["type"] == "ack" || f["type"] == "error"
+                })
+                .await;
+            got.insert(f["id"].as_str().unwrap_or_default().to_string(), f);
+        }
+    }
+    let e = &got["bad"];
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("invalid")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("body contains a NUL"),
+        "{e}"
+    );
+    for (id, f) in &got {
+        if id != "bad" {
+            assert_eq!(f["type"], "ack", "{id}: {f}");
+        }
+    }
+}
