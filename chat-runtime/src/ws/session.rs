@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{
+    ack_order::AckOrder,
     outbox::{Item, Outbox, SubscribeRequest},
     protocol::{ClientFrame, PresenceStatus, decode, error_frame, reply},
     throttle::Throttle,
@@ -103,6 +104,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     ping.tick().await;
     let mut last_seen = Instant::now();
     let mut throttle = Throttle::default();
+    let mut acks = AckOrder::default();
     let mut silent = false;
     let mut expired = false;
     let mut ended: Option<WriterEnd> = None;
@@ -130,7 +132,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Message::Text(text) => {
                         // Boxed: the handler's futures (database calls) are large, and
                         // an idle socket should not carry them around.
-                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, text.as_str())).await;
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, &mut acks, text.as_str())).await;
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
@@ -202,6 +204,7 @@ async fn handle_text(
     principal: &Principal,
     outbox: &Arc<Outbox>,
     throttle: &mut Throttle,
+    acks: &mut AckOrder,
     text: &str,
 ) {
     let frame = match decode(text) {
@@ -295,6 +298,7 @@ async fn handle_text(
                 Err(e) => return answer(store_error_frame(id.as_deref(), &e)),
             };
             let (state, outbox) = (state.clone(), outbox.clone());
+            let mut turn = acks.take_turn();
             tokio::spawn(async move {
                 let result = rx.await.unwrap_or_else(|_| {
                     Err(StoreError::Invalid(
@@ -321,7 +325,9 @@ async fn handle_text(
                     }
                     Err(e) => store_error_frame(id.as_deref(), &e),
                 };
+                turn.wait().await;
                 outbox.push(Item::Reply(frame.into()));
+                turn.done();
             });
         }
         ClientFrame::Edit {

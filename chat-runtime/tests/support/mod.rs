@@ -381,13 +381,16 @@ impl Ws {
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         let deadline = Instant::now() + timeout;
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left).await {
                 Next::Frame(f) if pred(&f) => return f,
-                Next::Frame(_) => continue,
-                Next::Closed(code) => panic!("closed ({code:?}) while waiting for {what}"),
-                Next::Timeout => panic!("timed out waiting for {what}"),
+                Next::Frame(f) => skipped.push(f),
+                Next::Closed(code) => {
+                    panic!("closed ({code:?}) while waiting for {what}; skipped {skipped:?}")
+                }
+                Next::Timeout => panic!("timed out waiting for {what}; skipped {skipped:?}"),
             }
         }
     }
