@@ -12,9 +12,20 @@ BIN=$CARGO_TARGET_DIR/release
 DB=$("$CHORUS_ROOT/scripts/db.sh" up dev)
 # 10,000 connections need 10,000 descriptors in each process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-run() { step "chat-load $*"; "$BIN/chat-load" --runtime "$BIN/chat-runtime" --database-url "$DB" "$@"; }
+# A scenario that finds a gap, a duplicate or a reader closed early exits
+# non-zero after printing its figures; the others still run, and the whole
+# command fails at the end naming it.
+failed=()
+run() {
+  step "chat-load $*"
+  "$BIN/chat-load" --runtime "$BIN/chat-runtime" --database-url "$DB" "$@" || failed+=("$*")
+}
 run idle --connections 10000
 run fanout --members 1000 --rate 50 --seconds 30
 run fanout --members 1000 --rate 100 --seconds 30
 run throughput --rooms 100 --senders 200 --window 4 --seconds 20
 run throughput --rooms 100 --senders 200 --window 64 --seconds 20
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'scenario failed: chat-load %s\n' "${failed[@]}" >&2
+  exit 1
+fi
