@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Next, Replica, ReplicaOpts, Ws, fresh_db, http, public_room, signup};
+use support::{Next, Replica, ReplicaOpts, Ws, fresh_db, get_text, http, public_room, signup};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -521,7 +521,7 @@ async fn metrics_and_health() {
             "{path}"
         );
     }
-    let text = reqwest_like(&format!("{}/metrics", r.admin)).await;
+    let text = get_text(&format!("{}/metrics", r.admin)).await;
     for line in [
         "chat_connections 1",
         "chat_messages_in_total 1",
@@ -553,33 +553,6 @@ async fn metrics_and_health() {
             .0,
         404
     );
-}
-
-async fn reqwest_like(url: &str) -> String {
-    use http_body_util::BodyExt;
-    let uri: hyper::Uri = url.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(uri.path())
-        .header("host", "x")
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .unwrap();
-    let body = sender
-        .send_request(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
 }
 
 async fn header_of(url: &str, request_id: Option<&str>, name: &str) -> Option<String> {
