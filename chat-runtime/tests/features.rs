@@ -9,7 +9,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Replica, ReplicaOpts, Ws, fresh_db, http, join, public_room, signup};
+use support::{
+    Replica, ReplicaOpts, TwoInARoom, Ws, fresh_db, http, join, public_room, signup, two_in_a_room,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -247,17 +249,12 @@ async fn rooms_membership_roles_and_dms() {
 #[tokio::test]
 async fn messages_history_edits_reactions_threads_read_state_search() {
     let db = fresh_db().await;
-    let r = Replica::start_with(
-        &db,
-        ReplicaOpts {
-            env: vec![("CHAT_MESSAGES_PER_SECOND", "500".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let (alice, bob) = (signup(&r.http, "alice").await, signup(&r.http, "bob").await);
-    let room = public_room(&r.http, &alice, "general").await;
-    join(&r.http, &bob, room).await;
+    let TwoInARoom {
+        r,
+        alice,
+        bob,
+        room,
+    } = two_in_a_room(&db, 500).await;
 
     // 120 messages; history pages by keyset, newest first, no overlap.
     let mut seqs = Vec::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_runtime::store::{Store, events::NewMessage, rooms::RoomKind};
 use serde_json::json;
-use support::{Replica, ReplicaOpts, Ws, fresh_db, http, join, public_room, signup};
+use support::{TwoInARoom, Ws, fresh_db, http, two_in_a_room};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -72,18 +72,12 @@ async fn a_refused_message_fails_alone_in_its_batch() {
 #[tokio::test]
 async fn nul_characters_are_refused_naming_the_field() {
     let db = fresh_db().await;
-    let r = Replica::start_with(
-        &db,
-        ReplicaOpts {
-            env: vec![("CHAT_MESSAGES_PER_SECOND", "1000".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let alice = signup(&r.http, "alice").await;
-    let bob = signup(&r.http, "bob").await;
-    let room = public_room(&r.http, &alice, "general").await;
-    join(&r.http, &bob, room).await;
+    let TwoInARoom {
+        r,
+        alice,
+        bob,
+        room,
+    } = two_in_a_room(&db, 1000).await;
     let base = &r.http;
 
     // REST: each field is named in a 400.

@@ -10,7 +10,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Next, Replica, ReplicaOpts, Ws, fresh_db, get_text, http, public_room, signup};
+use support::{
+    Next, Replica, ReplicaOpts, Ws, fresh_db, get_text, http, public_room, request, signup,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -556,27 +558,10 @@ async fn metrics_and_health() {
 }
 
 async fn header_of(url: &str, request_id: Option<&str>, name: &str) -> Option<String> {
-    let uri: hyper::Uri = url.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::get(uri.path()).header("host", "x");
-    if let Some(id) = request_id {
-        req = req.header("x-request-id", id);
-    }
-    let resp = sender
-        .send_request(
-            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
+    let headers: Vec<(&str, String)> = request_id
+        .map(|id| ("x-request-id", id.to_string()))
+        .into_iter()
+        .collect();
+    let (_, response, _) = request("GET", url, &headers, None).await;
+    response.get(name).map(|v| v.to_str().unwrap().to_string())
 }

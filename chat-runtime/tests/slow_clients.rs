@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use serde_json::json;
-use support::{Replica, ReplicaOpts, Ws, fresh_db, join, metric, public_room, signup};
+use support::{Replica, TwoInARoom, Ws, fresh_db, metric, signup, two_in_a_room};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -69,18 +69,12 @@ async fn a_client_flooding_pings_without_reading_is_disconnected() {
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_cut_off_after_the_write_timeout() {
     let db = fresh_db().await;
-    let r = Replica::start_with(
-        &db,
-        ReplicaOpts {
-            env: vec![("CHAT_MESSAGES_PER_SECOND", "10000".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let alice = signup(&r.http, "alice").await;
-    let bob = signup(&r.http, "bob").await;
-    let room = public_room(&r.http, &alice, "general").await;
-    join(&r.http, &bob, room).await;
+    let TwoInARoom {
+        r,
+        alice,
+        bob,
+        room,
+    } = two_in_a_room(&db, 10000).await;
     // Alice subscribes, then never reads again.
     let mut stuck = Ws::connect(&r.ws, &alice).await;
     stuck.subscribe(room, None).await;

@@ -185,13 +185,13 @@ impl Replica {
     }
 }
 
-/// A tiny HTTP client: returns (status, JSON body or null).
-pub async fn http(
+/// One HTTP/1.1 request on a fresh connection: (status, headers, body).
+pub async fn request(
     method: &str,
     url: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
+    headers: &[(&str, String)],
+    body: Option<Bytes>,
+) -> (u16, hyper::HeaderMap, Bytes) {
     let uri: hyper::Uri = url.parse().unwrap();
     let host = uri.host().unwrap().to_string();
     let port = uri.port_u16().unwrap();
@@ -203,19 +203,33 @@ pub async fn http(
         .method(method)
         .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header("host", format!("{host}:{port}"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Full::new(Bytes::from(b.to_string()))
-        }
-        None => Full::new(Bytes::new()),
-    };
+    let body = Full::new(body.unwrap_or_default());
     let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes)
+}
+
+/// A tiny HTTP client: returns (status, JSON body or null).
+pub async fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut headers = Vec::new();
+    if let Some(t) = token {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    if body.is_some() {
+        headers.push(("content-type", "application/json".to_string()));
+    }
+    let body = body.map(|b| Bytes::from(b.to_string()));
+    let (status, _, bytes) = request(method, url, &headers, body).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -224,28 +238,7 @@ pub async fn http(
 
 /// GET `url` and return the body as text (for `/metrics`).
 pub async fn get_text(url: &str) -> String {
-    let uri: hyper::Uri = url.parse().unwrap();
-    let stream = TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(uri.path())
-        .header("host", "x")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let body = sender
-        .send_request(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+    let (_, _, body) = request("GET", url, &[], None).await;
     String::from_utf8(body.to_vec()).unwrap()
 }
 
@@ -293,6 +286,41 @@ pub async fn join(base: &str, token: &str, room: i64) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A replica allowing `rate` messages per second per user, with alice and
+/// bob (their tokens) in public room "general".
+pub struct TwoInARoom {
+    /// The replica.
+    pub r: Replica,
+    /// Alice's token (she created the room).
+    pub alice: String,
+    /// Bob's token.
+    pub bob: String,
+    /// The room.
+    pub room: i64,
+}
+
+/// Starts [`TwoInARoom`] on database `db`.
+pub async fn two_in_a_room(db: &str, rate: u32) -> TwoInARoom {
+    let r = Replica::start_with(
+        db,
+        ReplicaOpts {
+            env: vec![("CHAT_MESSAGES_PER_SECOND", rate.to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    join(&r.http, &bob, room).await;
+    TwoInARoom {
+        r,
+        alice,
+        bob,
+        room,
+    }
 }
 
 /// A WebSocket client.
