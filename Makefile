@@ -6,7 +6,7 @@ export CHORUS_CACHE
 export CARGO_TARGET_DIR ?= $(CHORUS_CACHE)/target
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test bench cluster-up cluster-down db-up db-down control-plane tools crds fmt lint
+.PHONY: help demo test bench cluster-up cluster-down db-up db-down control-plane images tools crds fmt lint
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,10 +20,10 @@ test: ## every check: fmt, clippy, unit tests, integration suites on a real cont
 bench: ## load-test the chat runtime (release build, loopback, dev PostgreSQL); prints the README figures
 	@scripts/bench.sh
 
-cluster-up: ## start etcd + kube-apiserver in the background; prints `export KUBECONFIG=...`
+cluster-up: ## start the local cluster (control plane, one real node, kwok, metrics-server); prints `export KUBECONFIG=...`
 	@scripts/cluster.sh up
 
-cluster-down: ## stop the control plane started by cluster-up
+cluster-down: ## stop the cluster started by cluster-up; leaves no process, mount, netns, veth or iptables rule
 	@scripts/cluster.sh down
 
 db-up: ## start the dev PostgreSQL on 127.0.0.1:55432; prints the admin URL
@@ -32,8 +32,11 @@ db-up: ## start the dev PostgreSQL on 127.0.0.1:55432; prints the admin URL
 db-down: ## stop the dev PostgreSQL
 	@scripts/db.sh down dev
 
-control-plane: ## build etcd, kube-apiserver and the launcher (cached)
+control-plane: ## build the cluster's binaries from Go modules (cached): control plane, node, kwok, metrics-server
 	@scripts/build-control-plane.sh
+
+images: ## OCI image archives of chat-runtime and chorus-operator (release builds, no Docker); imported into a running node
+	@scripts/images.sh
 
 tools: ## build helm and kubeconform from Go modules (cached)
 	@scripts/build-tools.sh

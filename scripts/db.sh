@@ -86,11 +86,20 @@ up)
     if [ "$name" = dev ]; then port=55432; else port=$(free_port); fi
   fi
   echo "$port" > "$dir/port"
-  opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$sock -c max_connections=500"
+  # Pods on the local node reach this server at the node bridge's address
+  # (10.244.0.1, see tests/control-plane/README.md): listen there too when
+  # the bridge exists, and accept password logins from the pod range.
+  listen=127.0.0.1
+  if ip -4 addr show dev chorus0 2>/dev/null | grep -q 'inet 10.244.0.1/'; then listen="$listen,10.244.0.1"; fi
+  hba=$data/pg_hba.conf
+  if ! as_pg grep -q '10.244.0.0/16' "$hba"; then
+    echo "host all all 10.244.0.0/16 scram-sha-256" | as_pg tee -a "$hba" >/dev/null
+  fi
+  opts="-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$sock -c max_connections=500"
   case $name in
     test*) opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off" ;;
   esac
-  step "starting PostgreSQL '$name' on 127.0.0.1:$port"
+  step "starting PostgreSQL '$name' on $listen port $port"
   as_pg "$pg_bin/pg_ctl" -D "$data" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null \
     || { tail -n 20 "$dir/server.log" >&2; die "PostgreSQL did not start; log: $dir/server.log"; }
   admin_url

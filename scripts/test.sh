@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (`make test`): formatting, lints, generated-file drift,
-# unit tests, then the integration suites against a real kube-apiserver and a
-# real PostgreSQL that this script starts (and always stops again).
+# unit tests, then the integration suites against a real cluster (control
+# plane, one real node running the project's images, kwok, metrics-server) and
+# a real PostgreSQL that this script starts (and always stops again).
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
 state=$CHORUS_CACHE/run/test-cluster
@@ -37,18 +38,25 @@ step "building the control plane and chart tools (cached after the first run)"
 "$CHORUS_ROOT/scripts/build-tools.sh"
 export CHORUS_TOOLS_BIN=$TOOLS_BIN CHORUS_CP_BIN=$CP_BIN
 
+step "building the container images (make images)"
+"$CHORUS_ROOT/scripts/images.sh"
+
 step "building tests"
 cargo test --workspace --locked --no-run -q
 
-step "starting PostgreSQL and the control plane for this run"
+step "starting the cluster and PostgreSQL for this run"
+# The launcher watches this shell: if the run is killed, the cluster stops
+# (and the next run removes whatever a SIGKILL left, and says so).
+kubeconfig_line=$(CHORUS_EXIT_WITH_PID=$$ "$CHORUS_ROOT/scripts/cluster.sh" up "$state")
+export CHORUS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
+# After the cluster: PostgreSQL also listens on the node bridge, for pods.
 export CHORUS_TEST_DATABASE_URL
 CHORUS_TEST_DATABASE_URL=$("$CHORUS_ROOT/scripts/db.sh" up test)
+# Pods reach PostgreSQL at the bridge address; the server Secrets say so.
+export CHORUS_TEST_POD_DATABASE_HOST=10.244.0.1
 # A watchdog stops PostgreSQL if this run is killed before its trap can.
 setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down test >/dev/null 2>&1' \
   chorus-db-watchdog $$ "$CHORUS_ROOT/scripts/db.sh" </dev/null >/dev/null 2>&1 &
-# The launcher watches this shell: if the run is killed, the control plane stops.
-kubeconfig_line=$(CHORUS_EXIT_WITH_PID=$$ "$CHORUS_ROOT/scripts/cluster.sh" up "$state")
-export CHORUS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 
 step "running unit and integration tests"
 cargo test --workspace --locked

@@ -2,9 +2,11 @@
 //!
 //! The suites run against real components that `make test` starts once per run
 //! (see `scripts/test.sh`):
-//! - a kube-apiserver + etcd built from Go modules, whose kubeconfig is in
-//!   `CHORUS_TEST_KUBECONFIG`;
-//! - a PostgreSQL server whose admin URL is in `CHORUS_TEST_DATABASE_URL`.
+//! - a Kubernetes cluster built from Go modules (control plane, one real node
+//!   running the project's images, kwok fake nodes, metrics-server), whose
+//!   kubeconfig is in `CHORUS_TEST_KUBECONFIG`;
+//! - a PostgreSQL server whose admin URL is in `CHORUS_TEST_DATABASE_URL`, and
+//!   which pods reach at `CHORUS_TEST_POD_DATABASE_HOST`.
 //!
 //! Each test takes its own namespace ([`TestNamespace`]) and its own database
 //! ([`fresh_database`]), so tests run in parallel without seeing each other.
@@ -24,6 +26,7 @@ use kube::{
 use sqlx::{Connection, PgConnection};
 
 pub mod catalog;
+pub mod chat;
 pub mod manifests;
 pub mod operator;
 
@@ -121,9 +124,9 @@ pub async fn service_account_client(namespace: &str, name: &str) -> Result<Clien
     Ok(Client::try_from(config)?)
 }
 
-/// A namespace of the test's own, labelled `chorus.dev/test`. The control plane
-/// is thrown away after the run, so namespaces are not deleted (without a
-/// kube-controller-manager a deleted namespace would stay Terminating anyway).
+/// A namespace of the test's own, labelled `chorus.dev/test`. Suites that run
+/// pods delete it when done ([`delete_namespace`]); the cluster is thrown away
+/// after the run anyway.
 pub struct TestNamespace {
     /// The namespace name.
     pub name: String,
@@ -146,6 +149,15 @@ impl TestNamespace {
             .await?;
         Ok(Self { name })
     }
+}
+
+/// Deletes a test namespace without waiting: the namespace controller removes
+/// its pods (freeing the node), even while a ChatTenant's finalizer keeps the
+/// namespace itself Terminating after its operator stopped.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &kube::api::DeleteParams::background())
+        .await;
 }
 
 /// The admin URL of the PostgreSQL server started for this test run.

@@ -1,7 +1,7 @@
 //! Helpers for the operator suites: install the CRD, run the operator
-//! in-process against the real apiserver, stand in for the Deployment
-//! controller (no kube-controller-manager or kubelet runs here), and read the
-//! real PostgreSQL catalog.
+//! in-process against the real cluster (whose kube-controller-manager,
+//! scheduler and kubelet run the tenants' pods for real), and read the real
+//! PostgreSQL catalog.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,17 +11,15 @@ use chorus_operator::{
     runner::{self, LeaderElection, RunConfig, Shutdown},
 };
 use k8s_openapi::{
-    ByteString,
-    api::{apps::v1::Deployment, core::v1::Secret},
+    ByteString, api::core::v1::Secret,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
-    Api, Client, CustomResourceExt, ResourceExt,
-    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    Api, Client, CustomResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
     runtime::wait::{await_condition, conditions},
 };
-use serde_json::json;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{HarnessError, Result, database_admin_url};
@@ -78,6 +76,15 @@ pub fn admin_url_parts() -> Result<PgUrl> {
     })
 }
 
+/// The address at which pods on the local node reach the test PostgreSQL
+/// (`CHORUS_TEST_POD_DATABASE_HOST`, the node bridge's address), when set.
+/// The operator, running on the host, reaches it there too.
+pub fn pod_database_host() -> Option<String> {
+    std::env::var("CHORUS_TEST_POD_DATABASE_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
 /// Creates (or replaces) the server Secret `name` in `namespace` pointing at
 /// the test PostgreSQL, optionally with another port (a closed one simulates
 /// a server that is down).
@@ -102,7 +109,7 @@ pub async fn put_server_secret_as(
 ) -> Result<()> {
     let pg = admin_url_parts()?;
     let data = [
-        ("host", pg.host.clone()),
+        ("host", pod_database_host().unwrap_or(pg.host.clone())),
         ("port", port_override.unwrap_or(pg.port).to_string()),
         ("username", user),
         ("password", password),
@@ -237,44 +244,6 @@ impl RunningOperator {
     }
 }
 
-/// Stands in for kube-controller-manager and the kubelet: every 200 ms, marks
-/// each Deployment in `namespace` as fully rolled out and available.
-pub fn spawn_deployment_simulator(client: Client, namespace: &str) -> JoinHandle<()> {
-    let api: Api<Deployment> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
-        loop {
-            if let Ok(list) = api.list(&ListParams::default()).await {
-                for d in list.items {
-                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    let generation = d.metadata.generation.unwrap_or(0);
-                    let st = d.status.clone().unwrap_or_default();
-                    if st.observed_generation == Some(generation)
-                        && st.available_replicas.unwrap_or(0) == want
-                        && st.replicas.unwrap_or(0) == want
-                    {
-                        continue;
-                    }
-                    let patch = json!({"status": {
-                        "observedGeneration": generation,
-                        "replicas": want,
-                        "updatedReplicas": want,
-                        "readyReplicas": want,
-                        "availableReplicas": want,
-                    }});
-                    let _ = api
-                        .patch_status(
-                            &d.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
-                        .await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
 /// Creates a ChatTenant from YAML in `namespace`.
 pub async fn create_tenant(client: &Client, namespace: &str, yaml: &str) -> Result<ChatTenant> {
     let ct: ChatTenant = serde_yaml::from_str(yaml)?;
@@ -347,8 +316,9 @@ pub async fn secret_text(
     }))
 }
 
-/// Everything an operator suite needs: a namespace with the server Secret, the
-/// operator running with the chart's RBAC, and the Deployment simulator.
+/// Everything an operator suite needs: a namespace with the server Secret and
+/// the operator running with the chart's RBAC. The tenants' pods run on the
+/// cluster's real node.
 pub struct OperatorEnv {
     /// Admin client (the test's own view).
     pub client: Client,
@@ -356,11 +326,12 @@ pub struct OperatorEnv {
     pub ns: String,
     /// The operator under test.
     pub operator: RunningOperator,
-    simulator: JoinHandle<()>,
 }
 
-/// How long suites wait for the operator to converge.
-pub const CONVERGE: Duration = Duration::from_secs(30);
+/// How long suites wait for the operator to converge. Ready needs real pods
+/// to start, migrate and pass their probes: seconds on an idle machine, more
+/// while other suites start theirs on the same two cores.
+pub const CONVERGE: Duration = Duration::from_secs(120);
 
 impl OperatorEnv {
     /// Sets up namespace `<prefix>-<unique>` and starts the operator with
@@ -373,12 +344,10 @@ impl OperatorEnv {
         let release = format!("op{}", crate::unique_suffix());
         let as_operator = chart_service_account(&client, &ns, &release).await?;
         let operator = RunningOperator::start(as_operator, &ns, resync);
-        let simulator = spawn_deployment_simulator(client.clone(), &ns);
         Ok(Self {
             client,
             ns,
             operator,
-            simulator,
         })
     }
 
@@ -434,12 +403,18 @@ impl OperatorEnv {
             .collect())
     }
 
-    /// Stops the simulator and the operator; returns the operator's context.
+    /// Stops the operator and deletes the test's namespace (its pods free the
+    /// node for the next test); returns the operator's context.
     pub async fn stop(self) -> Arc<Context> {
-        self.simulator.abort();
-        self.operator.stop().await
+        let context = self.operator.stop().await;
+        crate::delete_namespace(&self.client, &self.ns).await;
+        context
     }
 }
+
+/// Resource requests of the runtime pods in tests: small, so that the
+/// suites' tenants fit on the one real node (2 cores) side by side.
+pub const TEST_RESOURCES: &str = "{requests: {cpu: 10m, memory: 32Mi}, limits: {memory: 256Mi}}";
 
 /// A ChatTenant named `name` on server Secret `shared-pg` with a database
 /// name unique to this run and `reclaimPolicy: Delete` (so runs clean up),
@@ -447,6 +422,14 @@ impl OperatorEnv {
 /// database name.
 pub fn tenant_yaml(name: &str, extra: &str) -> (String, String) {
     let db = format!("chat_{}_{}", name.replace('-', "_"), crate::unique_suffix());
+    // `extra` may bring its own `runtime:`; the default one then stays out.
+    let runtime = if extra.contains("\n  runtime:") || extra.starts_with("  runtime:") {
+        String::new()
+    } else {
+        format!(
+            "  runtime: {{image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", resources: {TEST_RESOURCES}}}\n"
+        )
+    };
     let yaml = format!(
         r#"
 apiVersion: chorus.dev/v1alpha1
@@ -454,8 +437,7 @@ kind: ChatTenant
 metadata: {{name: {name}}}
 spec:
   tenantId: {name}
-  runtime: {{image: "ghcr.io/chorus-dev/chat-runtime:0.1.0"}}
-  database: {{serverRef: {{name: shared-pg}}, name: {db}, reclaimPolicy: Delete}}
+{runtime}  database: {{serverRef: {{name: shared-pg}}, name: {db}, reclaimPolicy: Delete}}
 {extra}
 "#
     );

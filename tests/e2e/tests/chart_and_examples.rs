@@ -11,8 +11,7 @@ use chorus_e2e::{
     TestNamespace, admin_client,
     manifests::{apply_object, documents, repo_root, run, tool},
     operator::{
-        RunningOperator, create_tenant, install_crd, put_server_secret, spawn_deployment_simulator,
-        tenant_yaml, wait_condition,
+        RunningOperator, create_tenant, install_crd, put_server_secret, tenant_yaml, wait_condition,
     },
     service_account_client, unique_suffix, wait_for,
 };
@@ -24,7 +23,8 @@ use kube::{
 };
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(30);
+/// Real pods start, migrate and pass their probes before Ready.
+const T: Duration = Duration::from_secs(120);
 
 fn chart() -> String {
     repo_root()
@@ -273,7 +273,6 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             lease_seconds: 15,
         }),
     );
-    let simulator = spawn_deployment_simulator(admin.clone(), &ns);
     let (yaml, _) = tenant_yaml(
         "acme",
         "  autoscaling: {minReplicas: 2, maxReplicas: 4}\n  networkPolicy: {allowIngressFrom: [{namespace: ingress-nginx}]}\n  exposure: {host: acme.example.com, ingress: {className: nginx}}",
@@ -320,7 +319,6 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
     })
     .await
     .unwrap();
-    simulator.abort();
     let ctx = operator.stop().await;
     let metrics = ctx.metrics.render();
     assert!(

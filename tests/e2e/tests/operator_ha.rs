@@ -8,8 +8,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use chorus_e2e::{
     TestNamespace, admin_client,
     operator::{
-        RunningOperator, create_tenant, install_crd, put_server_secret, spawn_deployment_simulator,
-        tenant_yaml, wait_condition,
+        RunningOperator, create_tenant, install_crd, put_server_secret, tenant_yaml, wait_condition,
     },
     wait_for,
 };
@@ -21,7 +20,8 @@ use kube::{
 };
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(30);
+/// Real pods start, migrate and pass their probes before Ready.
+const T: Duration = Duration::from_secs(120);
 
 fn leader(ns: &str, identity: &str) -> Option<LeaderElection> {
     Some(LeaderElection {
@@ -40,7 +40,6 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     put_server_secret(&client, &ns, "shared-pg", None)
         .await
         .unwrap();
-    let sim = spawn_deployment_simulator(client.clone(), &ns);
     let a = RunningOperator::start_with(
         client.clone(),
         &ns,
@@ -105,6 +104,5 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
         lease.spec.unwrap().holder_identity.as_deref(),
         Some(follower_name)
     );
-    sim.abort();
     follower_op.stop().await;
 }

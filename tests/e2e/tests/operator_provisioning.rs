@@ -29,7 +29,8 @@ use kube::{
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 
-const T: Duration = Duration::from_secs(30);
+/// Real pods start, migrate and pass their probes before Ready.
+const T: Duration = Duration::from_secs(120);
 
 async fn admin_db() -> PgConnection {
     catalog::admin_connection().await.unwrap()

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chorus_e2e::{
-    operator::{OperatorEnv, condition, create_tenant, wait_condition},
+    operator::{OperatorEnv, TEST_RESOURCES, condition, create_tenant, wait_condition},
     unique_suffix, wait_for,
 };
 use chorus_operator::{crd::ChatTenant, validate::revision_of};
@@ -23,7 +23,8 @@ use kube::{
 };
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(30);
+/// Real pods start, migrate and pass their probes before Ready.
+const T: Duration = Duration::from_secs(120);
 const OLD: &str = "ghcr.io/chorus-dev/chat-runtime:0.1.0";
 const NEW: &str = "ghcr.io/chorus-dev/chat-runtime:0.2.0";
 
@@ -68,7 +69,7 @@ kind: ChatTenant
 metadata: {{name: acme}}
 spec:
   tenantId: acme
-  runtime: {{image: "{OLD}", replicas: 4}}
+  runtime: {{image: "{OLD}", replicas: 4, resources: {TEST_RESOURCES}}}
   database: {{serverRef: {{name: shared-pg}}, name: chat_rollout_{}, reclaimPolicy: Delete}}
 {extra}
 "#,

@@ -1,183 +1,130 @@
-//! The operator's Deployment runs the chat runtime: a tenant is provisioned
-//! against the real apiserver and PostgreSQL, then the real `chat-runtime`
-//! binary is started with exactly the environment of the tenant's Deployment
-//! (Secrets resolved as the kubelet would). It must start, be ready, and serve
-//! chat from the tenant's own database with the tenant's own key.
+//! The operator's pods serve chat on the real node: a ChatTenant becomes
+//! Ready only when its runtime pods (the project's image, imported into the
+//! node's containerd) have started, read their Secrets, migrated the
+//! tenant's database and passed their probes. A client signs up, opens a
+//! WebSocket through the tenant's Service, sends and receives; two tenants in
+//! two namespaces cannot use each other's tokens or database credentials; and
+//! a pod deleted under connected clients drains them with the reconnect code,
+//! after which they resume on the other pod without losing an acknowledged
+//! message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use chorus_e2e::operator::{OperatorEnv, secret_text};
-use k8s_openapi::api::apps::v1::Deployment;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use chorus_e2e::{
+    chat::{ChatSocket, Closed, request, service_url, signup},
+    operator::{OperatorEnv, secret_text},
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::{Value, json};
 
-/// The chat-runtime binary `cargo test --workspace` built next to this test.
-fn runtime_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("CHAT_RUNTIME_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = target.join("chat-runtime");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p chat-runtime` (make test does)",
-        bin.display()
-    );
-    bin
-}
+const T: Duration = Duration::from_secs(120);
 
-async fn get(url: &str, token: Option<&str>, body: Option<Value>, method: &str) -> (u16, Value) {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+/// The tenant's pods: all Running and Ready, no restarts, from the image the
+/// spec names.
+async fn assert_pods_serving(env: &OperatorEnv, tenant: &str, image: &str) -> Vec<Pod> {
+    let pods = env
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("chorus.dev/tenant={tenant}")))
         .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(uri.path())
-        .header("host", "runtime")
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+        .unwrap()
+        .items;
+    assert!(!pods.is_empty(), "no pods for tenant {tenant}");
+    for p in &pods {
+        let status = p.status.clone().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"), "{:?}", status);
+        let c = &status.container_statuses.clone().unwrap()[0];
+        assert!(c.ready, "container of {:?} not ready", p.metadata.name);
+        assert_eq!(c.restart_count, 0, "{:?} restarted", p.metadata.name);
+        assert_eq!(c.image, image);
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("chorus-node"),
+            "runs on the real node"
+        );
     }
-    let body = http_body_util::Full::new(hyper::body::Bytes::from(
-        body.map(|b| b.to_string()).unwrap_or_default(),
-    ));
-    let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    pods
 }
 
 #[tokio::test]
-async fn the_deployment_environment_starts_a_working_runtime() {
-    let env = OperatorEnv::new("op-runtime", Duration::from_secs(300))
+async fn tenants_chat_through_their_service_and_stay_apart() {
+    let image = "ghcr.io/chorus-dev/chat-runtime:0.1.0";
+    let a = OperatorEnv::new("rt-a", Duration::from_secs(300))
         .await
         .unwrap();
-    let (ct, db) = env.ready_tenant("acme", "").await.unwrap();
-    assert_eq!(ct.status.unwrap().database.unwrap().name, db);
+    let b = OperatorEnv::new("rt-b", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (ct_a, db_a) = a.ready_tenant("acme", "").await.unwrap();
+    let (_, db_b) = b.ready_tenant("acme", "").await.unwrap();
+    assert_eq!(ct_a.status.unwrap().database.unwrap().name, db_a);
+    assert_pods_serving(&a, "acme", image).await;
+    assert_pods_serving(&b, "acme", image).await;
 
-    // The container's environment, resolved like the kubelet does.
-    let d = env.api::<Deployment>().get("acme-blue").await.unwrap();
-    let container = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
-    assert_eq!(container.args.as_deref(), Some(&["serve".to_string()][..]));
-    let mut vars: Vec<(String, String)> = Vec::new();
-    for e in container.env.unwrap() {
-        let value = match (e.value, e.value_from) {
-            (Some(v), _) => v,
-            (None, Some(from)) => {
-                if let Some(r) = from.secret_key_ref {
-                    secret_text(&env.client, &env.ns, &r.name, &r.key)
-                        .await
-                        .unwrap()
-                        .unwrap_or_else(|| panic!("Secret {} has no key {}", r.name, r.key))
-                } else if from.field_ref.is_some() {
-                    "acme-blue-7d9c-test".to_string()
-                } else {
-                    panic!("unexpected env source for {}", e.name)
-                }
-            }
-            _ => panic!("{} has no value", e.name),
-        };
-        vars.push((e.name, value));
-    }
-    let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-    for required in [
-        "CHAT_DATABASE_URL",
-        "CHAT_TENANT_ID",
-        "CHAT_JWT_SECRET",
-        "CHAT_AUTH_MODE",
-        "CHAT_DRAIN_SECONDS",
-    ] {
-        assert!(
-            names.contains(&required),
-            "{required} missing from {names:?}"
-        );
-    }
+    let url_a = service_url(&a.client, &a.ns, "acme", "http").await.unwrap();
+    let url_b = service_url(&b.client, &b.ns, "acme", "http").await.unwrap();
+    let alice = signup(&url_a, "alice").await.unwrap();
+    let bob = signup(&url_a, "bob").await.unwrap();
+    let carol = signup(&url_b, "carol").await.unwrap();
 
-    // Loopback ports instead of 0.0.0.0:8080/9090 (several tests share the machine).
-    let mut cmd = tokio::process::Command::new(runtime_binary());
-    cmd.env_clear().arg("serve");
-    for (k, v) in &vars {
-        cmd.env(k, v);
-    }
-    cmd.env("CHAT_LISTEN_ADDR", "127.0.0.1:0")
-        .env("CHAT_ADMIN_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(l)) = lines.next_line().await {
-            if l.contains("chat runtime started") {
-                return l;
-            }
-        }
-        panic!("the runtime exited before starting");
-    })
+    // Tokens of one tenant are refused by the other (REST and WebSocket).
+    let (status, _) = request("GET", &format!("{url_b}/api/v1/rooms"), Some(&alice), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "tenant A's token at tenant B");
+    assert!(
+        ChatSocket::connect(&url_a, &carol).await.is_err(),
+        "tenant B's token at A's WebSocket"
+    );
+
+    // Chat through A's Service: a room, two sockets, a send and its fan-out.
+    let (status, room) = request(
+        "POST",
+        &format!("{url_a}/api/v1/rooms"),
+        Some(&alice),
+        Some(json!({"name": "general", "kind": "public"})),
+    )
     .await
-    .expect("the runtime did not start within 30s");
-    let v: Value = serde_json::from_str(&started).unwrap();
-    let public = format!("http://{}", v["public_addr"].as_str().unwrap());
-    let admin = format!("http://{}", v["admin_addr"].as_str().unwrap());
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    // The probes the Deployment uses answer.
-    for path in ["/startupz", "/readyz", "/livez"] {
-        assert_eq!(
-            get(&format!("{admin}{path}"), None, None, "GET").await.0,
-            200,
-            "{path}"
-        );
-    }
-    // Chat works, in the tenant's own database, with tokens for this tenant.
-    let (status, signup) = get(
-        &format!("{public}/api/v1/auth/signup"),
-        None,
-        Some(serde_json::json!({"username": "alice", "password": "password-alice"})),
-        "POST",
-    )
-    .await;
-    assert_eq!(status, 200, "{signup}");
-    let token = signup["token"].as_str().unwrap();
-    let (_, room) = get(
-        &format!("{public}/api/v1/rooms"),
-        Some(token),
-        Some(serde_json::json!({"name": "general", "kind": "public"})),
-        "POST",
-    )
-    .await;
+    .unwrap();
+    assert_eq!(status, 200, "{room}");
     let room = room["room"]["id"].as_i64().unwrap();
-    let (status, ack) = get(
-        &format!("{public}/api/v1/rooms/{room}/messages"),
-        Some(token),
-        Some(serde_json::json!({"client_msg_id": "m1", "body": "hello from the tenant's pod"})),
+    let (status, joined) = request(
         "POST",
+        &format!("{url_a}/api/v1/rooms/{room}/join"),
+        Some(&bob),
+        None,
     )
-    .await;
-    assert_eq!(status, 200, "{ack}");
-    // The runtime connected as the tenant's role, to the tenant's database.
-    let uri = secret_text(&env.client, &env.ns, "acme-db", "uri")
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{joined}");
+    let mut sa = ChatSocket::connect(&url_a, &alice).await.unwrap();
+    let mut sb = ChatSocket::connect(&url_a, &bob).await.unwrap();
+    for s in [&mut sa, &mut sb] {
+        s.send(json!({"type": "subscribe", "room": room}))
+            .await
+            .unwrap();
+        s.expect("subscribed", T).await.unwrap();
+    }
+    sa.send(json!({"type": "send", "id": "1", "room": room, "client_msg_id": "m1", "body": "hello from a pod"}))
+        .await
+        .unwrap();
+    let ack = sa.expect("ack", T).await.unwrap();
+    let event = sb.expect("event", T).await.unwrap();
+    assert_eq!(event["body"], "hello from a pod");
+    assert_eq!(event["seq"], ack["seq"]);
+
+    // The runtime wrote as the tenant's role, into the tenant's database; A's
+    // credentials open neither B's database nor B's role.
+    let uri_a = secret_text(&a.client, &a.ns, "acme-db", "uri")
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        uri.contains(&format!("{db}:")) && uri.contains(&format!("/{db}?")),
-        "{uri}"
-    );
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&uri)
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&uri_a)
         .await
         .unwrap();
     let (count, owner): (i64, String) = sqlx::query_as(
@@ -186,11 +133,179 @@ async fn the_deployment_environment_starts_a_working_runtime() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    assert_eq!(count, 1);
-    assert_eq!(
-        owner, db,
-        "the runtime's tables belong to the tenant's role"
+    assert_eq!((count, owner.as_str()), (1, db_a.as_str()));
+    let cross = uri_a.replace(&format!("/{db_a}?"), &format!("/{db_b}?"));
+    assert!(
+        <sqlx::PgConnection as sqlx::Connection>::connect(&cross)
+            .await
+            .is_err(),
+        "tenant A's role must not open tenant B's database"
     );
-    let _ = child.kill().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_pod_drains_its_sockets_and_clients_resume_without_loss() {
+    let env = OperatorEnv::new("rt-drain", Duration::from_secs(300))
+        .await
+        .unwrap();
+    // Grace 25 s: the runtime drains over 10 s (grace minus the 15 s margin).
+    env.ready_tenant("acme", "  runtime: {image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", replicas: 2, terminationGracePeriodSeconds: 25, resources: {requests: {cpu: 10m, memory: 32Mi}}}")
+        .await
+        .unwrap();
+    let url = service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    let owner = signup(&url, "owner").await.unwrap();
+    let (_, room) = request(
+        "POST",
+        &format!("{url}/api/v1/rooms"),
+        Some(&owner),
+        Some(json!({"name": "general", "kind": "public"})),
+    )
+    .await
+    .unwrap();
+    let room = room["room"]["id"].as_i64().unwrap();
+
+    // Readers through the Service until both pods serve some of them.
+    let mut readers = Vec::new();
+    for i in 0..24 {
+        let token = signup(&url, &format!("reader{i}")).await.unwrap();
+        request(
+            "POST",
+            &format!("{url}/api/v1/rooms/{room}/join"),
+            Some(&token),
+            None,
+        )
+        .await
+        .unwrap();
+        let mut s = ChatSocket::connect(&url, &token).await.unwrap();
+        s.send(json!({"type": "subscribe", "room": room}))
+            .await
+            .unwrap();
+        let sub = s.expect("subscribed", T).await.unwrap();
+        readers.push((token, s, sub["epoch"].as_str().unwrap().to_string()));
+    }
+    let servers: BTreeSet<String> = readers
+        .iter()
+        .map(|(_, s, _)| s.hello["server"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        servers.len(),
+        2,
+        "kube-proxy spread the sockets over both pods: {servers:?}"
+    );
+    let victim = servers.iter().next().unwrap().clone();
+
+    // A sender through REST the whole time; acknowledged seqs are recorded.
+    let sender_url = url.clone();
+    let sender = tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        for i in 0..120 {
+            let (status, ack) = request(
+                "POST",
+                &format!("{sender_url}/api/v1/rooms/{room}/messages"),
+                Some(&owner),
+                Some(json!({"client_msg_id": format!("m{i}"), "body": format!("message {i}")})),
+            )
+            .await
+            .unwrap_or((0, Value::Null));
+            if status == 200 {
+                acked.insert(ack["seq"].as_i64().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    env.api::<Pod>()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Every reader: read until the sender is done; on a close, reconnect
+    // through the Service and resume from the last seq seen.
+    let mut tasks = Vec::new();
+    for (token, mut socket, mut epoch) in readers {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+            let mut last = 0;
+            let mut closes = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            while tokio::time::Instant::now() < deadline {
+                match socket.next_frame(Duration::from_secs(2)).await {
+                    Ok(v) if v["type"] == "event" => {
+                        let seq = v["seq"].as_i64().unwrap();
+                        *seen.entry(seq).or_default() += 1;
+                        last = last.max(seq);
+                    }
+                    Ok(_) => {}
+                    Err(Closed::Idle) => {}
+                    Err(code) => {
+                        closes.push((code, std::time::Instant::now()));
+                        // Reconnect; the Service may still route to the
+                        // draining pod for a moment (503), so retry.
+                        let mut attempt = 0;
+                        socket = loop {
+                            attempt += 1;
+                            match ChatSocket::connect(&url, &token).await {
+                                Ok(s) => break s,
+                                Err(e) if attempt < 60 => {
+                                    let _ = e;
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                                Err(e) => panic!("could not reconnect: {e}"),
+                            }
+                        };
+                        socket
+                            .send(json!({"type": "subscribe", "room": room, "epoch": epoch, "last_seq": last}))
+                            .await
+                            .unwrap();
+                        let sub = socket.expect("subscribed", Duration::from_secs(10)).await.unwrap();
+                        assert_eq!(sub["recovered"], true, "{sub}");
+                        epoch = sub["epoch"].as_str().unwrap().to_string();
+                    }
+                }
+            }
+            (seen, closes)
+        }));
+    }
+    let acked = sender.await.unwrap();
+    assert!(
+        acked.len() > 100,
+        "the sender kept going through the drain: {} acks",
+        acked.len()
+    );
+    let mut drained = 0;
+    let mut close_times = Vec::new();
+    for t in tasks {
+        let (seen, closes) = t.await.unwrap();
+        for seq in &acked {
+            assert!(
+                seen.contains_key(seq),
+                "acknowledged seq {seq} never reached a reader"
+            );
+        }
+        if !closes.is_empty() {
+            drained += 1;
+            assert_eq!(
+                closes[0].0,
+                Closed::Code(4000),
+                "drain closes with the reconnect code"
+            );
+            close_times.push(closes[0].1.duration_since(started));
+        }
+    }
+    assert!(drained > 0, "some readers were on the deleted pod");
+    // The drain spreads closes over its window instead of closing all at once.
+    close_times.sort();
+    let spread = *close_times.last().unwrap() - close_times[0];
+    assert!(
+        drained < 3 || spread >= Duration::from_secs(2),
+        "{drained} closes within {spread:?}: not spread over the drain window"
+    );
     env.stop().await;
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -50,34 +49,71 @@ func startEtcd(ctx context.Context, sup *supervisor, binDir, stateDir string) (s
 
 // startAPIServer runs kube-apiserver with RBAC authorization, client
 // certificate authentication and service-account keys, and waits for /readyz.
-func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir string, p *pkiFiles, etcdURL string, timeout time.Duration) (string, error) {
-	port, err := freePort()
+//
+// Without a node it listens on 127.0.0.1 only and the ServiceAccount admission
+// plugin is off (nothing would create default ServiceAccounts). With a node it
+// listens on the node bridge's address (pods reach it there, through the
+// `kubernetes` Service), authorizes kubelets with the Node authorizer, talks
+// to the kubelet with its own client certificate and serves aggregated APIs
+// (metrics-server).
+func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir string, p *pkiFiles, etcdURL string, timeout time.Duration, node *nodeConfig) (string, error) {
+	host := "127.0.0.1"
+	if node != nil {
+		host = node.hostIP
+	}
+	port, err := freePortOn(host)
 	if err != nil {
 		return "", err
 	}
-	url := fmt.Sprintf("https://127.0.0.1:%d", port)
-	err = sup.start("kube-apiserver", filepath.Join(binDir, "kube-apiserver"),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", port),
-		"--etcd-servers="+etcdURL,
-		"--cert-dir="+p.dir,
-		"--tls-cert-file="+p.servingCert,
-		"--tls-private-key-file="+p.servingKey,
-		"--client-ca-file="+p.caCert,
+	url := fmt.Sprintf("https://%s:%d", host, port)
+	modeFlags := []string{
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=10.96.0.0/16",
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+p.saPub,
-		"--service-account-signing-key-file="+p.saKey,
-		"--api-audiences=https://kubernetes.default.svc.cluster.local",
-		// No kube-controller-manager yet creates the default ServiceAccount.
 		"--disable-admission-plugins=ServiceAccount",
+	}
+	if node != nil {
+		kubeletClient, err := p.clientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+		if err != nil {
+			return "", err
+		}
+		frontProxy, err := p.clientIdentity("front-proxy-client", "front-proxy-client")
+		if err != nil {
+			return "", err
+		}
+		modeFlags = []string{
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--kubelet-client-certificate=" + kubeletClient.certFile,
+			"--kubelet-client-key=" + kubeletClient.keyFile,
+			"--kubelet-preferred-address-types=InternalIP",
+			"--requestheader-client-ca-file=" + p.caCert,
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-username-headers=X-Remote-User",
+			"--proxy-client-cert-file=" + frontProxy.certFile,
+			"--proxy-client-key-file=" + frontProxy.keyFile,
+			"--enable-aggregator-routing=true",
+		}
+	}
+	args := append([]string{
+		"--bind-address=" + host,
+		"--advertise-address=" + host,
+		fmt.Sprintf("--secure-port=%d", port),
+		"--etcd-servers=" + etcdURL,
+		"--cert-dir=" + p.dir,
+		"--tls-cert-file=" + p.servingCert,
+		"--tls-private-key-file=" + p.servingKey,
+		"--client-ca-file=" + p.caCert,
+		"--service-cluster-ip-range=" + serviceCIDR,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + p.saPub,
+		"--service-account-signing-key-file=" + p.saKey,
+		"--api-audiences=https://kubernetes.default.svc.cluster.local",
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=1",
-	)
-	if err != nil {
+	}, modeFlags...)
+	if err := sup.start("kube-apiserver", filepath.Join(binDir, "kube-apiserver"), args...); err != nil {
 		return "", err
 	}
 	client, err := adminHTTPClient(p)
@@ -144,8 +180,11 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " | ")
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort() (int, error) { return freePortOn("127.0.0.1") }
+
+// freePortOn returns a TCP port that is free on host right now.
+func freePortOn(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}
@@ -153,7 +192,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func writeKubeconfig(path, server string, p *pkiFiles) error {
+// writeKubeconfig writes a kubeconfig for server that trusts the cluster CA
+// and authenticates with id's client certificate.
+func writeKubeconfig(path, server string, p *pkiFiles, id *identity) error {
 	b64 := base64.StdEncoding.EncodeToString
 	cfg := fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -163,7 +204,7 @@ clusters:
     server: %s
     certificate-authority-data: %s
 users:
-- name: chorus-admin
+- name: chorus
   user:
     client-certificate-data: %s
     client-key-data: %s
@@ -171,13 +212,9 @@ contexts:
 - name: chorus
   context:
     cluster: chorus
-    user: chorus-admin
+    user: chorus
     namespace: default
 current-context: chorus
-`, server, b64(p.caPEM), b64(p.adminCertPEM), b64(p.adminKeyPEM))
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	log.Printf("wrote %s", path)
-	return nil
+`, server, b64(p.caPEM), b64(id.certPEM), b64(id.keyPEM))
+	return os.WriteFile(path, []byte(cfg), 0o600)
 }

@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -34,24 +35,50 @@ func main() {
 		stateDir   = flag.String("state-dir", "", "directory for certificates, data, logs and the kubeconfig (required)")
 		exitWith   = flag.Int("exit-with-pid", 0, "stop the control plane when this process exits (0: never)")
 		readyAfter = flag.Duration("ready-timeout", 3*time.Minute, "how long to wait for kube-apiserver /readyz")
+		withNode   = flag.Bool("node", false, "also run kube-controller-manager, kube-scheduler, one real node (containerd, runc, CNI, kubelet, kube-proxy), kwok and metrics-server (needs root)")
+		imageDir   = flag.String("image-dir", "", "with --node: import every *.tar image archive in this directory into the node's containerd")
+		fakeNodes  = flag.Int("fake-nodes", 4, "with --node: how many kwok fake nodes to create")
+		cleanup    = flag.Bool("cleanup", false, "only remove what an earlier (killed) launcher left for --state-dir, then exit")
 	)
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmsgprefix)
 	log.SetPrefix("chorus-cluster: ")
-	if *binDir == "" || *stateDir == "" {
+	if (*binDir == "" && !*cleanup) || *stateDir == "" {
 		log.Fatal("--bin-dir and --state-dir are required")
 	}
 	// Parent-death signals fire when the creating OS thread exits; keep the
 	// main goroutine on one thread for the life of the process.
 	runtime.LockOSThread()
 
-	if err := run(*binDir, *stateDir, *exitWith, *readyAfter); err != nil {
+	if *cleanup {
+		dir, err := filepath.Abs(*stateDir)
+		if err != nil {
+			log.Fatalf("error: %v", err)
+		}
+		cleanupStale(dir)
+		if _, err := os.Stat(filepath.Join(dir, "node")); err == nil && cleanupNode(dir) {
+			log.Printf("removed what an earlier node run left behind (processes, mounts, network namespaces, iptables rules)")
+		}
+		return
+	}
+	opts := options{binDir: *binDir, stateDir: *stateDir, exitWith: *exitWith, readyTimeout: *readyAfter,
+		node: *withNode, imageDir: *imageDir, fakeNodes: *fakeNodes}
+	if err := run(opts); err != nil {
 		log.Fatalf("error: %v", err)
 	}
 }
 
-func run(binDir, stateDir string, exitWith int, readyTimeout time.Duration) error {
-	stateDir, err := filepath.Abs(stateDir)
+// options are the launcher's flags.
+type options struct {
+	binDir, stateDir, imageDir string
+	exitWith, fakeNodes        int
+	readyTimeout               time.Duration
+	node                       bool
+}
+
+func run(o options) error {
+	binDir, exitWith, readyTimeout := o.binDir, o.exitWith, o.readyTimeout
+	stateDir, err := filepath.Abs(o.stateDir)
 	if err != nil {
 		return err
 	}
@@ -68,7 +95,20 @@ func run(binDir, stateDir string, exitWith int, readyTimeout time.Duration) erro
 	}
 	defer os.Remove(filepath.Join(stateDir, "launcher.pid"))
 
-	pki, err := generatePKI(filepath.Join(stateDir, "pki"))
+	var node *nodeConfig
+	var extraIPs []net.IP
+	if o.node {
+		if node, err = prepareNode(stateDir); err != nil {
+			return err
+		}
+		defer node.release()
+		defer func() {
+			cleanupNode(stateDir)
+			log.Printf("node removed (processes, mounts, network namespaces, bridge, iptables rules)")
+		}()
+		extraIPs = append(extraIPs, net.ParseIP(node.hostIP))
+	}
+	pki, err := generatePKI(filepath.Join(stateDir, "pki"), extraIPs...)
 	if err != nil {
 		return fmt.Errorf("generating certificates: %w", err)
 	}
@@ -86,13 +126,35 @@ func run(binDir, stateDir string, exitWith int, readyTimeout time.Duration) erro
 	if err != nil {
 		return err
 	}
-	apiURL, err := startAPIServer(ctx, sup, binDir, stateDir, pki, etcdURL, readyTimeout)
+	apiURL, err := startAPIServer(ctx, sup, binDir, stateDir, pki, etcdURL, readyTimeout, node)
 	if err != nil {
 		return err
 	}
 	kubeconfig := filepath.Join(stateDir, "kubeconfig")
-	if err := writeKubeconfig(kubeconfig, apiURL, pki); err != nil {
+	adminID := &identity{certFile: pki.adminCert, keyFile: pki.adminKey, certPEM: pki.adminCertPEM, keyPEM: pki.adminKeyPEM}
+	if err := writeKubeconfig(kubeconfig, apiURL, pki, adminID); err != nil {
 		return err
+	}
+	if node != nil {
+		a, err := newAdmin(kubeconfig)
+		if err != nil {
+			return err
+		}
+		if err := startControllerManager(ctx, sup, binDir, stateDir, apiURL, pki); err != nil {
+			return err
+		}
+		if err := startScheduler(ctx, sup, binDir, stateDir, apiURL, pki); err != nil {
+			return err
+		}
+		if err := startNode(ctx, sup, binDir, stateDir, o.imageDir, apiURL, pki, a); err != nil {
+			return err
+		}
+		if err := startKwok(ctx, sup, binDir, stateDir, kubeconfig, a, o.fakeNodes); err != nil {
+			return err
+		}
+		if err := startMetricsServer(ctx, sup, binDir, stateDir, kubeconfig, a); err != nil {
+			return err
+		}
 	}
 	if err := os.WriteFile(filepath.Join(stateDir, "ready"), []byte(kubeconfig+"\n"), 0o600); err != nil {
 		return err

@@ -23,12 +23,58 @@ type pkiFiles struct {
 	adminCert, adminKey              string
 	saKey, saPub                     string
 	caPEM, adminCertPEM, adminKeyPEM []byte
+
+	ca    *x509.Certificate
+	caPrv *ecdsa.PrivateKey
 }
 
-// generatePKI writes a throwaway CA, a serving certificate for loopback and
-// the in-cluster service names, an admin client certificate in group
-// system:masters, and the service-account signing key pair.
-func generatePKI(dir string) (*pkiFiles, error) {
+// identity is a client certificate and key for one component, signed by the
+// cluster CA, in PEM form (for its kubeconfig) and on disk.
+type identity struct {
+	certFile, keyFile string
+	certPEM, keyPEM   []byte
+}
+
+// clientIdentity writes a client certificate for user cn in groups orgs to
+// <pki>/<file>.crt and .key.
+func (p *pkiFiles) clientIdentity(file, cn string, orgs ...string) (*identity, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	id := &identity{certFile: filepath.Join(p.dir, file+".crt"), keyFile: filepath.Join(p.dir, file+".key")}
+	var err error
+	id.certPEM, id.keyPEM, err = signLeaf(tmpl, p.ca, p.caPrv, id.certFile, id.keyFile)
+	return id, err
+}
+
+// servingIdentity writes a serving certificate for the given IPs to
+// <pki>/<file>.crt and .key.
+func (p *pkiFiles) servingIdentity(file, cn string, ips ...net.IP) (*identity, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  ips,
+	}
+	id := &identity{certFile: filepath.Join(p.dir, file+".crt"), keyFile: filepath.Join(p.dir, file+".key")}
+	var err error
+	id.certPEM, id.keyPEM, err = signLeaf(tmpl, p.ca, p.caPrv, id.certFile, id.keyFile)
+	return id, err
+}
+
+// generatePKI writes a throwaway CA, a serving certificate for loopback, the
+// extra addresses given (the node bridge's) and the in-cluster service names,
+// an admin client certificate in group system:masters, and the
+// service-account signing key pair.
+func generatePKI(dir string, extraIPs ...net.IP) (*pkiFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -67,6 +113,7 @@ func generatePKI(dir string) (*pkiFiles, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.ca, p.caPrv = ca, caKey
 	p.caPEM = pemBlock("CERTIFICATE", caDER)
 	if err := writeCertAndKey(p.caCert, p.caKey, caDER, caKey); err != nil {
 		return nil, err
@@ -80,7 +127,7 @@ func generatePKI(dir string) (*pkiFiles, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
+		IPAddresses:  append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}, extraIPs...),
 	}
 	if _, _, err := signLeaf(serving, ca, caKey, p.servingCert, p.servingKey); err != nil {
 		return nil, err

@@ -22,6 +22,8 @@ type supervisor struct {
 	mu       sync.Mutex
 	procs    []*child
 	died     chan string
+	// env, when set, is the environment of the next child started.
+	env []string
 }
 
 type child struct {
@@ -41,6 +43,7 @@ func (s *supervisor) start(name, bin string, args ...string) error {
 		return err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = s.env
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"time"
+)
+
+// Address ranges of the local cluster. The pod range is the node bridge's
+// (one node, so one /24); the service range is where ClusterIPs come from.
+const (
+	serviceCIDR = "10.96.0.0/16"
+	clusterCIDR = "10.244.0.0/16"
+)
+
+// startControllerManager runs kube-controller-manager with every default
+// controller (ServiceAccount and token, garbage collector, Deployment and
+// ReplicaSet, EndpointSlice, HPA, namespace, ...), one ServiceAccount per
+// controller, and leader election off, and waits for /healthz.
+func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
+	id, err := p.clientIdentity("kube-controller-manager", "system:kube-controller-manager")
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(stateDir, "kube-controller-manager.kubeconfig")
+	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	err = sup.start("kube-controller-manager", filepath.Join(binDir, "kube-controller-manager"),
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig,
+		"--authorization-kubeconfig="+kubeconfig,
+		"--bind-address=127.0.0.1",
+		fmt.Sprintf("--secure-port=%d", port),
+		"--cert-dir="+filepath.Join(stateDir, "kube-controller-manager"),
+		"--leader-elect=false",
+		"--controllers=*",
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file="+p.saKey,
+		"--root-ca-file="+p.caCert,
+		"--service-cluster-ip-range="+serviceCIDR,
+		"--cluster-cidr="+clusterCIDR,
+		"--cluster-signing-cert-file="+p.caCert,
+		"--cluster-signing-key-file="+p.caKey,
+		// The HPA reacts within tests' patience: sync every 5 s (default 15 s).
+		"--horizontal-pod-autoscaler-sync-period=5s",
+		"--profiling=false",
+		"--v=1",
+	)
+	if err != nil {
+		return err
+	}
+	return waitHealthz(ctx, sup, port, stateDir, "kube-controller-manager")
+}
+
+// startScheduler runs kube-scheduler with leader election off and waits for
+// /healthz.
+func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
+	id, err := p.clientIdentity("kube-scheduler", "system:kube-scheduler")
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(stateDir, "kube-scheduler.kubeconfig")
+	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	err = sup.start("kube-scheduler", filepath.Join(binDir, "kube-scheduler"),
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig,
+		"--authorization-kubeconfig="+kubeconfig,
+		"--bind-address=127.0.0.1",
+		fmt.Sprintf("--secure-port=%d", port),
+		"--cert-dir="+filepath.Join(stateDir, "kube-scheduler"),
+		"--leader-elect=false",
+		"--profiling=false",
+		"--v=1",
+	)
+	if err != nil {
+		return err
+	}
+	return waitHealthz(ctx, sup, port, stateDir, "kube-scheduler")
+}
+
+// waitHealthz polls a component's self-signed https://127.0.0.1:port/healthz
+// (open to anonymous requests by default) for up to two minutes.
+func waitHealthz(ctx context.Context, sup *supervisor, port int, stateDir, name string) error {
+	client := insecureClient()
+	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
+	if err := waitHTTP(ctx, sup, client, url, 2*time.Minute); err != nil {
+		return fmt.Errorf("%s did not become healthy: %w (log: %s)", name, err, filepath.Join(stateDir, name+".log"))
+	}
+	return nil
+}
+
+// insecureClient skips TLS verification: for health checks of components
+// that serve a self-signed certificate on loopback.
+func insecureClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // loopback health checks of self-signed components
+	return &http.Client{Timeout: 5 * time.Second, Transport: tr}
+}
