@@ -1,88 +1,98 @@
 #!/usr/bin/env bash
-# make demo: the whole path on this machine, with real components.
+# make demo: the whole path on this machine, everything in the local cluster.
 #
-# 1. starts the dev PostgreSQL and the local control plane (kube-apiserver);
-# 2. installs the ChatTenant CRD and runs the operator against them;
-# 3. applies examples/minimal.yaml: the operator provisions database chat_acme,
-#    Secrets acme-db and acme-auth, Deployments, Services, PDB;
-# 4. this control plane has no kubelet, so no Pod can run: the demo starts the
-#    chat runtime on this machine with exactly the configuration the
-#    Deployment carries (the tenant's Secrets), and serves its web client.
+# 1. builds the cluster (first run) and the images (make images);
+# 2. starts the cluster (control plane, one real node) and the dev PostgreSQL,
+#    which pods reach at the node bridge's address 10.244.0.1;
+# 3. helm-installs charts/chorus-operator with the built image (cluster-wide,
+#    the chart's default) and the server Secret `shared-pg`;
+# 4. applies examples/minimal.yaml and waits until the tenant is Ready: its
+#    runtime pods started from the image, migrated chat_acme, passed probes;
+# 5. forwards 127.0.0.1:$CHORUS_DEMO_PORT (8080) to the tenant's Service and
+#    signs up two demo users.
 #
-# Ctrl-C stops the runtime and the operator (the dev database and control
-# plane keep running: `make cluster-down db-down`).
+# Ctrl-C stops the port-forward and tears the demo down (release, namespaces,
+# cluster); the dev database keeps its data for the next run (make db-down).
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
 PORT=${CHORUS_DEMO_PORT:-8080}
 NS=demo
-
-step "starting PostgreSQL (dev) and the control plane"
-"$CHORUS_ROOT/scripts/db.sh" up dev >/dev/null
-line=$("$CHORUS_ROOT/scripts/cluster.sh" up)
-export KUBECONFIG=${line#export KUBECONFIG=}
+SYSTEM=chorus-system
 command -v kubectl >/dev/null || die "kubectl is needed for the demo"
 
-step "building the operator and the chat runtime"
-cargo build -q --locked -p chorus-operator -p chat-runtime
-BIN=$CARGO_TARGET_DIR/debug
+step "building the cluster's binaries and the images (cached after the first run)"
+"$CHORUS_ROOT/scripts/images.sh" 2>&1 | sed 's/^/    /' >&2
+"$CHORUS_ROOT/scripts/build-tools.sh" 2>&1 | sed 's/^/    /' >&2
 
-step "installing the ChatTenant CRD"
-kubectl apply --server-side --force-conflicts -f crds/chattenants.chorus.dev.yaml >/dev/null
-kubectl wait --for=condition=Established crd/chattenants.chorus.dev --timeout=30s >/dev/null
-kubectl get ns chorus-system >/dev/null 2>&1 || kubectl create ns chorus-system >/dev/null
+step "starting the cluster"
+line=$("$CHORUS_ROOT/scripts/cluster.sh" up)
+export KUBECONFIG=${line#export KUBECONFIG=}
+step "starting PostgreSQL (dev), listening for pods on 10.244.0.1"
+# Restart so it listens on the bridge the cluster just created.
+"$CHORUS_ROOT/scripts/db.sh" down dev >/dev/null 2>&1 || true
+"$CHORUS_ROOT/scripts/db.sh" up dev >/dev/null
+
+FORWARD=
+cleanup() {
+  trap - EXIT INT TERM
+  [ -n "$FORWARD" ] && kill "$FORWARD" 2>/dev/null
+  step "tearing the demo down (release, namespaces, cluster)"
+  helm uninstall chorus-operator -n "$SYSTEM" --wait >/dev/null 2>&1 || true
+  "$CHORUS_ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
+  step "stopped; the dev database keeps chat_acme (make db-down stops it)"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "installing the operator with Helm (image ghcr.io/chorus-dev/chorus-operator:0.1.0)"
+kubectl get ns "$SYSTEM" >/dev/null 2>&1 || kubectl create ns "$SYSTEM" >/dev/null
 kubectl get ns "$NS" >/dev/null 2>&1 || kubectl create ns "$NS" >/dev/null
-
 # The dev server's admin credentials become the server Secret (examples/shared-pg-secret.yaml).
 if [ "$(id -u)" = 0 ]; then pgdir=/var/tmp/chorus-pg/dev; else pgdir=$CHORUS_CACHE/pg/dev; fi
-kubectl -n chorus-system create secret generic shared-pg \
-  --from-literal=host=127.0.0.1 --from-literal=port="$(cat "$pgdir/port")" \
+kubectl -n "$SYSTEM" create secret generic shared-pg \
+  --from-literal=host=10.244.0.1 --from-literal=port="$(cat "$pgdir/port")" \
   --from-literal=username=postgres --from-literal=password="$(cat "$pgdir/admin-password")" \
   --from-literal=sslmode=disable --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-
-step "starting the operator (logs: $CHORUS_CACHE/demo-operator.log)"
-POD_NAMESPACE=chorus-system "$BIN/chorus-operator" --http-addr 127.0.0.1:18080 --no-leader-election \
-  >"$CHORUS_CACHE/demo-operator.log" 2>&1 &
-OPERATOR=$!
-RUNTIME=
-cleanup() {
-  [ -n "$RUNTIME" ] && kill "$RUNTIME" 2>/dev/null
-  kill "$OPERATOR" 2>/dev/null
-  wait 2>/dev/null
-  step "stopped the runtime and the operator (make cluster-down db-down stops the rest)"
-}
-trap cleanup EXIT INT TERM
+helm upgrade --install chorus-operator charts/chorus-operator -n "$SYSTEM" \
+  --set replicaCount=1 --wait --timeout 180s >/dev/null
+kubectl -n "$SYSTEM" get pods -o wide
 
 step "applying examples/minimal.yaml in namespace $NS"
 kubectl -n "$NS" apply -f examples/minimal.yaml >/dev/null
-for i in $(seq 1 60); do
-  ok=$(kubectl -n "$NS" get ct acme -o jsonpath='{.status.conditions[?(@.type=="DatabaseReady")].status}' 2>/dev/null || true)
-  [ "$ok" = True ] && break
-  sleep 0.5
+for i in $(seq 1 180); do
+  ready=$(kubectl -n "$NS" get ct acme -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+  [ "$ready" = True ] && break
+  if [ $((i % 5)) -eq 0 ]; then
+    step "waiting for Ready: $(kubectl -n "$NS" get ct acme -o jsonpath='{range .status.conditions[*]}{.type}={.status} {end}' 2>/dev/null)"
+  fi
+  sleep 1
 done
-[ "$ok" = True ] || { kubectl -n "$NS" describe ct acme >&2; die "the tenant's database did not become ready"; }
+[ "$ready" = True ] || { kubectl -n "$NS" describe ct acme >&2; die "the tenant did not become Ready; kubectl -n $NS describe ct acme"; }
 kubectl -n "$NS" get ct acme -o wide
-kubectl -n "$NS" get deploy,svc,pdb,secret -l chorus.dev/tenant=acme
+kubectl -n "$NS" get deploy,pods,svc -l chorus.dev/tenant=acme
 
-step "starting the chat runtime with the Deployment's configuration (no kubelet here)"
-secret() { kubectl -n "$NS" get secret "$1" -o jsonpath="{.data.$2}" | base64 -d; }
-CHAT_DATABASE_URL=$(secret acme-db uri) CHAT_JWT_SECRET=$(secret acme-auth jwt-secret) \
-CHAT_TENANT_ID=acme CHAT_LISTEN_ADDR=127.0.0.1:$PORT CHAT_ADMIN_ADDR=127.0.0.1:$((PORT + 1)) \
-CHAT_DRAIN_SECONDS=2 "$BIN/chat-runtime" >"$CHORUS_CACHE/demo-runtime.log" 2>&1 &
-RUNTIME=$!
-for i in $(seq 1 60); do
-  curl -sf "http://127.0.0.1:$((PORT + 1))/readyz" >/dev/null 2>&1 && break
-  pid_alive "$RUNTIME" || { tail -5 "$CHORUS_CACHE/demo-runtime.log" >&2; die "the chat runtime did not start"; }
-  sleep 0.5
+step "forwarding 127.0.0.1:$PORT to Service acme"
+kubectl -n "$NS" port-forward --address 127.0.0.1 svc/acme "$PORT:8080" >"$CHORUS_CACHE/demo-port-forward.log" 2>&1 &
+FORWARD=$!
+for i in $(seq 1 40); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null 2>&1 && break; sleep 0.25; done
+logins=""
+for u in alice bob; do
+  curl -sf -X POST -H 'content-type: application/json' "http://127.0.0.1:$PORT/api/v1/auth/signup" \
+    -d "{\"username\":\"$u\",\"password\":\"demo-password-$u\"}" >/dev/null 2>&1 || true
+  logins="$logins $u / demo-password-$u;"
 done
 
-cat <<EOF
+cat <<MSG
 
-  Chorus demo is running.
-    Web client:  http://127.0.0.1:$PORT/   (sign up two users in two browser windows and chat)
-    Tenant:      kubectl -n $NS get ct acme      (export KUBECONFIG=$KUBECONFIG)
-    Database:    chat_acme, owned by role chat_acme, credentials in Secret acme-db
-    Ready stays False (PodsUnavailable): this control plane has no kubelet, so the
-    runtime runs on this machine with the same settings instead of in acme-blue.
-  Ctrl-C to stop.
-EOF
-wait "$RUNTIME"
+  Chorus demo is running, everything in the local cluster.
+    Web client:  http://127.0.0.1:$PORT/   (log in as two users in two browser windows and chat)
+    Logins:     $logins
+    Try:
+      export KUBECONFIG=$KUBECONFIG
+      kubectl -n $NS get ct acme -o wide
+      kubectl -n $NS patch ct acme --type merge -p '{"spec":{"rollout":{"candidate":{"image":"ghcr.io/chorus-dev/chat-runtime:0.2.0"},"canary":{"weight":50}}}}'
+      kubectl -n $NS get ct acme -o jsonpath='{.status.candidate.revision}'   # then promote it:
+      kubectl -n $NS patch ct acme --type merge -p '{"spec":{"rollout":{"promoteRevision":"<that revision>"}}}'
+  Ctrl-C to stop and tear down.
+MSG
+wait "$FORWARD"

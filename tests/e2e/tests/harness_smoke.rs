@@ -1,5 +1,7 @@
 //! Proves the test environment is real: a kube-apiserver that serves CRDs,
-//! watches, server-side apply with conflicts and RBAC, and a PostgreSQL that
+//! watches, server-side apply with conflicts and RBAC; controllers that create
+//! ServiceAccounts and roll out Deployments; a real node that runs pods and a
+//! kwok fake node that holds many; metrics-server's API; and a PostgreSQL that
 //! runs sqlx migrations.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -246,4 +248,160 @@ async fn postgres_runs_a_migration() {
         .await
         .unwrap();
     assert_eq!(applied, 1);
+}
+
+/// A Deployment of the sandbox image (a program that only waits), so the
+/// smoke test needs nothing but the cluster itself.
+fn pause_deployment(name: &str, replicas: i32, on_kwok: bool) -> serde_json::Value {
+    let mut pod = json!({
+        "containers": [{"name": "pause", "image": "localhost/chorus/pause:3.10", "imagePullPolicy": "Never"}],
+        "terminationGracePeriodSeconds": 1
+    });
+    if on_kwok {
+        pod["nodeSelector"] = json!({"type": "kwok"});
+        pod["tolerations"] =
+            json!([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]);
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}
+        }
+    })
+}
+
+#[tokio::test]
+async fn controllers_schedule_and_run_pods_on_the_real_node_and_on_kwok() {
+    use k8s_openapi::api::{
+        apps::v1::Deployment,
+        core::v1::{Node, Pod},
+    };
+    let client = admin_client().await.unwrap();
+    let ns = TestNamespace::create(&client, "smoke-node").await.unwrap();
+    // kube-controller-manager's ServiceAccount controller.
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok().flatten() }
+        },
+    )
+    .await
+    .unwrap();
+    // The real node and the fake ones are Ready; the fake ones are tainted.
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let ready = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let real: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() == Some("chorus-node"))
+        .collect();
+    assert_eq!(real.len(), 1);
+    assert!(ready(real[0]));
+    let fake: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.labels().get("type").map(String::as_str) == Some("kwok"))
+        .collect();
+    assert!(!fake.is_empty() && fake.iter().all(|n| ready(n)));
+    assert!(fake.iter().all(|n| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == "kwok.x-k8s.io/node"))
+    }));
+
+    // Deployments roll out: one pod on the real node, fifty on kwok.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    for (name, replicas, kwok) in [("real", 1, false), ("fake", 50, true)] {
+        deployments
+            .patch(
+                name,
+                &PatchParams::apply("smoke").force(),
+                &Patch::Apply(pause_deployment(name, replicas, kwok)),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, replicas) in [("real", 1), ("fake", 50)] {
+        let deployments = deployments.clone();
+        wait_for(
+            &format!("Deployment {name} available"),
+            Duration::from_secs(120),
+            || {
+                let deployments = deployments.clone();
+                async move {
+                    let st = deployments.get(name).await.ok()?.status?;
+                    (st.available_replicas == Some(replicas)).then_some(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let real_pods = pods
+        .list(&ListParams::default().labels("app=real"))
+        .await
+        .unwrap()
+        .items;
+    let pod = &real_pods[0];
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("chorus-node")
+    );
+    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert!(
+        ip.starts_with("10.244.0."),
+        "a pod IP on the node bridge: {ip}"
+    );
+    let fake_pods = pods
+        .list(&ListParams::default().labels("app=fake"))
+        .await
+        .unwrap()
+        .items;
+    assert!(fake_pods.iter().all(|p| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| n.starts_with("kwok-node-"))
+    }));
+
+    // metrics-server's API is served through the aggregation layer.
+    let metrics = client
+        .request_text(
+            http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes/chorus-node")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await;
+    // The first scrape lands within one resolution (15 s) of start.
+    let metrics = match metrics {
+        Ok(m) => m,
+        Err(_) => {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            client
+                .request_text(
+                    http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes/chorus-node")
+                        .body(Vec::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(metrics.contains("\"cpu\""), "{metrics}");
+    chorus_e2e::delete_namespace(&client, &ns.name).await;
 }

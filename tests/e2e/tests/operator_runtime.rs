@@ -151,7 +151,7 @@ async fn a_deleted_pod_drains_its_sockets_and_clients_resume_without_loss() {
         .await
         .unwrap();
     // Grace 25 s: the runtime drains over 10 s (grace minus the 15 s margin).
-    env.ready_tenant("acme", "  runtime: {image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", replicas: 2, terminationGracePeriodSeconds: 25, resources: {requests: {cpu: 10m, memory: 32Mi}}}")
+    env.ready_tenant("acme", "  runtime: {image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", replicas: 2, terminationGracePeriodSeconds: 25, resources: {requests: {cpu: 10m, memory: 64Mi}}}")
         .await
         .unwrap();
     let url = service_url(&env.client, &env.ns, "acme", "http")
@@ -306,6 +306,85 @@ async fn a_deleted_pod_drains_its_sockets_and_clients_resume_without_loss() {
     assert!(
         drained < 3 || spread >= Duration::from_secs(2),
         "{drained} closes within {spread:?}: not spread over the drain window"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cpu_load_makes_the_hpa_scale_the_tenant_through_its_scale_subresource() {
+    use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler};
+    let env = OperatorEnv::new("rt-hpa", Duration::from_secs(300))
+        .await
+        .unwrap();
+    // 20m of CPU requested, target 50%: a few logins a second (argon2) are
+    // far above it, an idle runtime far below.
+    env.ready_tenant(
+        "acme",
+        "  runtime: {image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", resources: {requests: {cpu: 20m, memory: 64Mi}}}\n  autoscaling: {minReplicas: 1, maxReplicas: 3, targetCPUUtilizationPercentage: 50, targetMemoryUtilizationPercentage: 100}",
+    )
+    .await
+    .unwrap();
+    let url = service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    signup(&url, "load").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (url, stop) = (url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = request(
+                    "POST",
+                    &format!("{url}/api/v1/auth/login"),
+                    None,
+                    Some(json!({"username": "load", "password": "password-load"})),
+                )
+                .await;
+            }
+        }));
+    }
+    // metrics-server scrapes every 15 s and the HPA syncs every 5 s.
+    let hpas = env.api::<HorizontalPodAutoscaler>();
+    let deployments = env.api::<Deployment>();
+    let scaled = chorus_e2e::wait_for(
+        "the HPA to scale acme above 1 replica",
+        Duration::from_secs(180),
+        || {
+            let (hpas, deployments) = (hpas.clone(), deployments.clone());
+            async move {
+                let hpa = hpas.get("acme").await.ok()?;
+                let desired = hpa.status?.desired_replicas;
+                let blue = deployments.get("acme-blue").await.ok()?.spec?.replicas?;
+                (desired > 1 && blue > 1).then_some(blue)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let hpa = hpas.get("acme").await.unwrap();
+    let target = hpa.spec.unwrap().scale_target_ref;
+    assert_eq!(
+        (target.kind.as_str(), target.name.as_str()),
+        ("ChatTenant", "acme")
+    );
+    let cpu = hpa.status.unwrap().current_metrics.unwrap_or_default();
+    assert!(
+        !cpu.is_empty(),
+        "the HPA read real metrics from metrics-server"
+    );
+    let ct = env
+        .api::<chorus_operator::crd::ChatTenant>()
+        .get("acme")
+        .await
+        .unwrap();
+    assert!(
+        ct.status.unwrap().replicas.unwrap_or(0) >= scaled.min(2),
+        "the ChatTenant's status follows the scale"
     );
     env.stop().await;
 }
