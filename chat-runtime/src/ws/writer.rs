@@ -2,25 +2,81 @@
 //! the bounded queue's consumer end. It turns live events into a contiguous
 //! stream per room: it skips what the client has and fills gaps from the
 //! database; subscriptions replay missed events before live ones.
+//!
+//! Test seams: the writer is generic over the socket's send half (any
+//! [`Sink`] of [`Message`]s, a channel in the unit tests) and over where it
+//! reads missed events from ([`History`]: the hub in production, a vector in
+//! the tests).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::{SinkExt, stream::SplitSink};
-use serde_json::json;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt};
 
-use super::{
-    outbox::{Item, Outbox, SubscribeRequest},
-    protocol::{event_frame, reply},
-    session::{CLOSE_RECONNECT, store_error_frame},
-};
+use super::store_error_frame;
 use crate::{
-    app::AppState,
-    hub::membership_ended,
-    store::{RoomId, Seq, UserId},
+    hub::{
+        Hub,
+        outbox::{Item, Outbox, SubscribeRequest},
+    },
+    metrics::Metrics,
+    protocol::{ResumeReason, ServerFrame, UnsubscribeReason, close, encode},
+    store::{RoomId, Seq, StoreResult, UserId, events::EventRow},
 };
 
-type Sink = SplitSink<WebSocket, Message>;
+/// Where the writer reads what a socket missed: the resume epoch, and room
+/// events by seq.
+pub(crate) trait History: Send + Sync + 'static {
+    /// The current resume epoch.
+    fn epoch(&self) -> String;
+    /// The room's latest seq.
+    fn last_seq(&self, room: RoomId) -> impl Future<Output = StoreResult<Seq>> + Send;
+    /// Up to `limit` events after `after`, oldest first.
+    fn events_after(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<EventRow>>> + Send;
+    /// Events in `(after, upto]`, oldest first.
+    fn events_between(
+        &self,
+        room: RoomId,
+        after: Seq,
+        upto: Seq,
+    ) -> impl Future<Output = StoreResult<Vec<EventRow>>> + Send;
+}
+
+impl History for Hub {
+    fn epoch(&self) -> String {
+        Hub::epoch(self)
+    }
+
+    fn last_seq(&self, room: RoomId) -> impl Future<Output = StoreResult<Seq>> + Send {
+        self.store().last_seq(room)
+    }
+
+    fn events_after(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<EventRow>>> + Send {
+        self.store().events_after(room, after, limit)
+    }
+
+    fn events_between(
+        &self,
+        room: RoomId,
+        after: Seq,
+        upto: Seq,
+    ) -> impl Future<Output = StoreResult<Vec<EventRow>>> + Send {
+        self.store().events_between(room, after, upto)
+    }
+}
+
+/// A socket failure, boxed (the concrete type depends on the [`Sink`]).
+type SocketError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Longest a single write may take: a peer that stops reading fills the
 /// socket's buffers and then stalls writes; after this long it is
@@ -31,10 +87,10 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum WriteError {
+pub(crate) enum WriteError {
     /// The socket failed (the peer went away).
     #[error("socket: {0}")]
-    Socket(#[from] axum::Error),
+    Socket(#[source] SocketError),
     /// Missed events could not be read to fill a gap.
     #[error("missed events could not be read ({0})")]
     Hole(String),
@@ -45,7 +101,7 @@ pub(super) enum WriteError {
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WriterEnd {
+pub(crate) enum WriterEnd {
     /// The queue closed, or a close frame was sent.
     Closed,
     /// The socket failed.
@@ -54,31 +110,52 @@ pub(super) enum WriterEnd {
     Stalled,
 }
 
-struct Writer {
-    sink: Sink,
-    state: AppState,
+/// What the writer needs besides its socket and queue.
+pub(crate) struct WriterContext<H> {
+    /// Where missed events are read.
+    pub history: Arc<H>,
+    /// Delivery and resume counters.
+    pub metrics: Arc<Metrics>,
+    /// Largest number of events replayed on resume (`CHAT_RESUME_LIMIT`).
+    pub resume_limit: u32,
+    /// The socket's user (whose membership events end a room for it).
+    pub user: UserId,
+}
+
+struct Writer<S, H> {
+    sink: S,
+    history: Arc<H>,
+    metrics: Arc<Metrics>,
+    resume_limit: u32,
     user: UserId,
     cursors: HashMap<RoomId, Seq>,
 }
 
-impl Writer {
+impl<S, H> Writer<S, H>
+where
+    S: Sink<Message> + Unpin + Send,
+    S::Error: Into<SocketError>,
+    H: History,
+{
     async fn send(&mut self, text: Utf8Bytes, flush: bool) -> Result<(), WriteError> {
-        let write = async {
+        let sink = &mut self.sink;
+        let write = async move {
             if flush {
-                self.sink.send(Message::Text(text)).await
+                sink.send(Message::Text(text)).await
             } else {
-                self.sink.feed(Message::Text(text)).await
+                sink.feed(Message::Text(text)).await
             }
+            .map_err(|e| WriteError::Socket(e.into()))
         };
         let mut write = std::pin::pin!(write);
         // Almost every write completes at once (the kernel takes it): only a
         // write that has to wait gets a timer, so fan-out of 100,000 frames
         // a second does not register 100,000 timers.
         if let std::task::Poll::Ready(result) = futures::poll!(write.as_mut()) {
-            return Ok(result?);
+            return result;
         }
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(result) => Ok(result?),
+            Ok(result) => result,
             Err(_) => Err(WriteError::Stalled),
         }
     }
@@ -103,12 +180,11 @@ impl Writer {
         // every event in order); the writer only stops writing it.
         self.cursors.remove(&room);
         self.send(
-            reply(
-                "unsubscribed",
-                None,
-                json!({"room": room, "reason": "membership_ended"}),
-            )
-            .into(),
+            encode(&ServerFrame::Unsubscribed {
+                id: None,
+                room,
+                reason: Some(UnsubscribeReason::MembershipEnded),
+            }),
             true,
         )
         .await?;
@@ -133,14 +209,8 @@ impl Writer {
             // A gap (lost wake-up, overtaken pump): read it from the database.
             // Every seq below a committed one is committed, so a short read
             // is a hole: never skip it, have the client resume instead.
-            let epoch = self.state.hub.epoch();
-            let rows = match self
-                .state
-                .hub
-                .store()
-                .events_between(room, cursor, seq - 1)
-                .await
-            {
+            let epoch = self.history.epoch();
+            let rows = match self.history.events_between(room, cursor, seq - 1).await {
                 Ok(rows) if rows.len() as i64 == seq - 1 - cursor => rows,
                 Ok(rows) => {
                     return Err(WriteError::Hole(format!(
@@ -153,75 +223,77 @@ impl Writer {
                 Err(e) => return Err(WriteError::Hole(format!("room {room}: {e}"))),
             };
             for r in rows {
-                self.send(event_frame(room, r.seq, &epoch, &r.payload).into(), false)
-                    .await?;
-                self.state.metrics.deliveries.inc();
+                self.send(
+                    encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
+                    false,
+                )
+                .await?;
+                self.metrics.deliveries.inc();
                 self.cursors.insert(room, r.seq);
-                if self.ended(room, membership_ended(&r.payload)).await? {
+                if self.ended(room, r.payload.membership_ended()).await? {
                     return Ok(());
                 }
             }
         }
         self.send(text, flush).await?;
-        self.state.metrics.deliveries.inc();
+        self.metrics.deliveries.inc();
         self.cursors.insert(room, seq);
         self.ended(room, ends).await?;
         Ok(())
     }
 
     async fn subscribe(&mut self, req: SubscribeRequest) -> Result<(), WriteError> {
-        let hub = self.state.hub.clone();
-        let store = hub.store();
-        let epoch = hub.epoch();
+        let history = self.history.clone();
+        let epoch = history.epoch();
         let room = req.room;
-        let last = match store.last_seq(room).await {
+        let last = match history.last_seq(room).await {
             Ok(l) => l,
             Err(e) => {
                 return self
-                    .send(store_error_frame(req.id.as_deref(), &e).into(), true)
+                    .send(store_error_frame(req.id.as_deref(), &e), true)
                     .await;
             }
         };
-        let limit = i64::from(self.state.config.resume_limit);
-        let (recovered, reason, rows) = match (req.epoch.as_deref(), req.last_seq) {
+        let limit = i64::from(self.resume_limit);
+        let (reason, rows) = match (req.epoch.as_deref(), req.last_seq) {
             (Some(e), Some(ls)) if e == epoch && ls <= last => {
-                match store.events_after(room, ls, limit + 1).await {
+                match history.events_after(room, ls, limit + 1).await {
                     Ok(rows) if rows.len() as i64 > limit => {
-                        (false, Some("too_far_behind"), Vec::new())
+                        (Some(ResumeReason::TooFarBehind), Vec::new())
                     }
                     Ok(rows) if rows.first().is_some_and(|r| r.seq != ls + 1) => {
-                        (false, Some("history_gone"), Vec::new())
+                        (Some(ResumeReason::HistoryGone), Vec::new())
                     }
-                    Ok(rows) => (true, None, rows),
+                    Ok(rows) => (None, rows),
                     Err(e) => {
                         return self
-                            .send(store_error_frame(req.id.as_deref(), &e).into(), true)
+                            .send(store_error_frame(req.id.as_deref(), &e), true)
                             .await;
                     }
                 }
             }
-            (Some(_), Some(_)) => (false, Some("epoch_changed"), Vec::new()),
-            _ => (false, Some("fresh"), Vec::new()),
+            (Some(_), Some(_)) => (Some(ResumeReason::EpochChanged), Vec::new()),
+            _ => (Some(ResumeReason::Fresh), Vec::new()),
         };
-        self.state.metrics.resume(if recovered {
-            "recovered"
-        } else {
-            reason.unwrap_or("fresh")
-        });
+        let recovered = reason.is_none();
+        self.metrics
+            .resume(reason.map_or("recovered", ResumeReason::as_str));
         let from = if recovered {
             req.last_seq.unwrap_or(last)
         } else {
             last
         };
-        let mut fields = json!({
-            "room": room, "epoch": epoch, "last_seq": from, "recovered": recovered, "replayed": rows.len(),
-            "room_last_seq": last,
-        });
-        if let Some(r) = reason {
-            fields["reason"] = json!(r);
-        }
         self.send(
-            reply("subscribed", req.id.as_deref(), fields).into(),
+            encode(&ServerFrame::Subscribed {
+                id: req.id.as_deref().map(Cow::Borrowed),
+                room,
+                epoch: Cow::Borrowed(&epoch),
+                last_seq: from,
+                recovered,
+                reason,
+                replayed: rows.len(),
+                room_last_seq: last,
+            }),
             rows.is_empty(),
         )
         .await?;
@@ -229,13 +301,13 @@ impl Writer {
         let n = rows.len();
         for (i, r) in rows.into_iter().enumerate() {
             self.send(
-                event_frame(room, r.seq, &epoch, &r.payload).into(),
+                encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
                 i + 1 == n,
             )
             .await?;
-            self.state.metrics.deliveries.inc();
+            self.metrics.deliveries.inc();
             cursor = r.seq;
-            if membership_ended(&r.payload) == Some(self.user) {
+            if r.payload.membership_ended() == Some(self.user) {
                 // Left (or was removed) while replaying: nothing after it.
                 return self.ended(room, Some(self.user)).await.map(|_| ());
             }
@@ -247,16 +319,22 @@ impl Writer {
 
 /// Writes what the queue holds until it closes, a close frame is sent, the
 /// socket fails, or a write stalls past [`WRITE_TIMEOUT`].
-pub(super) async fn write_loop(
-    sink: Sink,
+pub(crate) async fn write_loop<S, H>(
+    sink: S,
     outbox: Arc<Outbox>,
-    state: AppState,
-    user: UserId,
-) -> WriterEnd {
+    cx: WriterContext<H>,
+) -> WriterEnd
+where
+    S: Sink<Message> + Unpin + Send,
+    S::Error: Into<SocketError>,
+    H: History,
+{
     let mut w = Writer {
         sink,
-        state,
-        user,
+        history: cx.history,
+        metrics: cx.metrics,
+        resume_limit: cx.resume_limit,
+        user: cx.user,
         cursors: HashMap::new(),
     };
     let mut end = WriterEnd::Closed;
@@ -273,7 +351,7 @@ pub(super) async fn write_loop(
             Item::Ephemeral(text, _) => w.send(text, flush).await,
             Item::Subscribe(req) => Box::pin(w.subscribe(*req)).await,
             Item::Reconnect(reason) => {
-                w.close(CLOSE_RECONNECT, reason.into()).await;
+                w.close(close::RECONNECT, reason.into()).await;
                 break;
             }
             Item::Close(code, reason) => {
@@ -297,7 +375,7 @@ pub(super) async fn write_loop(
                 // has, on this replica or another.
                 tracing::warn!(error = %e, "closing a socket to fill a gap by resume");
                 w.close(
-                    CLOSE_RECONNECT,
+                    close::RECONNECT,
                     "could not read missed events; reconnect and resume".into(),
                 )
                 .await;
