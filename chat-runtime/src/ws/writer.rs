@@ -386,3 +386,304 @@ where
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, w.sink.close()).await;
     end
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer over channels: a `futures` mpsc sender is the socket's
+    //! send half, a vector of events is the database.
+
+    use std::sync::Mutex;
+
+    use futures::{StreamExt, channel::mpsc};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        hub::outbox::Outbox,
+        protocol::{MemberAction, RoomEvent, StoredEvent, User, UserRef},
+        store::StoreError,
+    };
+
+    const ROOM: RoomId = 1;
+    const ME: UserId = 7;
+
+    /// A room's log in memory.
+    struct Log {
+        last_seq: Seq,
+        events: Mutex<Vec<EventRow>>,
+    }
+
+    impl Log {
+        fn new(last_seq: Seq, seqs: impl IntoIterator<Item = Seq>) -> Arc<Self> {
+            let events = seqs.into_iter().map(|seq| row(seq, None)).collect();
+            Arc::new(Self {
+                last_seq,
+                events: Mutex::new(events),
+            })
+        }
+
+        fn rows(&self, keep: impl Fn(Seq) -> bool) -> Vec<EventRow> {
+            let events = self.events.lock().unwrap();
+            events.iter().filter(|r| keep(r.seq)).cloned().collect()
+        }
+    }
+
+    impl History for Log {
+        fn epoch(&self) -> String {
+            "ep".into()
+        }
+
+        async fn last_seq(&self, room: RoomId) -> StoreResult<Seq> {
+            if room == ROOM {
+                Ok(self.last_seq)
+            } else {
+                Err(StoreError::NotFound(format!("room {room} does not exist")))
+            }
+        }
+
+        async fn events_after(
+            &self,
+            _room: RoomId,
+            after: Seq,
+            limit: i64,
+        ) -> StoreResult<Vec<EventRow>> {
+            let mut rows = self.rows(|s| s > after);
+            rows.truncate(limit as usize);
+            Ok(rows)
+        }
+
+        async fn events_between(
+            &self,
+            _room: RoomId,
+            after: Seq,
+            upto: Seq,
+        ) -> StoreResult<Vec<EventRow>> {
+            Ok(self.rows(|s| s > after && s <= upto))
+        }
+    }
+
+    /// A `delete` event, or the `member` event that ends `ends`'s membership.
+    fn row(seq: Seq, ends: Option<UserId>) -> EventRow {
+        let actor = UserRef {
+            id: 1,
+            username: "mod".into(),
+        };
+        let event = match ends {
+            None => RoomEvent::Delete {
+                message_seq: 1,
+                actor,
+            },
+            Some(id) => RoomEvent::Member {
+                action: MemberAction::Kicked,
+                actor,
+                user: User {
+                    id,
+                    username: "me".into(),
+                    display_name: "Me".into(),
+                },
+                role: None,
+            },
+        };
+        EventRow {
+            seq,
+            payload: StoredEvent::Known(event),
+            created_ms: 0,
+        }
+    }
+
+    /// The live item the hub would queue for `row`.
+    fn live(row: &EventRow) -> Item {
+        Item::Event {
+            room: ROOM,
+            seq: row.seq,
+            text: encode(&ServerFrame::event(ROOM, row.seq, "ep", &row.payload)),
+            ends: row.payload.membership_ended(),
+        }
+    }
+
+    fn subscribe(epoch: Option<&str>, last_seq: Option<Seq>) -> Item {
+        Item::Subscribe(Box::new(SubscribeRequest {
+            id: Some("s".into()),
+            room: ROOM,
+            epoch: epoch.map(str::to_string),
+            last_seq,
+        }))
+    }
+
+    /// What a socket saw: JSON frames, and the close code if it was closed.
+    #[derive(Debug, Default)]
+    struct Seen {
+        frames: Vec<Value>,
+        close: Option<u16>,
+    }
+
+    impl Seen {
+        fn event_seqs(&self) -> Vec<i64> {
+            self.frames
+                .iter()
+                .filter(|f| f["type"] == "event")
+                .map(|f| f["seq"].as_i64().unwrap())
+                .collect()
+        }
+    }
+
+    /// Queues `items`, closes the queue, runs the writer to its end.
+    async fn run(log: Arc<Log>, items: Vec<Item>) -> (WriterEnd, Seen) {
+        let (sink, mut socket) = mpsc::unbounded::<Message>();
+        let outbox = Arc::new(Outbox::new(64, 1 << 20));
+        for item in items {
+            outbox.push(item);
+        }
+        outbox.close();
+        let cx = WriterContext {
+            history: log,
+            metrics: Arc::new(Metrics::default()),
+            resume_limit: 10,
+            user: ME,
+        };
+        let end = write_loop(sink, outbox, cx).await;
+        let mut seen = Seen::default();
+        while let Some(m) = socket.next().await {
+            match m {
+                Message::Text(t) => seen.frames.push(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(c) => seen.close = c.map(|c| c.code),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (end, seen)
+    }
+
+    #[tokio::test]
+    async fn replies_are_written_in_order_until_the_queue_closes() {
+        let items = vec![
+            Item::Reply(r#"{"type":"pong","id":"1"}"#.into()),
+            Item::Reply(r#"{"type":"pong","id":"2"}"#.into()),
+        ];
+        let (end, seen) = run(Log::new(0, []), items).await;
+        assert_eq!(end, WriterEnd::Closed);
+        let ids: Vec<_> = seen.frames.iter().map(|f| f["id"].clone()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(seen.close, None);
+    }
+
+    #[tokio::test]
+    async fn events_before_a_subscription_and_duplicates_are_skipped() {
+        let log = Log::new(5, [5, 6]);
+        let items = vec![
+            live(&row(4, None)), // not subscribed yet
+            subscribe(None, None),
+            live(&row(5, None)), // the client has it (last_seq 5)
+            live(&row(6, None)),
+            live(&row(6, None)), // at least once upstream, once here
+        ];
+        let (_, seen) = run(log, items).await;
+        let sub = &seen.frames[0];
+        assert_eq!(sub["type"], "subscribed");
+        assert_eq!(
+            (
+                &sub["id"],
+                &sub["last_seq"],
+                &sub["recovered"],
+                &sub["reason"]
+            ),
+            (&"s".into(), &5.into(), &false.into(), &"fresh".into())
+        );
+        assert_eq!(seen.event_seqs(), [6]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_filled_from_history_in_order() {
+        let log = Log::new(5, [6, 7, 8]);
+        let eight = row(8, None);
+        let (_, seen) = run(log, vec![subscribe(None, None), live(&eight)]).await;
+        assert_eq!(seen.event_seqs(), [6, 7, 8]);
+    }
+
+    #[tokio::test]
+    async fn a_hole_closes_with_the_reconnect_code_instead_of_skipping() {
+        let log = Log::new(5, [7, 8]); // 6 is missing
+        let eight = row(8, None);
+        let (end, seen) = run(log, vec![subscribe(None, None), live(&eight)]).await;
+        assert_eq!(end, WriterEnd::Closed);
+        assert_eq!(seen.close, Some(close::RECONNECT));
+        assert!(seen.event_seqs().is_empty(), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn resume_replays_exactly_the_missed_events() {
+        let log = Log::new(7, [5, 6, 7]);
+        let (_, seen) = run(log, vec![subscribe(Some("ep"), Some(5))]).await;
+        let sub = &seen.frames[0];
+        assert_eq!(
+            (&sub["recovered"], &sub["replayed"], &sub["room_last_seq"]),
+            (&true.into(), &2.into(), &7.into())
+        );
+        assert!(sub.get("reason").is_none(), "{sub}");
+        assert_eq!(seen.event_seqs(), [6, 7]);
+        let log = Log::new(7, [5, 6, 7]);
+        let (_, seen) = run(log, vec![subscribe(Some("old"), Some(5))]).await;
+        assert_eq!(seen.frames[0]["reason"], "epoch_changed");
+        assert!(seen.event_seqs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn nothing_of_a_room_follows_the_event_that_ends_membership() {
+        let log = Log::new(5, []);
+        let items = vec![
+            subscribe(None, None),
+            live(&row(6, Some(ME))),
+            live(&row(7, None)),
+        ];
+        let (_, seen) = run(log, items).await;
+        assert_eq!(seen.event_seqs(), [6]);
+        let last = seen.frames.last().unwrap();
+        assert_eq!(
+            (&last["type"], &last["reason"]),
+            (&"unsubscribed".into(), &"membership_ended".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscription_to_a_missing_room_is_an_error_frame() {
+        let item = Item::Subscribe(Box::new(SubscribeRequest {
+            id: Some("x".into()),
+            room: 99,
+            epoch: None,
+            last_seq: None,
+        }));
+        let (_, seen) = run(Log::new(0, []), vec![item]).await;
+        let e = &seen.frames[0];
+        assert_eq!(
+            (&e["type"], &e["id"], &e["code"]),
+            (&"error".into(), &"x".into(), &"not_found".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_item_sends_its_code_and_ends_the_writer() {
+        let items = vec![
+            Item::Close(close::UNAUTHORIZED, "token expired".into()),
+            Item::Reply(r#"{"type":"pong"}"#.into()),
+        ];
+        let (end, seen) = run(Log::new(0, []), items).await;
+        assert_eq!(end, WriterEnd::Closed);
+        assert_eq!(seen.close, Some(close::UNAUTHORIZED));
+        assert!(seen.frames.is_empty(), "nothing after the close");
+    }
+
+    #[tokio::test]
+    async fn a_gone_peer_ends_the_writer() {
+        let (sink, socket) = mpsc::unbounded::<Message>();
+        drop(socket);
+        let outbox = Arc::new(Outbox::new(8, 1024));
+        outbox.push(Item::Reply(r#"{"type":"ping"}"#.into()));
+        outbox.close();
+        let cx = WriterContext {
+            history: Log::new(0, []),
+            metrics: Arc::new(Metrics::default()),
+            resume_limit: 10,
+            user: ME,
+        };
+        assert_eq!(write_loop(sink, outbox, cx).await, WriterEnd::PeerGone);
+    }
+}
