@@ -108,3 +108,242 @@ async fn request_id(req: Request, next: axum::middleware::Next) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    //! The routers driven with `oneshot`, no listener and no database: only
+    //! requests that are answered before any storage call (routing, error
+    //! shapes, limits, probes, the web client).
+
+    use std::{sync::Arc, time::Duration};
+
+    use axum::{
+        body::Body,
+        http::{Request, StatusCode, header},
+    };
+    use futures::future::BoxFuture;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        auth::Authenticator,
+        config::{Auth, Config, ExternalAuth, Limits},
+        hub::{Broker, Hub},
+        metrics::Metrics,
+        store::{RoomId, Seq, Store},
+    };
+
+    struct NoBroker;
+
+    impl Broker for NoBroker {
+        fn publish_wakeup(&self, _: RoomId, _: Seq) {}
+        fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn state(auth: Auth) -> AppState {
+        let config = Config {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            tenant_id: "acme".into(),
+            pod_name: "pod-a".into(),
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            auth,
+            limits: Limits {
+                max_connections: 10,
+                messages_per_second: 10,
+                max_message_bytes: 1000,
+                history_retention_days: 0,
+            },
+            drain: Duration::from_secs(1),
+            resume_limit: 100,
+            db_pool_size: 1,
+        };
+        let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(
+            Store { pool },
+            metrics.clone(),
+            "pod-a".into(),
+            "epoch".into(),
+            Arc::new(NoBroker),
+        );
+        let auth = Authenticator::new(&config.tenant_id, &config.auth).unwrap();
+        AppState::new(config, hub, auth, metrics)
+    }
+
+    fn builtin() -> AppState {
+        state(Auth::Builtin {
+            secret: "test-secret-0123456789abcdef0123456789".into(),
+        })
+    }
+
+    async fn call(router: Router, req: Request<Body>) -> (StatusCode, header::HeaderMap, String) {
+        let response = router.oneshot(req).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn post_json(uri: &str, body: impl Into<Body>) -> Request<Body> {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .unwrap()
+    }
+
+    /// Asserts the API's error shape and returns the message.
+    fn api_error(
+        status: StatusCode,
+        headers: &header::HeaderMap,
+        body: &str,
+        code: &str,
+    ) -> String {
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "application/json",
+            "{status} {body}"
+        );
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{body}");
+        v["error"]["message"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let (status, headers, body) = call(app(builtin()), get("/api/v1/nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        api_error(status, &headers, &body, "not_found");
+        let req = Request::delete("/api/v1/rooms")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = call(app(builtin()), req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        api_error(status, &headers, &body, "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_a_request_id() {
+        let req = Request::get("/nope")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .unwrap();
+        let (_, headers, _) = call(app(builtin()), req).await;
+        assert_eq!(headers["x-request-id"], "abc-123");
+        let (_, headers, _) = call(app(builtin()), get("/")).await;
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_without_a_token_are_unauthorized() {
+        let (status, headers, body) = call(app(builtin()), get("/api/v1/me")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let message = api_error(status, &headers, &body, "unauthorized");
+        assert!(message.contains("token"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_checked_before_anything_else() {
+        let (status, headers, body) = call(
+            app(builtin()),
+            post_json("/api/v1/auth/signup", "{not json"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        api_error(status, &headers, &body, "bad_request");
+        let limit = builtin().request_limit();
+        let big = format!(r#"{{"username":"{}"}}"#, "x".repeat(limit));
+        let (status, headers, body) =
+            call(app(builtin()), post_json("/api/v1/auth/signup", big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        api_error(status, &headers, &body, "too_large");
+    }
+
+    #[tokio::test]
+    async fn external_auth_tenants_refuse_signup() {
+        let external = state(Auth::External(ExternalAuth {
+            hs256_secret: Some("s".into()),
+            jwks: None,
+            issuer: "idp".into(),
+            audience: "chat".into(),
+        }));
+        let creds = r#"{"username":"alice","password":"correct horse"}"#;
+        let (status, headers, body) =
+            call(app(external), post_json("/api/v1/auth/signup", creds)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        api_error(status, &headers, &body, "forbidden");
+    }
+
+    #[tokio::test]
+    async fn the_websocket_endpoint_needs_an_upgrade() {
+        let (status, headers, body) = call(app(builtin()), get("/ws")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = api_error(status, &headers, &body, "bad_request");
+        assert!(message.contains("WebSocket"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_web_client_is_served() {
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/app.js", "text/javascript"),
+            ("/app.css", "text/css"),
+        ] {
+            let (status, headers, body) = call(app(builtin()), get(path)).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            let content_type = headers[header::CONTENT_TYPE].to_str().unwrap();
+            assert!(content_type.starts_with(kind), "{path}: {content_type}");
+            assert!(!body.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_follow_start_up() {
+        let s = builtin();
+        let (status, _, body) = call(admin(s.clone()), get("/livez")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let (status, _, body) = call(admin(s.clone()), get("/startupz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        );
+        let (status, _, body) = call(admin(s.clone()), get("/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        );
+        s.started.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, _, _) = call(admin(s.clone()), get("/startupz")).await;
+        assert_eq!(status, StatusCode::OK);
+        s.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, _, body) = call(admin(s.clone()), get("/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        );
+        let (status, headers, body) = call(admin(s), get("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(body.contains("chat_connections"), "{body}");
+    }
+}

@@ -154,3 +154,54 @@ impl IntoResponse for AppError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    async fn body(e: AppError) -> (StatusCode, Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_have_the_documented_shape() {
+        let (status, v) = body(AppError::RateLimited { retry_after_ms: 83 }).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "rate_limited", "message": "rate limit: retry in 83 ms", "retry_after_ms": 83}})
+        );
+        let (status, v) = body(StoreError::Invalid("body is empty".into()).into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "bad_request", "message": "body is empty"}})
+        );
+        let (status, v) = body(StoreError::Db(sqlx::Error::PoolTimedOut).into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "internal", "message": "internal error"}}),
+            "details stay in the log"
+        );
+    }
+
+    #[test]
+    fn store_refusals_keep_their_code_on_both_surfaces() {
+        for (e, rest) in [
+            (StoreError::NotFound("x".into()), ErrorCode::NotFound),
+            (StoreError::Forbidden("x".into()), ErrorCode::Forbidden),
+            (StoreError::Conflict("x".into()), ErrorCode::Conflict),
+            (StoreError::Invalid("x".into()), ErrorCode::BadRequest),
+        ] {
+            assert_eq!(e.code().for_rest(), rest);
+            assert_eq!(AppError::from(e).code(), rest);
+        }
+    }
+}
