@@ -1,110 +1,69 @@
-//! Shared state and the two routers: the public one (REST, WebSocket, web
-//! client) and the admin one (health and metrics).
-
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU32, Ordering},
-};
+//! The two routers: the public one (REST, WebSocket, web client) and the
+//! admin one (health and metrics). Routing only: the shared state is in
+//! [`crate::state`], the REST handlers and the caller extractor in
+//! [`crate::http`], the WebSocket upgrade in [`crate::ws::upgrade`].
+//!
+//! `app(state)` is a plain [`Router`], so tests drive it with
+//! `tower::ServiceExt::oneshot` without a listener (`tests` below).
 
 use axum::{
     Router,
-    extract::{
-        DefaultBodyLimit, FromRequestParts, Request, State, WebSocketUpgrade,
-        ws::rejection::WebSocketUpgradeRejection,
-    },
-    http::{StatusCode, header, request::Parts},
-    response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    extract::{DefaultBodyLimit, Request},
+    response::Response,
+    routing::{delete, get, patch, post, put},
 };
-use serde::Deserialize;
 use tracing::Instrument;
 
+use crate::state::AppState;
 use crate::{
-    auth::{AuthError, Authenticator, Principal},
-    config::Config,
     error::AppError,
-    http::{self, extract::AppQuery},
-    hub::Hub,
-    metrics::Metrics,
-    ratelimit::RateLimiter,
+    http::{accounts, admin as health, messages, rooms},
     web,
-    ws::session,
+    ws::upgrade::upgrade,
 };
-
-/// State shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    /// Configuration.
-    pub config: Arc<Config>,
-    /// Fan-out, presence and storage.
-    pub hub: Arc<Hub>,
-    /// Token handling.
-    pub auth: Arc<Authenticator>,
-    /// Per-user send limits.
-    pub limiter: Arc<RateLimiter>,
-    /// Per-room group commit of sends.
-    pub committer: Arc<crate::committer::Committer>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Set on SIGTERM: readiness fails, upgrades are refused.
-    pub draining: Arc<AtomicBool>,
-    /// Set once migrations ran and the listeners are up.
-    pub started: Arc<AtomicBool>,
-    /// WebSockets accepted and not yet closed.
-    pub sockets: Arc<AtomicU32>,
-}
 
 /// The public router.
 pub fn app(state: AppState) -> Router {
-    let body_limit = request_limit(&state.config);
+    let body_limit = state.request_limit();
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
         .route("/ws", get(upgrade))
-        .route("/api/v1/auth/signup", post(http::accounts::signup))
-        .route("/api/v1/auth/login", post(http::accounts::login))
-        .route("/api/v1/auth/logout", post(http::accounts::logout))
-        .route("/api/v1/me", get(http::accounts::me))
-        .route(
-            "/api/v1/rooms",
-            get(http::rooms::list).post(http::rooms::create),
-        )
-        .route("/api/v1/dms", post(http::rooms::direct))
-        .route("/api/v1/rooms/{room}", get(http::rooms::show))
-        .route("/api/v1/rooms/{room}/join", post(http::rooms::join))
-        .route("/api/v1/rooms/{room}/leave", post(http::rooms::leave))
-        .route("/api/v1/rooms/{room}/invite", post(http::rooms::invite))
-        .route("/api/v1/rooms/{room}/members", get(http::rooms::members))
+        .route("/api/v1/auth/signup", post(accounts::signup))
+        .route("/api/v1/auth/login", post(accounts::login))
+        .route("/api/v1/auth/logout", post(accounts::logout))
+        .route("/api/v1/me", get(accounts::me))
+        .route("/api/v1/rooms", get(rooms::list).post(rooms::create))
+        .route("/api/v1/dms", post(rooms::direct))
+        .route("/api/v1/rooms/{room}", get(rooms::show))
+        .route("/api/v1/rooms/{room}/join", post(rooms::join))
+        .route("/api/v1/rooms/{room}/leave", post(rooms::leave))
+        .route("/api/v1/rooms/{room}/invite", post(rooms::invite))
+        .route("/api/v1/rooms/{room}/members", get(rooms::members))
         .route(
             "/api/v1/rooms/{room}/members/{user}/role",
-            put(http::rooms::set_role),
+            put(rooms::set_role),
         )
-        .route("/api/v1/rooms/{room}/kick", post(http::rooms::kick))
-        .route("/api/v1/rooms/{room}/bans", post(http::rooms::ban))
-        .route(
-            "/api/v1/rooms/{room}/bans/{user}",
-            delete(http::rooms::unban),
-        )
-        .route("/api/v1/rooms/{room}/presence", get(http::rooms::presence))
-        .route("/api/v1/rooms/{room}/read", post(http::messages::read))
+        .route("/api/v1/rooms/{room}/kick", post(rooms::kick))
+        .route("/api/v1/rooms/{room}/bans", post(rooms::ban))
+        .route("/api/v1/rooms/{room}/bans/{user}", delete(rooms::unban))
+        .route("/api/v1/rooms/{room}/presence", get(rooms::presence))
+        .route("/api/v1/rooms/{room}/read", post(messages::read))
         .route(
             "/api/v1/rooms/{room}/messages",
-            get(http::messages::history).post(http::messages::send),
+            get(messages::history).post(messages::send),
         )
         .route(
             "/api/v1/rooms/{room}/messages/{seq}",
-            axum::routing::patch(http::messages::edit).delete(http::messages::remove),
+            patch(messages::edit).delete(messages::remove),
         )
         .route(
             "/api/v1/rooms/{room}/messages/{seq}/reactions/{emoji}",
-            put(http::messages::react).delete(http::messages::unreact),
+            put(messages::react).delete(messages::unreact),
         )
-        .route(
-            "/api/v1/rooms/{room}/threads/{seq}",
-            get(http::messages::thread),
-        )
-        .route("/api/v1/search", get(http::messages::search))
+        .route("/api/v1/rooms/{room}/threads/{seq}", get(messages::thread))
+        .route("/api/v1/search", get(messages::search))
         .fallback(|| async { AppError::NotFound("no such route; see docs/protocol.md".into()) })
         .method_not_allowed_fallback(|| async {
             AppError::MethodNotAllowed(
@@ -113,6 +72,16 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// The admin router: `/livez`, `/readyz`, `/startupz`, `/metrics`.
+pub fn admin(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/startupz", get(health::startupz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 
@@ -140,215 +109,241 @@ async fn request_id(req: Request, next: axum::middleware::Next) -> Response {
     response
 }
 
-/// The admin router: `/livez`, `/readyz`, `/startupz`, `/metrics`.
-pub fn admin(state: AppState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/startupz", get(startupz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn startupz(State(s): State<AppState>) -> Response {
-    if s.started.load(Ordering::Relaxed) {
-        (StatusCode::OK, "started").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
-    }
-}
-
-async fn readyz(State(s): State<AppState>) -> Response {
-    if s.draining.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-    }
-    if !s.started.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
-    }
-    if !s.hub.store().ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
-    }
-    (StatusCode::OK, "ready").into_response()
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
-}
-
-/// The caller, from `Authorization: Bearer <token>`.
-pub struct Authed(pub Principal);
-
-fn auth_error(e: AuthError) -> AppError {
-    match e {
-        AuthError::Store(s) => s.into(),
-        other => AppError::Unauthorized(other.to_string()),
-    }
-}
-
-fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_string())
-}
-
-impl FromRequestParts<AppState> for Authed {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| auth_error(AuthError::Missing))?;
-        let principal = state
-            .auth
-            .authenticate(state.hub.store(), &token)
-            .await
-            .map_err(auth_error)?;
-        Ok(Authed(principal))
-    }
-}
-
-#[derive(Deserialize)]
-struct WsQuery {
-    access_token: Option<String>,
-}
-
-async fn upgrade(
-    State(state): State<AppState>,
-    AppQuery(q): AppQuery<WsQuery>,
-    headers: axum::http::HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, AppError> {
-    let ws = ws.map_err(|r| {
-        AppError::BadRequest(format!(
-            "{}: /ws is the WebSocket endpoint; connect with a WebSocket client (docs/protocol.md)",
-            r.body_text()
-        ))
-    })?;
-    if state.draining.load(Ordering::Relaxed) {
-        state.metrics.connections_refused.inc();
-        return Err(AppError::Unavailable(
-            "this replica is draining; reconnect (another replica will answer)".into(),
-        ));
-    }
-    let token = q
-        .access_token
-        .or_else(|| bearer(&headers))
-        .ok_or_else(|| auth_error(AuthError::Missing))?;
-    let principal = state
-        .auth
-        .authenticate(state.hub.store(), &token)
-        .await
-        .map_err(auth_error)?;
-    let max = state.config.limits.max_connections;
-    let Some(slot) = ConnectionSlot::acquire(&state.sockets, max) else {
-        state.metrics.connections_refused.inc();
-        return Err(AppError::Unavailable(format!(
-            "this replica holds its maximum of {max} connections; retry later"
-        )));
-    };
-    // Small buffers keep memory per idle connection low; messages larger than
-    // the body limit (plus framing) are refused by the protocol layer.
-    let frame_limit = request_limit(&state.config);
-    // The request's span (with its request id), captured here: the upgrade
-    // callback runs in a task of its own, outside it.
-    let span = tracing::Span::current();
-    Ok(ws
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(2 * 1024 * 1024)
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| {
-            // The socket's log lines keep the upgrade request's id.
-            async move {
-                session::run(socket, state, principal).await;
-                drop(slot);
-            }
-            .instrument(span)
-        }))
-}
-
-/// Largest REST body and WebSocket frame: twice the message limit (JSON
-/// escaping) plus 64 KiB for the other fields.
-pub fn request_limit(config: &Config) -> usize {
-    config.limits.max_message_bytes as usize * 2 + 64 * 1024
-}
-
-/// One WebSocket's place in the replica's connection limit. It is taken
-/// before the upgrade and moved into the upgrade callback; dropping it frees
-/// the place, so an upgrade that fails (and never runs the callback) frees
-/// it too.
-pub struct ConnectionSlot(Arc<AtomicU32>);
-
-impl ConnectionSlot {
-    /// Takes a place when fewer than `max` are taken.
-    pub fn acquire(sockets: &Arc<AtomicU32>, max: u32) -> Option<Self> {
-        sockets
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(sockets.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Builds the state.
-pub fn state(
-    config: Config,
-    hub: Arc<Hub>,
-    auth: Authenticator,
-    metrics: Arc<Metrics>,
-) -> AppState {
-    let limiter = RateLimiter::new(config.limits.messages_per_second);
-    let committer = crate::committer::Committer::new(hub.store().clone());
-    AppState {
-        committer,
-        config: Arc::new(config),
-        hub,
-        auth: Arc::new(auth),
-        limiter: Arc::new(limiter),
-        metrics,
-        draining: Arc::new(AtomicBool::new(false)),
-        started: Arc::new(AtomicBool::new(false)),
-        sockets: Arc::new(AtomicU32::new(0)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The routers driven with `oneshot`, no listener and no database: only
+    //! requests that are answered before any storage call (routing, error
+    //! shapes, limits, probes, the web client).
 
-    #[test]
-    fn connection_slots_are_freed_on_drop_even_when_never_used() {
-        let sockets = Arc::new(AtomicU32::new(0));
-        let a = ConnectionSlot::acquire(&sockets, 2).unwrap();
-        let b = ConnectionSlot::acquire(&sockets, 2).unwrap();
-        assert!(ConnectionSlot::acquire(&sockets, 2).is_none(), "full");
-        drop(a);
-        assert_eq!(sockets.load(Ordering::Acquire), 1);
-        // An upgrade callback that is dropped without running (failed
-        // upgrade) still frees its slot.
-        let callback = move || drop(b);
-        drop(callback);
-        assert_eq!(sockets.load(Ordering::Acquire), 0);
+    use std::{sync::Arc, time::Duration};
+
+    use axum::{
+        body::Body,
+        http::{Request, StatusCode, header},
+    };
+    use futures::future::BoxFuture;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        auth::Authenticator,
+        config::{Auth, Config, ExternalAuth, Limits},
+        hub::{Broker, Hub},
+        metrics::Metrics,
+        store::{RoomId, Seq, Store},
+    };
+
+    struct NoBroker;
+
+    impl Broker for NoBroker {
+        fn publish_wakeup(&self, _: RoomId, _: Seq) {}
+        fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn state(auth: Auth) -> AppState {
+        let config = Config {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            tenant_id: "acme".into(),
+            pod_name: "pod-a".into(),
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            auth,
+            limits: Limits {
+                max_connections: 10,
+                messages_per_second: 10,
+                max_message_bytes: 1000,
+                history_retention_days: 0,
+            },
+            drain: Duration::from_secs(1),
+            resume_limit: 100,
+            db_pool_size: 1,
+        };
+        let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(
+            Store { pool },
+            metrics.clone(),
+            "pod-a".into(),
+            "epoch".into(),
+            Arc::new(NoBroker),
+        );
+        let auth = Authenticator::new(&config.tenant_id, &config.auth).unwrap();
+        AppState::new(config, hub, auth, metrics)
+    }
+
+    fn builtin() -> AppState {
+        state(Auth::Builtin {
+            secret: "test-secret-0123456789abcdef0123456789".into(),
+        })
+    }
+
+    async fn call(router: Router, req: Request<Body>) -> (StatusCode, header::HeaderMap, String) {
+        let response = router.oneshot(req).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn post_json(uri: &str, body: impl Into<Body>) -> Request<Body> {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .unwrap()
+    }
+
+    /// Asserts the API's error shape and returns the message.
+    fn api_error(
+        status: StatusCode,
+        headers: &header::HeaderMap,
+        body: &str,
+        code: &str,
+    ) -> String {
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "application/json",
+            "{status} {body}"
+        );
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{body}");
+        v["error"]["message"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let (status, headers, body) = call(app(builtin()), get("/api/v1/nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        api_error(status, &headers, &body, "not_found");
+        let req = Request::delete("/api/v1/rooms")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = call(app(builtin()), req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        api_error(status, &headers, &body, "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_a_request_id() {
+        let req = Request::get("/nope")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .unwrap();
+        let (_, headers, _) = call(app(builtin()), req).await;
+        assert_eq!(headers["x-request-id"], "abc-123");
+        let (_, headers, _) = call(app(builtin()), get("/")).await;
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_without_a_token_are_unauthorized() {
+        let (status, headers, body) = call(app(builtin()), get("/api/v1/me")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let message = api_error(status, &headers, &body, "unauthorized");
+        assert!(message.contains("token"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_checked_before_anything_else() {
+        let (status, headers, body) = call(
+            app(builtin()),
+            post_json("/api/v1/auth/signup", "{not json"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        api_error(status, &headers, &body, "bad_request");
+        let limit = builtin().request_limit();
+        let big = format!(r#"{{"username":"{}"}}"#, "x".repeat(limit));
+        let (status, headers, body) =
+            call(app(builtin()), post_json("/api/v1/auth/signup", big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        api_error(status, &headers, &body, "too_large");
+    }
+
+    #[tokio::test]
+    async fn external_auth_tenants_refuse_signup() {
+        let external = state(Auth::External(ExternalAuth {
+            hs256_secret: Some("s".into()),
+            jwks: None,
+            issuer: "idp".into(),
+            audience: "chat".into(),
+        }));
+        let creds = r#"{"username":"alice","password":"correct horse"}"#;
+        let (status, headers, body) =
+            call(app(external), post_json("/api/v1/auth/signup", creds)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        api_error(status, &headers, &body, "forbidden");
+    }
+
+    #[tokio::test]
+    async fn the_websocket_endpoint_needs_an_upgrade() {
+        let (status, headers, body) = call(app(builtin()), get("/ws")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = api_error(status, &headers, &body, "bad_request");
+        assert!(message.contains("WebSocket"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_web_client_is_served() {
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/app.js", "text/javascript"),
+            ("/app.css", "text/css"),
+        ] {
+            let (status, headers, body) = call(app(builtin()), get(path)).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            let content_type = headers[header::CONTENT_TYPE].to_str().unwrap();
+            assert!(content_type.starts_with(kind), "{path}: {content_type}");
+            assert!(!body.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_follow_start_up() {
+        let s = builtin();
+        let (status, _, body) = call(admin(s.clone()), get("/livez")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let (status, _, body) = call(admin(s.clone()), get("/startupz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        );
+        let (status, _, body) = call(admin(s.clone()), get("/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        );
+        s.started.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, _, _) = call(admin(s.clone()), get("/startupz")).await;
+        assert_eq!(status, StatusCode::OK);
+        s.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, _, body) = call(admin(s.clone()), get("/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        );
+        let (status, headers, body) = call(admin(s), get("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(body.contains("chat_connections"), "{body}");
     }
 }

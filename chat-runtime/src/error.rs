@@ -1,13 +1,16 @@
 //! Errors of the REST API: JSON `{"error": {"code", "message"}}` with a stable
-//! code (docs/protocol.md, "Errors"). Client errors are logged at warn, server
-//! errors at error with details that never reach the client.
+//! code (docs/protocol.md, "Errors"; the codes and their statuses are
+//! [`ErrorCode`]). Client errors are logged at warn, server errors at error
+//! with details that never reach the client.
 
 use axum::{
     Json,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+
+use crate::{chat::ChatError, protocol::ErrorCode, store::StoreError};
 
 /// An API error.
 #[derive(Debug, thiserror::Error)]
@@ -49,34 +52,23 @@ pub enum AppError {
 
 impl AppError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AppError::BadRequest(_) => "bad_request",
-            AppError::Unauthorized(_) => "unauthorized",
-            AppError::Forbidden(_) => "forbidden",
-            AppError::NotFound(_) => "not_found",
-            AppError::MethodNotAllowed(_) => "method_not_allowed",
-            AppError::Conflict(_) => "conflict",
-            AppError::TooLarge(_) => "too_large",
-            AppError::RateLimited { .. } => "rate_limited",
-            AppError::Unavailable(_) => "unavailable",
-            AppError::Internal(_) => "internal",
+            AppError::BadRequest(_) => ErrorCode::BadRequest,
+            AppError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            AppError::Conflict(_) => ErrorCode::Conflict,
+            AppError::TooLarge(_) => ErrorCode::TooLarge,
+            AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::Unavailable(_) => ErrorCode::Unavailable,
+            AppError::Internal(_) => ErrorCode::Internal,
         }
     }
 
     fn status(&self) -> StatusCode {
-        match self {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().http_status()
     }
 }
 
@@ -86,22 +78,130 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+/// A storage refusal keeps its message; its code is [`StoreError::code`]
+/// as REST names it (`invalid` is `400 bad_request`). A database failure is
+/// a `500` whose detail is logged only.
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        let code = e.code().for_rest();
+        let message = match e {
+            StoreError::Db(e) => return AppError::Internal(format!("database: {e}")),
+            StoreError::NotFound(m)
+            | StoreError::Forbidden(m)
+            | StoreError::Conflict(m)
+            | StoreError::Invalid(m) => m,
+        };
+        match code {
+            ErrorCode::NotFound => AppError::NotFound(message),
+            ErrorCode::Forbidden => AppError::Forbidden(message),
+            ErrorCode::Conflict => AppError::Conflict(message),
+            _ => AppError::BadRequest(message),
+        }
+    }
+}
+
+impl From<ChatError> for AppError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::RateLimited { retry_after_ms, .. } => {
+                AppError::RateLimited { retry_after_ms }
+            }
+            ChatError::Rejected(e) | ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The JSON body of an error.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
             AppError::Internal(detail) => {
-                tracing::error!(code = self.code(), detail = %detail, "request failed")
+                tracing::error!(code = self.code().as_str(), detail = %detail, "request failed")
             }
-            other => tracing::warn!(code = other.code(), error = %other, "request refused"),
+            other => {
+                tracing::warn!(code = other.code().as_str(), error = %other, "request refused")
+            }
         }
-        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        if let AppError::RateLimited { retry_after_ms } = &self {
-            body["error"]["retry_after_ms"] = json!(retry_after_ms);
-        }
+        let message = self.to_string();
+        let retry_after_ms = match &self {
+            AppError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: &message,
+                retry_after_ms,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    async fn body(e: AppError) -> (StatusCode, Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_have_the_documented_shape() {
+        let (status, v) = body(AppError::RateLimited { retry_after_ms: 83 }).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "rate_limited", "message": "rate limit: retry in 83 ms", "retry_after_ms": 83}})
+        );
+        let (status, v) = body(StoreError::Invalid("body is empty".into()).into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "bad_request", "message": "body is empty"}})
+        );
+        let (status, v) = body(StoreError::Db(sqlx::Error::PoolTimedOut).into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "internal", "message": "internal error"}}),
+            "details stay in the log"
+        );
+    }
+
+    #[test]
+    fn store_refusals_keep_their_code_on_both_surfaces() {
+        for (e, rest) in [
+            (StoreError::NotFound("x".into()), ErrorCode::NotFound),
+            (StoreError::Forbidden("x".into()), ErrorCode::Forbidden),
+            (StoreError::Conflict("x".into()), ErrorCode::Conflict),
+            (StoreError::Invalid("x".into()), ErrorCode::BadRequest),
+        ] {
+            assert_eq!(e.code().for_rest(), rest);
+            assert_eq!(AppError::from(e).code(), rest);
+        }
+    }
+}

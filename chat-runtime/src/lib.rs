@@ -2,21 +2,30 @@
 //! PostgreSQL.
 //!
 //! The pipeline reads top to bottom: [`config`] -> [`store`] (sqlx,
-//! migrations) -> [`hub`] (fan-out across replicas, presence) -> [`ws`]
-//! (protocol, sessions) and [`http`] (REST) -> [`web`] (the static client);
-//! [`committer`] groups sends into per-room transactions; [`app`] wires the
-//! routers and [`server`] starts and drains them.
+//! migrations) -> [`hub`] (fan-out across replicas, presence, the per-socket
+//! queues) -> [`chat`] (every write: validate, store, publish once) -> the
+//! two surfaces, [`ws`] (sessions) and [`http`] (REST), both thin adapters
+//! over [`chat`] -> [`web`] (the static client). [`protocol`] holds the wire
+//! types every layer shares; [`committer`] groups sends into per-room
+//! transactions; [`state`] is what handlers share, [`app`] wires the routers
+//! and [`server`] starts and drains them. docs/architecture-runtime.md has
+//! the module map and the rules that keep it acyclic.
+
+#![deny(missing_docs)]
 
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod committer;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod protocol;
 pub mod ratelimit;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod web;

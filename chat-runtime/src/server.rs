@@ -10,11 +10,12 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
-    app::{self, AppState},
+    app,
     auth::Authenticator,
     config::Config,
     hub::{self, Hub, pg::PgBroker},
     metrics::Metrics,
+    state::AppState,
     store::Store,
 };
 
@@ -136,7 +137,7 @@ impl Server {
             source,
         })?;
         let retention = config.limits.history_retention_days;
-        let state = app::state(config, hub.clone(), auth, metrics);
+        let state = AppState::new(config, hub.clone(), auth, metrics);
         let (stop, stopped) = watch::channel(false);
 
         let mut tasks = Vec::new();

@@ -5,9 +5,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppState, Authed},
     error::{ApiResult, AppError},
-    http::extract::AppJson,
+    http::{auth::Authed, extract::AppJson},
+    state::AppState,
     store::accounts::{hash_password, verify_password},
 };
 

@@ -1,18 +1,18 @@
 //! Messages over REST: send, history, threads, edit, delete, reactions, read
-//! state, search.
+//! state, search. Each handler decodes, calls the chat service and encodes.
 
 use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppState, Authed},
-    error::{ApiResult, AppError},
-    http::extract::{AppJson, AppPath, AppQuery},
-    store::{
-        RoomId, Seq,
-        events::{NewMessage, validate_message},
+    error::ApiResult,
+    http::{
+        auth::Authed,
+        extract::{AppJson, AppPath, AppQuery},
     },
+    state::AppState,
+    store::{RoomId, Seq, events::NewMessage},
 };
 
 /// `POST /api/v1/rooms/{room}/messages` (idempotent by `client_msg_id`).
@@ -22,18 +22,7 @@ pub async fn send(
     AppPath(room): AppPath<RoomId>,
     AppJson(m): AppJson<NewMessage>,
 ) -> ApiResult<Json<Value>> {
-    if let Err(retry_after_ms) = s.limiter.check(p.user.id) {
-        s.metrics.rate_limited.inc();
-        return Err(AppError::RateLimited { retry_after_ms });
-    }
-    validate_message(&m, s.config.limits.max_message_bytes as usize)?;
-    let ack = s.committer.send(room, p.user.clone(), m).await?;
-    if ack.duplicate {
-        s.metrics.duplicate_sends.inc();
-    } else {
-        s.metrics.messages_in.inc();
-        s.hub.committed(room, ack.seq);
-    }
+    let ack = s.chat.send(&p.user, room, m).await?;
     Ok(Json(
         json!({"room": room, "seq": ack.seq, "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
     ))
@@ -58,10 +47,9 @@ pub async fn history(
     AppPath(room): AppPath<RoomId>,
     AppQuery(q): AppQuery<Page>,
 ) -> ApiResult<Json<Value>> {
-    let messages = s
-        .hub
-        .store()
-        .history(room, p.user.id, q.before, q.limit.unwrap_or(50))
+    let (messages, last_seq) = s
+        .chat
+        .history(&p.user, room, q.before, q.limit.unwrap_or(50))
         .await?;
     let next = messages
         .last()
@@ -70,8 +58,8 @@ pub async fn history(
     Ok(Json(json!({
         "messages": messages,
         "next_before": next,
-        "epoch": s.hub.epoch(),
-        "last_seq": s.hub.store().last_seq(room).await?,
+        "epoch": s.chat.epoch(),
+        "last_seq": last_seq,
     })))
 }
 
@@ -83,11 +71,10 @@ pub async fn thread(
     AppQuery(q): AppQuery<Page>,
 ) -> ApiResult<Json<Value>> {
     let replies = s
-        .hub
-        .store()
+        .chat
         .thread(
+            &p.user,
             room,
-            p.user.id,
             root,
             q.after.unwrap_or(0),
             q.limit.unwrap_or(50),
@@ -111,18 +98,7 @@ pub async fn edit(
     AppPath((room, seq)): AppPath<(RoomId, Seq)>,
     AppJson(b): AppJson<EditBody>,
 ) -> ApiResult<Json<Value>> {
-    let event = s
-        .hub
-        .store()
-        .edit(
-            room,
-            &p.user,
-            seq,
-            &b.body,
-            s.config.limits.max_message_bytes as usize,
-        )
-        .await?;
-    s.hub.committed(room, event);
+    let event = s.chat.edit(&p.user, room, seq, &b.body).await?;
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq}),
     ))
@@ -134,8 +110,7 @@ pub async fn remove(
     Authed(p): Authed,
     AppPath((room, seq)): AppPath<(RoomId, Seq)>,
 ) -> ApiResult<Json<Value>> {
-    let event = s.hub.store().delete(room, &p.user, seq).await?;
-    s.hub.committed(room, event);
+    let event = s.chat.delete(&p.user, room, seq).await?;
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq}),
     ))
@@ -149,10 +124,7 @@ async fn reaction(
     emoji: String,
     on: bool,
 ) -> ApiResult<Json<Value>> {
-    let event = s.hub.store().react(room, &p.user, seq, &emoji, on).await?;
-    if let Some(e) = event {
-        s.hub.committed(room, e);
-    }
+    let event = s.chat.react(&p.user, room, seq, &emoji, on).await?;
     Ok(Json(
         json!({"room": room, "seq": event, "message_seq": seq, "emoji": emoji, "on": on}),
     ))
@@ -191,7 +163,7 @@ pub async fn read(
     AppPath(room): AppPath<RoomId>,
     AppJson(b): AppJson<ReadBody>,
 ) -> ApiResult<Json<Value>> {
-    let read = s.hub.store().mark_read(room, p.user.id, b.seq).await?;
+    let read = s.chat.mark_read(&p.user, room, b.seq).await?;
     Ok(Json(json!({"room": room, "last_read_seq": read})))
 }
 
@@ -213,9 +185,8 @@ pub async fn search(
     AppQuery(q): AppQuery<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
     let hits = s
-        .hub
-        .store()
-        .search(p.user.id, &q.q, q.room, q.limit.unwrap_or(20))
+        .chat
+        .search(&p.user, &q.q, q.room, q.limit.unwrap_or(20))
         .await?;
     let results: Vec<Value> = hits
         .into_iter()

@@ -1,13 +1,17 @@
-//! Rooms, DMs, membership, roles, kicks, bans, presence.
+//! Rooms, DMs, membership, roles, kicks, bans, presence. Each handler
+//! decodes, calls the chat service and encodes.
 
 use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{AppState, Authed},
     error::{ApiResult, AppError},
-    http::extract::{AppJson, AppPath, AppQuery},
+    http::{
+        auth::Authed,
+        extract::{AppJson, AppPath, AppQuery},
+    },
+    state::AppState,
     store::{
         RoomId,
         rooms::{Role, RoomKind},
@@ -29,8 +33,8 @@ pub async fn list(
     AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let rooms = match q.scope.as_deref().unwrap_or("joined") {
-        "joined" => s.hub.store().joined_rooms(p.user.id).await?,
-        "public" => s.hub.store().public_rooms(p.user.id, 200).await?,
+        "joined" => s.chat.joined_rooms(&p.user).await?,
+        "public" => s.chat.public_rooms(&p.user).await?,
         other => {
             return Err(AppError::BadRequest(format!(
                 "scope {other:?} is not one of joined, public"
@@ -59,14 +63,8 @@ pub async fn create(
     Authed(p): Authed,
     AppJson(r): AppJson<NewRoom>,
 ) -> ApiResult<Json<Value>> {
-    if r.topic.chars().count() > 500 {
-        return Err(AppError::BadRequest(
-            "topic must be at most 500 characters".into(),
-        ));
-    }
     let room = s
-        .hub
-        .store()
+        .chat
         .create_room(&p.user, r.kind, &r.name, &r.topic)
         .await?;
     Ok(Json(json!({"room": room})))
@@ -87,11 +85,7 @@ pub async fn direct(
     Authed(p): Authed,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
-    let other = s.hub.store().user_by_name(&u.user).await?;
-    let (room, seq) = s.hub.store().direct_room(&p.user, &other).await?;
-    if let Some(seq) = seq {
-        s.hub.committed(room.id, seq);
-    }
+    let room = s.chat.direct(&p.user, &u.user).await?;
     Ok(Json(json!({"room": room})))
 }
 
@@ -101,9 +95,7 @@ pub async fn show(
     Authed(p): Authed,
     AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
-    ))
+    Ok(Json(json!({"room": s.chat.room(&p.user, room).await?})))
 }
 
 /// `POST /api/v1/rooms/{room}/join`.
@@ -112,11 +104,8 @@ pub async fn join(
     Authed(p): Authed,
     AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
-    let seq = s.hub.store().join(room, &p.user).await?;
-    s.hub.committed(room, seq);
-    Ok(Json(
-        json!({"room": s.hub.store().room_view(room, p.user.id).await?}),
-    ))
+    let view = s.chat.join(&p.user, room).await?;
+    Ok(Json(json!({"room": view})))
 }
 
 /// `POST /api/v1/rooms/{room}/leave`.
@@ -125,8 +114,7 @@ pub async fn leave(
     Authed(p): Authed,
     AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
-    let seq = s.hub.store().leave(room, &p.user).await?;
-    s.hub.committed(room, seq);
+    s.chat.leave(&p.user, room).await?;
     Ok(Json(json!({"left": room})))
 }
 
@@ -137,9 +125,7 @@ pub async fn invite(
     AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
-    let target = s.hub.store().user_by_name(&u.user).await?;
-    let seq = s.hub.store().invite(room, &p.user, &target).await?;
-    s.hub.committed(room, seq);
+    let (target, seq) = s.chat.invite(&p.user, room, &u.user).await?;
     Ok(Json(json!({"invited": target, "seq": seq})))
 }
 
@@ -150,7 +136,7 @@ pub async fn members(
     AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
-        json!({"members": s.hub.store().members(room, p.user.id).await?}),
+        json!({"members": s.chat.members(&p.user, room).await?}),
     ))
 }
 
@@ -169,13 +155,7 @@ pub async fn set_role(
     AppPath((room, user)): AppPath<(RoomId, String)>,
     AppJson(r): AppJson<RoleBody>,
 ) -> ApiResult<Json<Value>> {
-    let target = s.hub.store().user_by_name(&user).await?;
-    let seq = s
-        .hub
-        .store()
-        .set_role(room, &p.user, &target, r.role)
-        .await?;
-    s.hub.committed(room, seq);
+    let (target, seq) = s.chat.set_role(&p.user, room, &user, r.role).await?;
     Ok(Json(json!({"user": target, "role": r.role, "seq": seq})))
 }
 
@@ -186,9 +166,7 @@ pub async fn kick(
     AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
-    let target = s.hub.store().user_by_name(&u.user).await?;
-    let seq = s.hub.store().kick(room, &p.user, &target, false).await?;
-    s.hub.committed(room, seq);
+    let (target, seq) = s.chat.kick(&p.user, room, &u.user).await?;
     Ok(Json(json!({"kicked": target, "seq": seq})))
 }
 
@@ -199,9 +177,7 @@ pub async fn ban(
     AppPath(room): AppPath<RoomId>,
     AppJson(u): AppJson<UserRef>,
 ) -> ApiResult<Json<Value>> {
-    let target = s.hub.store().user_by_name(&u.user).await?;
-    let seq = s.hub.store().kick(room, &p.user, &target, true).await?;
-    s.hub.committed(room, seq);
+    let (target, seq) = s.chat.ban(&p.user, room, &u.user).await?;
     Ok(Json(json!({"banned": target, "seq": seq})))
 }
 
@@ -211,8 +187,7 @@ pub async fn unban(
     Authed(p): Authed,
     AppPath((room, user)): AppPath<(RoomId, String)>,
 ) -> ApiResult<Json<Value>> {
-    let target = s.hub.store().user_by_name(&user).await?;
-    s.hub.store().unban(room, &p.user, &target).await?;
+    let target = s.chat.unban(&p.user, room, &user).await?;
     Ok(Json(json!({"unbanned": target})))
 }
 
@@ -223,7 +198,5 @@ pub async fn presence(
     Authed(p): Authed,
     AppPath(room): AppPath<RoomId>,
 ) -> ApiResult<Json<Value>> {
-    s.hub.store().require_member(room, p.user.id).await?;
-    let ids = s.hub.store().member_ids(room).await?;
-    Ok(Json(s.hub.presence_of(&ids, 500)))
+    Ok(Json(json!(s.chat.presence(&p.user, room).await?)))
 }

@@ -8,6 +8,7 @@
 //! reconnect only delays delivery. Sessions keep their own per-room cursor and
 //! fill any gap from the database, so what a client receives is contiguous.
 
+pub mod outbox;
 pub mod pg;
 pub mod presence;
 
@@ -20,18 +21,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::{
     metrics::Metrics,
+    protocol::{ServerFrame, UserRef, encode},
     store::{RoomId, Seq, Store, UserId, accounts::User},
-    ws::{
-        outbox::{Item, Outbox, Push},
-        protocol::{event_frame, reply},
-    },
 };
+use outbox::{Item, Outbox, Push};
 
 use presence::PresenceBook;
 pub use presence::Status;
@@ -90,19 +89,6 @@ struct RoomState {
 struct Subscriber {
     user: UserId,
     outbox: Arc<Outbox>,
-}
-
-/// The user whose membership a room event ends (`member` events with
-/// action `left`, `kicked` or `banned`), if any. Their sockets stop
-/// receiving the room right after this event.
-pub fn membership_ended(payload: &serde_json::Value) -> Option<UserId> {
-    if payload.get("kind").and_then(|k| k.as_str()) != Some("member") {
-        return None;
-    }
-    match payload.get("action").and_then(|a| a.as_str()) {
-        Some("left" | "kicked" | "banned") => payload.get("user")?.get("id")?.as_i64(),
-        _ => None,
-    }
 }
 
 struct SessionEntry {
@@ -316,13 +302,15 @@ impl Hub {
                 .db_latency
                 .observe(started.elapsed().as_secs_f64());
             let epoch = self.epoch();
+            // Each event is encoded once; every subscriber's queue gets the
+            // same bytes (a reference count, no copy).
             let frames: Vec<PumpFrame> = rows
                 .iter()
                 .map(|r| PumpFrame {
                     seq: r.seq,
-                    text: event_frame(room, r.seq, &epoch, &r.payload).into(),
+                    text: encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
                     created_ms: r.created_ms,
-                    ends: membership_ended(&r.payload),
+                    ends: r.payload.membership_ended(),
                 })
                 .collect();
             let now_ms = now_ms();
@@ -456,10 +444,13 @@ impl Hub {
     }
 
     fn deliver_typing(&self, room: RoomId, user: UserId, username: &str) {
-        let frame: axum::extract::ws::Utf8Bytes =
-            json!({"type": "typing", "room": room, "user": {"id": user, "username": username}})
-                .to_string()
-                .into();
+        let frame = encode(&ServerFrame::Typing {
+            room,
+            user: std::borrow::Cow::Owned(UserRef {
+                id: user,
+                username: username.to_string(),
+            }),
+        });
         if let Some(state) = lock(&self.rooms).get(&room) {
             for sub in state.subscribers.values() {
                 if sub.user == user {
@@ -559,10 +550,7 @@ impl Hub {
                     return;
                 }
             };
-            let frame: axum::extract::ws::Utf8Bytes =
-                json!({"type": "presence", "user": user, "status": status})
-                    .to_string()
-                    .into();
+            let frame = encode(&ServerFrame::Presence { user, status });
             let mut seen = HashSet::new();
             let room_state = lock(&hub.rooms);
             for room in rooms {
@@ -616,31 +604,44 @@ impl Hub {
 
     /// Presence of `users`: counts, and each status when there are at most
     /// `detail_limit` users.
-    pub fn presence_of(&self, users: &[UserId], detail_limit: usize) -> serde_json::Value {
+    pub fn presence_of(&self, users: &[UserId], detail_limit: usize) -> RoomPresence {
         let book = lock(&self.presence);
         let (online, away) = book.counts(users);
-        let mut v = json!({"online": online, "away": away, "members": users.len()});
-        if users.len() <= detail_limit {
-            let detail: HashMap<String, Status> = users
+        let users_detail = (users.len() <= detail_limit).then(|| {
+            users
                 .iter()
                 .map(|u| (u.to_string(), book.effective(*u)))
                 .filter(|(_, s)| *s != Status::Offline)
-                .collect();
-            v["users"] = json!(detail);
+                .collect()
+        });
+        RoomPresence {
+            online,
+            away,
+            members: users.len(),
+            users: users_detail,
         }
-        v
     }
+}
 
-    /// A `subscribed`-style reply frame.
-    pub fn frame(type_: &str, id: Option<&str>, fields: serde_json::Value) -> String {
-        reply(type_, id, fields)
-    }
+/// A room's presence (`GET /api/v1/rooms/{room}/presence`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomPresence {
+    /// Members online.
+    pub online: usize,
+    /// Members away.
+    pub away: usize,
+    /// Members.
+    pub members: usize,
+    /// Each member's status (online or away), by id; only for rooms of at
+    /// most the detail limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<HashMap<String, Status>>,
 }
 
 /// One event as the pump hands it to local subscribers.
 struct PumpFrame {
     seq: Seq,
-    text: axum::extract::ws::Utf8Bytes,
+    text: Utf8Bytes,
     created_ms: i64,
     ends: Option<UserId>,
 }

@@ -8,21 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::protocol::Status;
 use crate::store::UserId;
-
-/// A user's presence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// No connection anywhere.
-    Offline,
-    /// Connected, idle.
-    Away,
-    /// Connected, active.
-    Online,
-}
 
 /// How long an announcement stays valid without a heartbeat.
 pub const TTL: Duration = Duration::from_secs(90);

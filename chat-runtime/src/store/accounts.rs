@@ -1,26 +1,13 @@
 //! Users: built-in accounts with argon2id password hashes, External-auth
 //! users created on first sight, and logged-out tokens.
 
+use super::{Store, StoreError, StoreResult, UserId, check_no_nul};
+pub use crate::protocol::User;
 use argon2::{
     Argon2,
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
 };
 use rand::RngCore;
-use serde::Serialize;
-use sqlx::FromRow;
-
-use super::{Store, StoreError, StoreResult, UserId, check_no_nul};
-
-/// A user as clients see it.
-#[derive(Clone, Debug, Serialize, FromRow, PartialEq, Eq)]
-pub struct User {
-    /// Id.
-    pub id: UserId,
-    /// Unique login name.
-    pub username: String,
-    /// Name shown to others.
-    pub display_name: String,
-}
 
 /// Checks a username: 3 to 32 of `a-z 0-9 _ . -`, starting with a letter or digit.
 pub fn validate_username(name: &str) -> StoreResult<()> {

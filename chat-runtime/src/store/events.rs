@@ -8,28 +8,15 @@
 //! ([`crate::hub::pg`]), never inside the transaction.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use sqlx::FromRow;
+use serde_json::{Value, value::RawValue};
+use sqlx::{FromRow, Row, postgres::PgRow, types::Json};
 
 use super::{
     RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
     check_no_nul, next_seq, rooms::Role,
 };
-
-/// A reference to an attachment stored elsewhere (the runtime keeps only metadata).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Attachment {
-    /// Where the file is (https:// or http://).
-    pub url: String,
-    /// MIME type, for example `image/png`.
-    pub content_type: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// File name to show.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+pub use crate::protocol::Attachment;
+use crate::protocol::{RoomEvent, StoredEvent, UserRef};
 
 /// Attachments per message.
 pub const MAX_ATTACHMENTS: usize = 10;
@@ -171,15 +158,28 @@ const MESSAGE_VIEW: &str = "SELECT m.seq, m.sender_id, u.username AS sender, m.c
      (SELECT count(*) FROM messages t WHERE t.room_id = m.room_id AND t.thread_root_seq = m.seq) AS reply_count \
      FROM messages m JOIN users u ON u.id = m.sender_id";
 
-/// A stored room event, for replay.
-#[derive(Clone, Debug, FromRow)]
+/// A stored room event, for replay and fan-out. The payload is read from
+/// `jsonb` without an intermediate `Value`: typed when it has a known shape,
+/// passed through as stored otherwise ([`StoredEvent`]).
+#[derive(Clone, Debug)]
 pub struct EventRow {
     /// Seq.
     pub seq: Seq,
     /// Payload (kind and fields).
-    pub payload: Value,
+    pub payload: StoredEvent,
     /// Commit time, milliseconds since the epoch (fan-out latency metric).
     pub created_ms: i64,
+}
+
+impl<'r> FromRow<'r, PgRow> for EventRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let Json(payload): Json<&RawValue> = row.try_get("payload")?;
+        Ok(Self {
+            seq: row.try_get("seq")?,
+            payload: StoredEvent::parse(payload.get()),
+            created_ms: row.try_get("created_ms")?,
+        })
+    }
 }
 
 impl Store {
@@ -336,21 +336,21 @@ impl Store {
             }
             next += 1;
             existing.insert(key, next);
-            let attachments = json!(m.attachments);
-            rows_payload.push(json!({
-                "kind": "message",
-                "sender": {"id": user.id, "username": user.username, "display_name": user.display_name},
-                "client_msg_id": m.client_msg_id,
-                "body": m.body,
-                "thread_root": m.thread_root,
-                "attachments": attachments,
+            rows_payload.push(Json(RoomEvent::Message {
+                sender: user.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                body: m.body.clone(),
+                thread_root: m.thread_root,
+                attachments: m.attachments.clone(),
+                created_at: None,
+                deleted: false,
             }));
             seqs.push(next);
             rows_sender.push(user.id);
             rows_cmid.push(m.client_msg_id.clone());
             rows_body.push(m.body.clone());
             rows_root.push(m.thread_root);
-            rows_att.push(attachments);
+            rows_att.push(Json(&m.attachments));
             results.push(Ok(SendAck {
                 seq: next,
                 client_msg_id: m.client_msg_id.clone(),
@@ -424,20 +424,14 @@ impl Store {
                 "message {message} does not exist, is deleted, or is not yours to edit"
             )));
         };
-        let payload = json!({
-            "kind": "edit", "message_seq": message, "body": body, "edited_at": edited_at,
-            "actor": {"id": actor.id, "username": actor.username},
-        });
-        append_event(
-            &mut tx,
-            room,
-            seq,
-            "edit",
-            actor.id,
-            Some(message),
-            &payload,
-        )
-        .await?;
+        let payload = RoomEvent::Edit {
+            message_seq: message,
+            body: body.to_string(),
+            edited_at,
+            actor: actor.into(),
+            deleted: false,
+        };
+        append_event(&mut tx, room, seq, actor.id, Some(message), &payload).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -476,17 +470,11 @@ impl Store {
         .bind(message)
         .execute(&mut *tx)
         .await?;
-        let payload = json!({"kind": "delete", "message_seq": message, "actor": {"id": actor.id, "username": actor.username}});
-        append_event(
-            &mut tx,
-            room,
-            seq,
-            "delete",
-            actor.id,
-            Some(message),
-            &payload,
-        )
-        .await?;
+        let payload = RoomEvent::Delete {
+            message_seq: message,
+            actor: actor.into(),
+        };
+        append_event(&mut tx, room, seq, actor.id, Some(message), &payload).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -548,20 +536,13 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let payload = json!({
-            "kind": "reaction", "message_seq": message, "emoji": emoji, "on": on,
-            "user": {"id": actor.id, "username": actor.username},
-        });
-        append_event(
-            &mut tx,
-            room,
-            seq,
-            "reaction",
-            actor.id,
-            Some(message),
-            &payload,
-        )
-        .await?;
+        let payload = RoomEvent::Reaction {
+            message_seq: message,
+            emoji: emoji.to_string(),
+            on,
+            user: UserRef::from(actor),
+        };
+        append_event(&mut tx, room, seq, actor.id, Some(message), &payload).await?;
         tx.commit().await?;
         Ok(Some(seq))
     }

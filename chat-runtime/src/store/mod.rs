@@ -13,12 +13,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-/// Room id.
-pub type RoomId = i64;
-/// User id.
-pub type UserId = i64;
-/// Per-room sequence number.
-pub type Seq = i64;
+use crate::protocol::{ErrorCode, RoomEvent};
+pub use crate::protocol::{RoomId, Seq, UserId};
 
 /// The migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -46,15 +42,17 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
-impl From<StoreError> for crate::error::AppError {
-    fn from(e: StoreError) -> Self {
-        use crate::error::AppError;
-        match e {
-            StoreError::NotFound(m) => AppError::NotFound(m),
-            StoreError::Forbidden(m) => AppError::Forbidden(m),
-            StoreError::Conflict(m) => AppError::Conflict(m),
-            StoreError::Invalid(m) => AppError::BadRequest(m),
-            StoreError::Db(e) => AppError::Internal(format!("database: {e}")),
+impl StoreError {
+    /// The error code of this refusal: the one mapping from storage errors
+    /// to codes, used by error frames as is and by REST through
+    /// [`ErrorCode::for_rest`] (`invalid` is `400 bad_request` there).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
+            StoreError::Conflict(_) => ErrorCode::Conflict,
+            StoreError::Invalid(_) => ErrorCode::Invalid,
+            StoreError::Db(_) => ErrorCode::Internal,
         }
     }
 }
@@ -170,25 +168,24 @@ pub(crate) async fn next_seq(tx: &mut Transaction<'_, Postgres>, room: RoomId) -
 }
 
 /// Records a room event in `tx`. The caller announces it after commit
-/// ([`crate::hub::Hub::committed`]).
+/// (the chat service, [`crate::chat::Chat`], publishes every write once).
 pub(crate) async fn append_event(
     tx: &mut Transaction<'_, Postgres>,
     room: RoomId,
     seq: Seq,
-    kind: &str,
     actor: UserId,
     message_seq: Option<Seq>,
-    payload: &serde_json::Value,
+    payload: &RoomEvent,
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO room_events (room_id, seq, kind, actor_id, message_seq, payload) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(room)
     .bind(seq)
-    .bind(kind)
+    .bind(payload.kind())
     .bind(actor)
     .bind(message_seq)
-    .bind(payload)
+    .bind(sqlx::types::Json(payload))
     .execute(&mut **tx)
     .await?;
     Ok(())

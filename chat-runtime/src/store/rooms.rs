@@ -3,13 +3,14 @@
 //! replayed on resume like a message.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sqlx::{FromRow, Postgres, Transaction};
 
 use super::{
     RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
     check_no_nul, next_seq,
 };
+pub use crate::protocol::Role;
+use crate::protocol::{MemberAction, RoomEvent};
 
 /// Room kinds.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,38 +30,6 @@ impl RoomKind {
             RoomKind::Public => "public",
             RoomKind::Private => "private",
             RoomKind::Dm => "dm",
-        }
-    }
-}
-
-/// Member roles, in increasing power.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads and writes.
-    Member,
-    /// Also invites to private rooms, deletes others' messages, kicks and bans members.
-    Moderator,
-    /// Also changes roles.
-    Owner,
-}
-
-impl Role {
-    /// Parses `owner`/`moderator`/`member`.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "owner" => Some(Role::Owner),
-            "moderator" => Some(Role::Moderator),
-            "member" => Some(Role::Member),
-            _ => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Moderator => "moderator",
-            Role::Member => "member",
         }
     }
 }
@@ -122,18 +91,17 @@ async fn member_event(
     room: RoomId,
     actor: &User,
     target: &User,
-    action: &str,
+    action: MemberAction,
     role: Option<Role>,
 ) -> StoreResult<Seq> {
     let seq = next_seq(tx, room).await?;
-    let payload = json!({
-        "kind": "member",
-        "action": action,
-        "actor": {"id": actor.id, "username": actor.username},
-        "user": {"id": target.id, "username": target.username, "display_name": target.display_name},
-        "role": role.map(Role::as_str),
-    });
-    append_event(tx, room, seq, "member", actor.id, None, &payload).await?;
+    let payload = RoomEvent::Member {
+        action,
+        actor: actor.into(),
+        user: target.clone(),
+        role,
+    };
+    append_event(tx, room, seq, actor.id, None, &payload).await?;
     Ok(seq)
 }
 
@@ -188,7 +156,15 @@ impl Store {
             .bind(creator.id)
             .execute(&mut *tx)
             .await?;
-        member_event(&mut tx, id, creator, creator, "joined", Some(Role::Owner)).await?;
+        member_event(
+            &mut tx,
+            id,
+            creator,
+            creator,
+            MemberAction::Joined,
+            Some(Role::Owner),
+        )
+        .await?;
         tx.commit().await?;
         self.room_view(id, creator.id).await
     }
@@ -231,8 +207,10 @@ impl Store {
                         .bind(u.id)
                         .execute(&mut *tx)
                         .await?;
-                    seq =
-                        Some(member_event(&mut tx, id, me, u, "joined", Some(Role::Member)).await?);
+                    seq = Some(
+                        member_event(&mut tx, id, me, u, MemberAction::Joined, Some(Role::Member))
+                            .await?,
+                    );
                 }
                 tx.commit().await?;
                 (id, seq)
@@ -255,8 +233,15 @@ impl Store {
                     tx.rollback().await?;
                     (id, None)
                 } else {
-                    let seq =
-                        member_event(&mut tx, id, me, me, "joined", Some(Role::Member)).await?;
+                    let seq = member_event(
+                        &mut tx,
+                        id,
+                        me,
+                        me,
+                        MemberAction::Joined,
+                        Some(Role::Member),
+                    )
+                    .await?;
                     tx.commit().await?;
                     (id, Some(seq))
                 }
@@ -342,7 +327,15 @@ impl Store {
             tx.rollback().await?;
             return self.last_seq(room).await;
         }
-        let seq = member_event(&mut tx, room, user, user, "joined", Some(Role::Member)).await?;
+        let seq = member_event(
+            &mut tx,
+            room,
+            user,
+            user,
+            MemberAction::Joined,
+            Some(Role::Member),
+        )
+        .await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -360,7 +353,7 @@ impl Store {
                 "you are not a member of room {room}"
             )));
         }
-        let seq = member_event(&mut tx, room, user, user, "left", None).await?;
+        let seq = member_event(&mut tx, room, user, user, MemberAction::Left, None).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -409,7 +402,15 @@ impl Store {
                 target.username
             )));
         }
-        let seq = member_event(&mut tx, room, actor, target, "invited", Some(Role::Member)).await?;
+        let seq = member_event(
+            &mut tx,
+            room,
+            actor,
+            target,
+            MemberAction::Invited,
+            Some(Role::Member),
+        )
+        .await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -490,7 +491,8 @@ impl Store {
             .bind(role.as_str())
             .execute(&mut *tx)
             .await?;
-        let seq = member_event(&mut tx, room, actor, target, "role", Some(role)).await?;
+        let seq =
+            member_event(&mut tx, room, actor, target, MemberAction::Role, Some(role)).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -543,7 +545,11 @@ impl Store {
             room,
             actor,
             target,
-            if ban { "banned" } else { "kicked" },
+            if ban {
+                MemberAction::Banned
+            } else {
+                MemberAction::Kicked
+            },
             None,
         )
         .await?;

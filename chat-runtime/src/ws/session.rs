@@ -1,38 +1,35 @@
-//! One WebSocket: a reader that handles client frames in order, and a writer
-//! ([`super::writer`]) that owns the socket's send half, its per-room
-//! cursors and its bounded queue.
+//! One WebSocket: a reader that decodes client frames in order and hands
+//! them to the chat service ([`crate::chat::Chat`]) or, for subscriptions,
+//! typing and presence, to the hub; and a writer (`super::writer`) that owns
+//! the socket's send half, its per-room cursors and its bounded queue. The
+//! reader never writes to the socket: every answer goes through the queue.
 
 use std::{
+    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::StreamExt;
-use serde_json::json;
 
 use super::{
     ack_order::AckOrder,
-    outbox::{Item, Outbox, SubscribeRequest},
-    protocol::{ClientFrame, PresenceStatus, decode, error_frame, reply},
+    chat_error_frame, store_error_frame,
     throttle::Throttle,
-    writer::{CLOSE_TIMEOUT, WriterEnd},
+    writer::{CLOSE_TIMEOUT, WriterContext, WriterEnd, write_loop},
 };
 use crate::{
-    app::AppState,
     auth::Principal,
-    hub::{SessionId, Status},
-    store::{
-        RoomId, Seq, StoreError,
-        events::{NewMessage, validate_message},
+    hub::{
+        SessionId, Status,
+        outbox::{Item, Outbox, SubscribeRequest},
     },
+    protocol::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close, decode, encode},
+    state::AppState,
+    store::{RoomId, Seq, StoreResult, events::NewMessage},
 };
 
-/// Close code asking the client to reconnect and resume (drain, overflow,
-/// epoch change, missed pings).
-pub const CLOSE_RECONNECT: u16 = 4000;
-/// Close code sent when the connection's token expires (at its `exp`).
-pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// Frames queued per socket before it is closed as too slow.
 pub const QUEUE_FRAMES: usize = 1024;
 /// Bytes queued per socket before it is closed as too slow.
@@ -41,26 +38,6 @@ pub const QUEUE_BYTES: usize = 1 << 20;
 pub const PING_EVERY: Duration = Duration::from_secs(25);
 /// Silence after which a peer is considered dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(60);
-
-/// An error frame for a storage refusal or failure (failures are logged,
-/// never detailed to the client).
-pub(super) fn store_error_frame(id: Option<&str>, e: &StoreError) -> String {
-    let code = match e {
-        StoreError::NotFound(_) => "not_found",
-        StoreError::Forbidden(_) => "forbidden",
-        StoreError::Conflict(_) => "conflict",
-        StoreError::Invalid(_) => "invalid",
-        StoreError::Db(_) => "internal",
-    };
-    let message = match e {
-        StoreError::Db(err) => {
-            tracing::error!(error = %err, "database error while handling a frame");
-            "internal error; retry".to_string()
-        }
-        other => other.to_string(),
-    };
-    error_frame(id, code, &message, None)
-}
 
 /// Time from now until a Unix time in seconds (zero when it has passed).
 fn until_unix(at: i64) -> Duration {
@@ -79,25 +56,22 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     state.metrics.connections.inc();
     state.metrics.connections_total.inc();
     let (sink, mut stream) = socket.split();
-    outbox.push(Item::Reply(
-        reply(
-            "hello",
-            None,
-            json!({
-                "user": principal.user,
-                "epoch": hub.epoch(),
-                "server": hub.pod(),
-                "ping_interval_ms": PING_EVERY.as_millis() as u64,
-                "max_message_bytes": state.config.limits.max_message_bytes,
-            }),
-        )
-        .into(),
-    ));
-    let mut writer = tokio::spawn(super::writer::write_loop(
+    outbox.push(Item::Reply(encode(&ServerFrame::Hello {
+        user: Cow::Borrowed(&principal.user),
+        epoch: Cow::Owned(hub.epoch()),
+        server: Cow::Borrowed(hub.pod()),
+        ping_interval_ms: PING_EVERY.as_millis() as u64,
+        max_message_bytes: state.config.limits.max_message_bytes,
+    })));
+    let mut writer = tokio::spawn(write_loop(
         sink,
         outbox.clone(),
-        state.clone(),
-        principal.user.id,
+        WriterContext {
+            history: hub.clone(),
+            metrics: state.metrics.clone(),
+            resume_limit: state.config.resume_limit,
+            user: principal.user.id,
+        },
     ));
 
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -119,9 +93,9 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Some(Err(e)) if e.to_string().contains("too long") => {
                         // Above the frame limit: say so with 1009, then close.
                         state.metrics.bad_frames.inc();
-                        outbox.push(Item::Close(1009, format!(
+                        outbox.push(Item::Close(close::TOO_LARGE, format!(
                             "frame too large: the limit is {} bytes",
-                            state.config.limits.max_message_bytes as usize * 2 + 64 * 1024
+                            state.request_limit()
                         )));
                         break;
                     }
@@ -136,7 +110,7 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     }
                     Message::Binary(_) => {
                         state.metrics.bad_frames.inc();
-                        outbox.push(Item::Reply(error_frame(None, "bad_frame", "binary frames are not supported: send JSON text frames", None).into()));
+                        outbox.push(Item::Reply(encode(&ServerFrame::error(None, ErrorCode::BadFrame, "binary frames are not supported: send JSON text frames"))));
                     }
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -150,13 +124,13 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     outbox.push(Item::Reconnect("no frame from the client for 60s"));
                     break;
                 } else {
-                    outbox.push(Item::Reply(reply("ping", None, json!({})).into()));
+                    outbox.push(Item::Reply(encode(&ServerFrame::Ping)));
                 }
             }
             _ = &mut expiry => {
                 expired = true;
                 outbox.push(Item::Close(
-                    CLOSE_UNAUTHORIZED,
+                    close::UNAUTHORIZED,
                     "token expired: log in again, then reconnect".into(),
                 ));
                 break;
@@ -211,16 +185,19 @@ async fn handle_text(
         Ok(f) => f,
         Err(e) => {
             state.metrics.bad_frames.inc();
-            outbox.push(Item::Reply(
-                error_frame(e.id.as_deref(), e.code, &e.message, None).into(),
-            ));
+            outbox.push(Item::Reply(encode(&ServerFrame::error(
+                e.id.as_deref(),
+                e.code,
+                e.message,
+            ))));
             return;
         }
     };
+    let chat = &state.chat;
     let store = state.hub.store();
     let user = &principal.user;
-    let answer = |frame: String| {
-        outbox.push(Item::Reply(frame.into()));
+    let answer = |frame: Utf8Bytes| {
+        outbox.push(Item::Reply(frame));
     };
     match frame {
         ClientFrame::Subscribe {
@@ -233,12 +210,11 @@ async fn handle_text(
                 return answer(store_error_frame(id.as_deref(), &e));
             }
             if state.hub.subscription_count(sid) >= 500 && !state.hub.is_subscribed(sid, room) {
-                return answer(error_frame(
+                return answer(encode(&ServerFrame::error(
                     id.as_deref(),
-                    "invalid",
+                    ErrorCode::Invalid,
                     "at most 500 rooms per connection",
-                    None,
-                ));
+                )));
             }
             if let Err(e) = state.hub.subscribe(sid, room).await {
                 return answer(store_error_frame(id.as_deref(), &e));
@@ -258,7 +234,11 @@ async fn handle_text(
         }
         ClientFrame::Unsubscribe { id, room } => {
             state.hub.unsubscribe(sid, room);
-            answer(reply("unsubscribed", id.as_deref(), json!({"room": room})));
+            answer(encode(&ServerFrame::Unsubscribed {
+                id: id.map(Cow::Owned),
+                room,
+                reason: None,
+            }));
         }
         ClientFrame::Send {
             id,
@@ -268,65 +248,43 @@ async fn handle_text(
             thread_root,
             attachments,
         } => {
-            if let Err(retry) = state.limiter.check(user.id) {
-                state.metrics.rate_limited.inc();
-                return answer(error_frame(
-                    id.as_deref(),
-                    "rate_limited",
-                    &format!(
-                        "too many messages: at most {} per second; retry in {retry} ms",
-                        state.config.limits.messages_per_second
-                    ),
-                    Some(retry),
-                ));
-            }
             let m = NewMessage {
                 client_msg_id,
                 body,
                 thread_root,
                 attachments,
             };
-            if let Err(e) = validate_message(&m, state.config.limits.max_message_bytes as usize) {
-                state.metrics.bad_frames.inc();
-                return answer(store_error_frame(id.as_deref(), &e));
-            }
             // Queued in order, acked when stored: the reader moves on, so a
             // client may pipeline sends; its messages keep their order.
             let started = Instant::now();
-            let rx = match state.committer.enqueue(room, user.clone(), m) {
-                Ok(rx) => rx,
-                Err(e) => return answer(store_error_frame(id.as_deref(), &e)),
+            let pending = match chat.submit(user, room, m) {
+                Ok(p) => p,
+                Err(e) => {
+                    if matches!(e, crate::chat::ChatError::Rejected(_)) {
+                        state.metrics.bad_frames.inc();
+                    }
+                    return answer(chat_error_frame(id.as_deref(), &e));
+                }
             };
-            let (state, outbox) = (state.clone(), outbox.clone());
+            let (metrics, outbox) = (state.metrics.clone(), outbox.clone());
             let mut turn = acks.take_turn();
             tokio::spawn(async move {
-                let result = rx.await.unwrap_or_else(|_| {
-                    Err(StoreError::Invalid(
-                        "the send was dropped; retry with the same client_msg_id".into(),
-                    ))
-                });
-                let frame = match result {
+                let frame = match pending.ack().await {
                     Ok(ack) => {
-                        state
-                            .metrics
-                            .db_latency
-                            .observe(started.elapsed().as_secs_f64());
-                        if ack.duplicate {
-                            state.metrics.duplicate_sends.inc();
-                        } else {
-                            state.metrics.messages_in.inc();
-                            state.hub.committed(room, ack.seq);
-                        }
-                        reply(
-                            "ack",
-                            id.as_deref(),
-                            json!({"room": room, "seq": ack.seq, "client_msg_id": ack.client_msg_id, "duplicate": ack.duplicate}),
-                        )
+                        metrics.db_latency.observe(started.elapsed().as_secs_f64());
+                        encode(&ServerFrame::Ack {
+                            id: id.as_deref().map(Cow::Borrowed),
+                            room,
+                            seq: Some(ack.seq),
+                            client_msg_id: Some(Cow::Owned(ack.client_msg_id)),
+                            duplicate: Some(ack.duplicate),
+                            unchanged: None,
+                        })
                     }
                     Err(e) => store_error_frame(id.as_deref(), &e),
                 };
                 turn.wait().await;
-                outbox.push(Item::Reply(frame.into()));
+                outbox.push(Item::Reply(frame));
                 turn.done();
             });
         }
@@ -336,20 +294,12 @@ async fn handle_text(
             seq,
             body,
         } => {
-            let result = store
-                .edit(
-                    room,
-                    user,
-                    seq,
-                    &body,
-                    state.config.limits.max_message_bytes as usize,
-                )
-                .await;
-            ack_event(state, outbox, id.as_deref(), room, result.map(Some));
+            let result = chat.edit(user, room, seq, &body).await;
+            answer(ack_event(id.as_deref(), room, result.map(Some)));
         }
         ClientFrame::Delete { id, room, seq } => {
-            let result = store.delete(room, user, seq).await;
-            ack_event(state, outbox, id.as_deref(), room, result.map(Some));
+            let result = chat.delete(user, room, seq).await;
+            answer(ack_event(id.as_deref(), room, result.map(Some)));
         }
         ClientFrame::React {
             id,
@@ -358,15 +308,15 @@ async fn handle_text(
             emoji,
             on,
         } => {
-            let result = store.react(room, user, seq, &emoji, on).await;
-            ack_event(state, outbox, id.as_deref(), room, result);
+            let result = chat.react(user, room, seq, &emoji, on).await;
+            answer(ack_event(id.as_deref(), room, result));
         }
-        ClientFrame::Read { id, room, seq } => match store.mark_read(room, user.id, seq).await {
-            Ok(read) => answer(reply(
-                "read",
-                id.as_deref(),
-                json!({"room": room, "last_read_seq": read}),
-            )),
+        ClientFrame::Read { id, room, seq } => match chat.mark_read(user, room, seq).await {
+            Ok(read) => answer(encode(&ServerFrame::Read {
+                id: id.map(Cow::Owned),
+                room,
+                last_read_seq: read,
+            })),
             Err(e) => answer(store_error_frame(id.as_deref(), &e)),
         },
         ClientFrame::Typing { id, room } => {
@@ -375,12 +325,11 @@ async fn handle_text(
                     state.hub.typing(room, user).await;
                 }
             } else {
-                answer(error_frame(
+                answer(encode(&ServerFrame::error(
                     id.as_deref(),
-                    "invalid",
-                    &format!("subscribe to room {room} before sending typing"),
-                    None,
-                ));
+                    ErrorCode::Invalid,
+                    format!("subscribe to room {room} before sending typing"),
+                )));
             }
         }
         ClientFrame::Presence { status, .. } => {
@@ -392,29 +341,26 @@ async fn handle_text(
                 },
             );
         }
-        ClientFrame::Ping { id } => answer(reply("pong", id.as_deref(), json!({}))),
+        ClientFrame::Ping { id } => answer(encode(&ServerFrame::Pong {
+            id: id.map(Cow::Owned),
+        })),
         ClientFrame::Pong { .. } => {}
     }
 }
 
-fn ack_event(
-    state: &AppState,
-    outbox: &Outbox,
-    id: Option<&str>,
-    room: RoomId,
-    result: Result<Option<Seq>, StoreError>,
-) {
-    let frame = match result {
-        Ok(Some(seq)) => {
-            state.hub.committed(room, seq);
-            reply("ack", id, json!({"room": room, "seq": seq}))
-        }
-        Ok(None) => reply(
-            "ack",
-            id,
-            json!({"room": room, "seq": null, "unchanged": true}),
-        ),
+/// The answer to an edit, delete or reaction (already published by the
+/// chat service): `ack` with the event's seq, or `seq: null, unchanged:
+/// true` when nothing changed.
+fn ack_event(id: Option<&str>, room: RoomId, result: StoreResult<Option<Seq>>) -> Utf8Bytes {
+    match result {
+        Ok(seq) => encode(&ServerFrame::Ack {
+            id: id.map(Cow::Borrowed),
+            room,
+            seq,
+            client_msg_id: None,
+            duplicate: None,
+            unchanged: seq.is_none().then_some(true),
+        }),
         Err(e) => store_error_frame(id, &e),
-    };
-    outbox.push(Item::Reply(frame.into()));
+    }
 }

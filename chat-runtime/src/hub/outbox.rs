@@ -4,6 +4,10 @@
 //! that keeps asking without reading) marks the queue overflowed and the
 //! socket is closed with the reconnect code (lossless: the client resumes by
 //! seq). Only the closing items themselves are exempt from the bound.
+//!
+//! The hub (fan-out) and the socket's session push into it; the socket's
+//! writer (`crate::ws`) is its only consumer. It lives with the hub so that
+//! the hub never depends on the WebSocket layer.
 
 use std::{
     collections::VecDeque,

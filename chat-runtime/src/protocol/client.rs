@@ -1,11 +1,14 @@
-//! WebSocket frames (docs/protocol.md): JSON text frames with a `type`.
-//! Decoding never panics; a frame that does not parse becomes an error frame
-//! naming the problem, and the connection survives.
+//! Frames a client sends (docs/protocol.md, "Client → server"): JSON text
+//! frames with a `type`. Decoding never panics; a frame that does not parse
+//! becomes an error frame naming the problem, and the connection survives.
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use crate::store::{RoomId, Seq, events::Attachment};
+use super::{
+    error::ErrorCode,
+    types::{Attachment, RoomId, Seq},
+};
 
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -147,13 +150,47 @@ pub enum PresenceStatus {
 pub const CLIENT_TYPES: &str =
     "subscribe, unsubscribe, send, edit, delete, react, read, typing, presence, ping, pong";
 
+impl ClientFrame {
+    /// Every `type`, as in the doc's table.
+    pub const TYPES: [&'static str; 11] = [
+        "subscribe",
+        "unsubscribe",
+        "send",
+        "edit",
+        "delete",
+        "react",
+        "read",
+        "typing",
+        "presence",
+        "ping",
+        "pong",
+    ];
+
+    /// The frame's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::Delete { .. } => "delete",
+            ClientFrame::React { .. } => "react",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Presence { .. } => "presence",
+            ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Pong { .. } => "pong",
+        }
+    }
+}
+
 /// A frame that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     /// Request id, when one could be read.
     pub id: Option<String>,
-    /// Stable code.
-    pub code: &'static str,
+    /// Stable code (`bad_frame` or `unknown_type`).
+    pub code: ErrorCode,
     /// What is wrong.
     pub message: String,
 }
@@ -162,7 +199,7 @@ pub struct FrameError {
 pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
         id: None,
-        code: "bad_frame",
+        code: ErrorCode::BadFrame,
         message: format!("frame is not JSON: {e}"),
     })?;
     let id = value
@@ -172,7 +209,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     let Some(obj) = value.as_object() else {
         return Err(FrameError {
             id,
-            code: "bad_frame",
+            code: ErrorCode::BadFrame,
             message: "frame must be a JSON object with a \"type\"".into(),
         });
     };
@@ -180,14 +217,14 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
         None => {
             return Err(FrameError {
                 id,
-                code: "bad_frame",
+                code: ErrorCode::BadFrame,
                 message: format!("frame has no \"type\"; expected one of: {CLIENT_TYPES}"),
             });
         }
         Some(Value::String(t)) if !CLIENT_TYPES.split(", ").any(|k| k == t) => {
             return Err(FrameError {
                 id,
-                code: "unknown_type",
+                code: ErrorCode::UnknownType,
                 message: format!(
                     "unknown frame type {:?}; expected one of: {CLIENT_TYPES}",
                     t.chars().take(32).collect::<String>()
@@ -198,68 +235,24 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
         Some(_) => {
             return Err(FrameError {
                 id,
-                code: "bad_frame",
+                code: ErrorCode::BadFrame,
                 message: "\"type\" must be a string".into(),
             });
         }
     }
     serde_json::from_value(value).map_err(|e| FrameError {
         id,
-        code: "bad_frame",
+        code: ErrorCode::BadFrame,
         message: format!("invalid frame: {e}"),
     })
 }
 
-/// `{"type":"event","room","seq","epoch", ...payload}`.
-pub fn event_frame(room: RoomId, seq: Seq, epoch: &str, payload: &Value) -> String {
-    let mut m = Map::new();
-    m.insert("type".into(), json!("event"));
-    m.insert("room".into(), json!(room));
-    m.insert("seq".into(), json!(seq));
-    m.insert("epoch".into(), json!(epoch));
-    if let Some(p) = payload.as_object() {
-        for (k, v) in p {
-            m.insert(k.clone(), v.clone());
-        }
-    }
-    Value::Object(m).to_string()
-}
-
-/// An error frame.
-pub fn error_frame(
-    id: Option<&str>,
-    code: &str,
-    message: &str,
-    retry_after_ms: Option<u64>,
-) -> String {
-    let mut v = json!({"type": "error", "code": code, "message": message});
-    if let Some(id) = id {
-        v["id"] = json!(id);
-    }
-    if let Some(ms) = retry_after_ms {
-        v["retry_after_ms"] = json!(ms);
-    }
-    v.to_string()
-}
-
-/// A reply frame of `type` echoing `id`, with `fields`.
-pub fn reply(type_: &str, id: Option<&str>, fields: Value) -> String {
-    let mut v = json!({"type": type_});
-    if let Some(id) = id {
-        v["id"] = json!(id);
-    }
-    if let (Some(obj), Some(extra)) = (v.as_object_mut(), fields.as_object()) {
-        for (k, val) in extra {
-            obj.insert(k.clone(), val.clone());
-        }
-    }
-    v.to_string()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn decodes_every_client_frame() {
@@ -293,7 +286,10 @@ mod tests {
         assert_eq!(e.code, "bad_frame");
         assert!(e.message.starts_with("frame is not JSON"));
         let e = decode(r#"{"type":"shout","id":"7"}"#).unwrap_err();
-        assert_eq!((e.code, e.id.as_deref()), ("unknown_type", Some("7")));
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::UnknownType, Some("7"))
+        );
         assert!(e.message.contains("expected one of"));
         let e = decode(r#"{"type":"send","id":"8","room":1,"body":"x"}"#).unwrap_err();
         assert_eq!(e.id.as_deref(), Some("8"));
@@ -304,16 +300,6 @@ mod tests {
         assert!(e.message.contains("extra"), "{}", e.message);
         assert_eq!(decode("[]").unwrap_err().code, "bad_frame");
         assert_eq!(decode(r#"{"id":"x"}"#).unwrap_err().code, "bad_frame");
-    }
-
-    #[test]
-    fn event_frames_merge_the_payload() {
-        let f = event_frame(3, 9, "ep", &json!({"kind": "message", "body": "hi"}));
-        let v: Value = serde_json::from_str(&f).unwrap();
-        assert_eq!(v["type"], "event");
-        assert_eq!(v["seq"], 9);
-        assert_eq!(v["kind"], "message");
-        assert_eq!(v["epoch"], "ep");
     }
 
     proptest! {

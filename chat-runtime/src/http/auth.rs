@@ -1,0 +1,59 @@
+//! The caller's identity: the [`Authed`] extractor for REST handlers, and
+//! the token lookup the WebSocket upgrade shares with it. A missing or
+//! refused token is `401 unauthorized` with the reason; a storage failure
+//! while checking it is a `500`.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, header, request::Parts},
+};
+
+use crate::{
+    auth::{AuthError, Principal},
+    error::AppError,
+    state::AppState,
+};
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Authed(pub Principal);
+
+/// An authentication failure as an API error.
+pub fn auth_error(e: AuthError) -> AppError {
+    match e {
+        AuthError::Store(s) => s.into(),
+        other => AppError::Unauthorized(other.to_string()),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string())
+}
+
+/// Verifies `token` (signature, claims, revocation) and finds its user.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, AppError> {
+    state
+        .auth
+        .authenticate(state.hub.store(), token)
+        .await
+        .map_err(auth_error)
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| auth_error(AuthError::Missing))?;
+        Ok(Authed(authenticate(state, &token).await?))
+    }
+}
