@@ -48,6 +48,31 @@ pub async fn service_url(
     Ok(format!("http://{ip}:{port}"))
 }
 
+/// [`service_url`], once the Service answers `GET /` with 200: a tenant is
+/// Ready when its pods are, and kube-proxy programs the Service's rules a
+/// moment later (its sync period is one second).
+pub async fn reachable_service_url(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    port_name: &str,
+) -> Result<String> {
+    let url = service_url(client, namespace, name, port_name).await?;
+    crate::wait_for(
+        &format!("Service {namespace}/{name} to answer"),
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let (status, _) = request("GET", &format!("{url}/"), None, None).await.ok()?;
+                (status == 200).then_some(())
+            }
+        },
+    )
+    .await?;
+    Ok(url)
+}
+
 /// One HTTP/1.1 request with an optional JSON body and bearer token; returns
 /// the status and the JSON answer (`null` when the body is not JSON).
 pub async fn request(

@@ -16,7 +16,7 @@ use std::{
 };
 
 use chorus_e2e::{
-    chat::{ChatSocket, Closed, request, service_url, signup},
+    chat::{ChatSocket, Closed, reachable_service_url, request, signup},
     operator::{OperatorEnv, secret_text},
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -66,8 +66,12 @@ async fn tenants_chat_through_their_service_and_stay_apart() {
     assert_pods_serving(&a, "acme", image).await;
     assert_pods_serving(&b, "acme", image).await;
 
-    let url_a = service_url(&a.client, &a.ns, "acme", "http").await.unwrap();
-    let url_b = service_url(&b.client, &b.ns, "acme", "http").await.unwrap();
+    let url_a = reachable_service_url(&a.client, &a.ns, "acme", "http")
+        .await
+        .unwrap();
+    let url_b = reachable_service_url(&b.client, &b.ns, "acme", "http")
+        .await
+        .unwrap();
     let alice = signup(&url_a, "alice").await.unwrap();
     let bob = signup(&url_a, "bob").await.unwrap();
     let carol = signup(&url_b, "carol").await.unwrap();
@@ -154,7 +158,7 @@ async fn a_deleted_pod_drains_its_sockets_and_clients_resume_without_loss() {
     env.ready_tenant("acme", "  runtime: {image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", replicas: 2, terminationGracePeriodSeconds: 25, resources: {requests: {cpu: 10m, memory: 64Mi}}}")
         .await
         .unwrap();
-    let url = service_url(&env.client, &env.ns, "acme", "http")
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
     let owner = signup(&url, "owner").await.unwrap();
@@ -324,7 +328,7 @@ async fn cpu_load_makes_the_hpa_scale_the_tenant_through_its_scale_subresource()
     )
     .await
     .unwrap();
-    let url = service_url(&env.client, &env.ns, "acme", "http")
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
     signup(&url, "load").await.unwrap();
@@ -367,7 +371,7 @@ async fn cpu_load_makes_the_hpa_scale_the_tenant_through_its_scale_subresource()
         let _ = l.await;
     }
     let hpa = hpas.get("acme").await.unwrap();
-    let target = hpa.spec.unwrap().scale_target_ref;
+    let target = hpa.spec.scale_target_ref;
     assert_eq!(
         (target.kind.as_str(), target.name.as_str()),
         ("ChatTenant", "acme")
