@@ -19,6 +19,14 @@ pub use crate::protocol::{RoomId, Seq, UserId};
 /// The migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The advisory lock key sqlx's PostgreSQL migrator takes for a database:
+/// `0x3d32ad9e * crc32(name)` (CRC-32/ISO-HDLC), as in sqlx-postgres 0.9
+/// `migrate.rs` (`generate_lock_id`).
+pub fn migration_lock_key(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
 /// Channel carrying `<room>:<seq>[,<room>:<seq>...]` wake-ups after commits.
 pub const EVENTS_CHANNEL: &str = "chat_events";
 
@@ -104,11 +112,50 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock
-    /// while it migrates, so replicas starting together apply each migration
-    /// once.
+    /// Applies pending migrations, one replica at a time, under the same
+    /// PostgreSQL advisory lock key sqlx's migrator uses (so replicas of
+    /// earlier versions, which lock through sqlx, still take turns with us).
+    ///
+    /// The lock is polled with `pg_try_advisory_lock` rather than awaited in
+    /// `pg_advisory_lock`: a session blocked in that call holds a snapshot,
+    /// and `CREATE INDEX CONCURRENTLY` in the replica holding the lock waits
+    /// for every older snapshot, so two replicas starting together deadlocked
+    /// (PostgreSQL error 40P01, seen on the local node's first pods).
+    ///
+    /// Migrations this binary does not know are ignored: Chorus migrations
+    /// are expand-only (docs/runtime.md, "Schema changes"), so a pod of the
+    /// previous release restarting during a rollout or after a rollback
+    /// serves against the newer schema instead of refusing to start.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        let mut conn = self.pool.acquire().await?;
+        let (database,): (String,) = sqlx::query_as("SELECT current_database()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let key = migration_lock_key(&database);
+        loop {
+            let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
+            if locked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut migrator =
+            sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+        migrator.set_locking(false).set_ignore_missing(true);
+        // `run_direct` on this connection (the one holding the lock): sqlx's
+        // `run(&mut conn)` is not `Send`-friendly in spawned tasks (its
+        // `Acquire` bound is not general enough); sqlx is pinned exactly.
+        let result = migrator.run_direct(None, &mut *conn, false).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await;
+        result?;
+        unlocked?;
+        Ok(())
     }
 
     /// The resume epoch: a hash of this database's instance id (written by

@@ -196,7 +196,8 @@ async fn a_retained_database_is_found_again_by_the_same_tenant() {
         .unwrap();
     assert!(can_connect(&uri).await);
     env.stop().await;
-    admin_sql(format!("DROP DATABASE \"{db}\"")).await;
+    // The runtime pods may still be draining: end their sessions too.
+    admin_sql(format!("DROP DATABASE \"{db}\" WITH (FORCE)")).await;
     admin_sql(format!("DROP ROLE \"{db}\"")).await;
 }
 

@@ -6,7 +6,9 @@
 //!
 //! This binary holds one test: a cluster-wide operator would reconcile the
 //! ChatTenants of any suite running beside it, and cargo runs test binaries
-//! one after another. The release is uninstalled at the end.
+//! one after another. It starts by removing what earlier binaries left (their
+//! operators have stopped, so their ChatTenants are garbage a cluster-wide
+//! operator would otherwise adopt), and uninstalls the release at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -25,9 +27,39 @@ use kube::{Api, api::ListParams};
 
 const T: Duration = Duration::from_secs(180);
 
+/// Deletes every test namespace left by earlier test binaries, dropping the
+/// finalizers of their ChatTenants first (no operator runs for them now).
+async fn clean_slate(admin: &kube::Client) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+    let cts = Api::<chorus_operator::crd::ChatTenant>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for ct in cts.items {
+        let ns = ct.metadata.namespace.clone().unwrap_or_default();
+        let name = ct.metadata.name.clone().unwrap_or_default();
+        let _ = Api::<chorus_operator::crd::ChatTenant>::namespaced(admin.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+    let namespaces = Api::<Namespace>::all(admin.clone())
+        .list(&ListParams::default().labels("chorus.dev/test=true"))
+        .await
+        .unwrap();
+    for ns in namespaces.items {
+        delete_namespace(admin, ns.metadata.name.as_deref().unwrap_or_default()).await;
+    }
+}
+
 #[tokio::test]
 async fn helm_installed_operator_serves_probes_and_makes_a_tenant_ready() {
     let admin = admin_client().await.unwrap();
+    clean_slate(&admin).await;
     let system = TestNamespace::create(&admin, "chorus-system")
         .await
         .unwrap()
