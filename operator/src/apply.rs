@@ -27,7 +27,7 @@ use crate::{
         http_route::http_route_resource,
         meta::{FIELD_MANAGER, MANAGED_BY, TENANT_LABEL},
     },
-    validate::Tenant,
+    model::Tenant,
 };
 
 /// A failed apply or delete, naming the object.

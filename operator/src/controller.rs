@@ -50,9 +50,10 @@ use crate::{
     database::{self, Ident, LoginCheck, PasswordAction, ServerConfig},
     error::{Error, Result},
     metrics::Metrics,
+    model::{Slot, Tenant},
     rollout::{self, Phase, Plan, SlotObservation},
     status::{self, DatabaseState, DeploymentObservation, Observations, Problem},
-    validate::{Slot, Tenant, validate},
+    validate::validate,
 };
 
 /// Finalizer that applies `spec.database.reclaimPolicy` on deletion.

@@ -14,6 +14,7 @@ pub mod crd;
 pub mod database;
 pub mod error;
 pub mod metrics;
+pub mod model;
 pub mod rollout;
 pub mod runner;
 pub mod status;

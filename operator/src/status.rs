@@ -15,8 +15,8 @@ use crate::{
         secret::db_secret_name,
     },
     crd::{ChatTenant, ChatTenantStatus, DatabaseStatus, DrainStatus, SlotStatus, TrafficStatus},
+    model::Tenant,
     rollout::{Phase, Plan},
-    validate::Tenant,
 };
 
 /// Condition types, in the order `kubectl describe` shows them.

@@ -24,7 +24,7 @@ use super::{
     meta::{ADMIN_PORT, HTTP_PORT, child_meta, slot_labels, slot_selector, version_label},
     secret::{AUTH_SECRET_KEY, DB_SECRET_URI_KEY, auth_secret_name, db_secret_name},
 };
-use crate::{crd::AuthMode, rollout::SlotSpec, validate::Tenant};
+use crate::{crd::AuthMode, model::Tenant, rollout::SlotSpec};
 
 /// Name of the runtime container.
 pub const CONTAINER: &str = "chat-runtime";
@@ -297,7 +297,7 @@ mod tests {
     use super::*;
     use crate::{
         build::tests::{inputs, tenant_and_plan},
-        validate::Slot,
+        model::Slot,
     };
 
     fn env_value<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {

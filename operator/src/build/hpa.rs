@@ -7,7 +7,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 
 use super::meta::{child_meta, labels};
-use crate::{crd::AutoscalingSpec, validate::Tenant};
+use crate::{crd::AutoscalingSpec, model::Tenant};
 
 /// The HPA, or `None` when autoscaling is off.
 pub fn build_hpa(t: &Tenant) -> Option<HorizontalPodAutoscaler> {

@@ -6,7 +6,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use super::meta::{HTTP_PORT, child_meta, labels};
-use crate::{rollout::Plan, validate::Tenant};
+use crate::{model::Tenant, rollout::Plan};
 
 /// The HTTPRoute API resource.
 pub fn http_route_resource() -> ApiResource {

@@ -8,7 +8,7 @@ use k8s_openapi::api::networking::v1::{
 };
 
 use super::meta::{child_meta, labels};
-use crate::validate::Tenant;
+use crate::model::Tenant;
 
 /// Annotations that keep WebSockets open through ingress-nginx; the user's
 /// `spec.exposure.ingress.annotations` override them.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::validate::{Slot, Tenant};
+use crate::model::{Slot, Tenant};
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "chorus-operator";

@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 };
 use kube::core::DynamicObject;
 
-use crate::{rollout::Plan, validate::Tenant};
+use crate::{model::Tenant, rollout::Plan};
 
 /// What the builders need besides the tenant.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use super::{
     Inputs,
     meta::{ADMIN_PORT, HTTP_PORT, child_meta, labels, tenant_selector},
 };
-use crate::{crd::NamespacePeer, validate::Tenant};
+use crate::{crd::NamespacePeer, model::Tenant};
 
 fn tcp(port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {

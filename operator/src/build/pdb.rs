@@ -7,7 +7,7 @@ use k8s_openapi::{
 };
 
 use super::meta::{child_meta, labels, slot_selector};
-use crate::{rollout::Plan, validate::Tenant};
+use crate::{model::Tenant, rollout::Plan};
 
 /// The PDB over the stable slot's pods.
 pub fn build_pdb(t: &Tenant, plan: &Plan) -> PodDisruptionBudget {

@@ -12,7 +12,7 @@ use rand::RngCore;
 use super::meta::{child_meta, labels};
 use crate::{
     database::{Ident, ServerConfig},
-    validate::Tenant,
+    model::Tenant,
 };
 
 /// Key of `<name>-db` holding the full connection URI.

@@ -13,8 +13,8 @@ use super::meta::{
     ADMIN_PORT, HTTP_PORT, child_meta, labels, slot_labels, slot_selector, tenant_selector,
 };
 use crate::{
+    model::{Slot, Tenant},
     rollout::Plan,
-    validate::{Slot, Tenant},
 };
 
 fn port(name: &str, port: i32) -> ServicePort {
