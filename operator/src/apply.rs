@@ -22,12 +22,9 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    build::{
-        Children,
-        http_route::http_route_resource,
-        meta::{FIELD_MANAGER, MANAGED_BY, TENANT_LABEL},
-    },
+    build::{Children, http_route::http_route_resource},
     model::Tenant,
+    names::{FIELD_MANAGER, tenant_children_selector},
 };
 
 /// A failed apply or delete, naming the object.
@@ -206,10 +203,7 @@ pub async fn apply_children(
 }
 
 fn selector(t: &Tenant) -> ListParams {
-    ListParams::default().labels(&format!(
-        "{TENANT_LABEL}={},app.kubernetes.io/managed-by={MANAGED_BY}",
-        t.name
-    ))
+    ListParams::default().labels(&tenant_children_selector(t))
 }
 
 fn owned_by(t: &Tenant, meta: &kube::api::ObjectMeta) -> bool {

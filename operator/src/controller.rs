@@ -40,17 +40,17 @@ use crate::{
     apply::{apply_children, apply_one},
     build::{
         Inputs, build_children,
-        deployment::AUTH_KEY_ANNOTATION,
-        secret::{
-            AUTH_SECRET_KEY, DB_SECRET_PASSWORD_KEY, auth_secret_name, build_auth_secret,
-            build_db_secret, db_secret_name, generate_jwt_key, key_checksum, secret_value,
-        },
+        secret::{build_auth_secret, build_db_secret, generate_jwt_key},
     },
     crd::{AuthMode, ChatTenant, ReclaimPolicy},
     database::{self, Ident, LoginCheck, PasswordAction, ServerConfig},
     error::{Error, Result},
     metrics::Metrics,
     model::{Slot, Tenant},
+    names::{
+        AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DB_SECRET_PASSWORD_KEY, auth_secret_name,
+        db_secret_name, key_checksum, managed_selector, secret_value, slot_name,
+    },
     rollout::{self, Phase, Plan, SlotObservation},
     status::{self, DatabaseState, DeploymentObservation, Observations, Problem},
     validate::validate,
@@ -186,7 +186,7 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=chorus-operator");
+    let owned = watcher::Config::default().labels(&managed_selector());
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, reader.clone());
     Controller::for_stream(main, reader)
@@ -525,7 +525,7 @@ async fn observe_deployments(
     let mut out = [DeploymentObservation::default(); 2];
     let mut key_hash = None;
     for (i, slot) in [Slot::Blue, Slot::Green].into_iter().enumerate() {
-        let name = format!("{}-{}", t.name, slot.as_str());
+        let name = slot_name(t, slot);
         let d = api
             .get_opt(&name)
             .await

@@ -15,6 +15,7 @@ pub mod database;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod rollout;
 pub mod runner;
 pub mod status;
