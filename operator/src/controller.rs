@@ -12,13 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{Secret, Service},
-        networking::v1::{Ingress, NetworkPolicy},
-        policy::v1::PodDisruptionBudget,
-    },
+    api::{apps::v1::Deployment, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
@@ -42,6 +36,7 @@ use crate::{
         Inputs, build_children,
         secret::{build_auth_secret, build_db_secret, generate_jwt_key},
     },
+    children::{ChildKind, Children, KindFold},
     crd::{AuthMode, ChatTenant, ReclaimPolicy},
     database::{self, Ident, LoginCheck, PasswordAction, ServerConfig},
     error::{Error, Result},
@@ -168,16 +163,7 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let ns = ctx.settings.watch_namespace.clone();
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let tenants: Api<ChatTenant> = api(&client, &ns);
+    let tenants: Api<ChatTenant> = namespaced_or_all(&client, &ns);
     // Only spec changes (generation), finalizer changes and deletion start a
     // reconcile from the ChatTenant itself, so status writes do not echo back.
     let (reader, writer) = reflector::store();
@@ -189,15 +175,15 @@ pub async fn run(
     let owned = watcher::Config::default().labels(&managed_selector());
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, reader.clone());
-    Controller::for_stream(main, reader)
-        .watches_stream(referenced, to_tenants)
-        .owns(api::<Deployment>(&client, &ns), owned.clone())
-        .owns(api::<Service>(&client, &ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, &ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, &ns), owned.clone())
-        .owns(api::<Ingress>(&client, &ns), owned.clone())
-        .owns(api::<Secret>(&client, &ns), owned)
+    let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
+    // Every owned kind, from the one list.
+    let Owns { controller, .. } = Children::default().fold(Owns {
+        controller,
+        client,
+        namespace: ns,
+        config: owned,
+    });
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -207,6 +193,41 @@ pub async fn run(
             }
         })
         .await;
+}
+
+fn namespaced_or_all<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Adds a watch of every owned kind to the controller.
+struct Owns {
+    controller: Controller<ChatTenant>,
+    client: Client,
+    namespace: Option<String>,
+    config: watcher::Config,
+}
+
+impl KindFold<'_> for Owns {
+    fn kind<K: ChildKind>(self, _: &[K]) -> Self {
+        let api = namespaced_or_all::<K>(&self.client, &self.namespace);
+        Self {
+            controller: self.controller.owns(api, self.config.clone()),
+            ..self
+        }
+    }
+
+    /// Not watched: the Gateway API may not be served, and a watch of a
+    /// kind that is not served fails. A hand-edited route is repaired at the
+    /// next resync.
+    fn http_route(self, _: Option<&kube::core::DynamicObject>) -> Self {
+        self
+    }
 }
 
 /// The predicate of the main watch: generation, finalizers and the deletion

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod database;
