@@ -286,3 +286,6 @@ mod tests {
         assert_eq!(next_requeue(resync, &plan, 0), Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod requests;
