@@ -4,16 +4,8 @@
 
 use std::{collections::BTreeSet, fmt::Debug};
 
-use k8s_openapi::{
-    NamespaceResourceScope,
-    api::{
-        apps::v1::Deployment,
-        autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::Service,
-        networking::v1::{Ingress, NetworkPolicy},
-        policy::v1::PodDisruptionBudget,
-    },
-};
+use futures::future::BoxFuture;
+use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -22,12 +14,10 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    build::{
-        Children,
-        http_route::http_route_resource,
-        meta::{FIELD_MANAGER, MANAGED_BY, TENANT_LABEL},
-    },
-    validate::Tenant,
+    build::http_route::http_route_resource,
+    children::{ChildKind, Children, KindFold},
+    model::Tenant,
+    names::{FIELD_MANAGER, tenant_children_selector},
 };
 
 /// A failed apply or delete, naming the object.
@@ -86,7 +76,8 @@ where
         })
 }
 
-/// Applies every child and deletes the ones no longer wanted.
+/// Applies every child and deletes the ones no longer wanted, kind by kind
+/// in the order of [`Children::fold`]: all applies first, then all prunes.
 /// `gateway_api` says whether the HTTPRoute CRD is served (routes are then
 /// applied when built, and pruned when not).
 pub async fn apply_children(
@@ -95,121 +86,80 @@ pub async fn apply_children(
     children: &Children,
     gateway_api: bool,
 ) -> Result<Applied, ApplyError> {
-    let ns = t.namespace.as_str();
-    for d in &children.deployments {
-        apply_one(client, ns, d).await?;
+    let pass = children.fold(Pass {
+        client,
+        t,
+        gateway_api,
+        applies: Vec::new(),
+        prunes: Vec::new(),
+    });
+    for apply in pass.applies {
+        apply.await?;
     }
-    for s in &children.services {
-        apply_one(client, ns, s).await?;
-    }
-    apply_one(client, ns, &children.pdb).await?;
-    for np in &children.network_policies {
-        apply_one(client, ns, np).await?;
-    }
-    if let Some(hpa) = &children.hpa {
-        apply_one(client, ns, hpa).await?;
-    }
-    if let Some(ing) = &children.ingress {
-        apply_one(client, ns, ing).await?;
-    }
-    if let (Some(route), true) = (&children.http_route, gateway_api) {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &http_route_resource());
-        api.patch(&t.name, &params(), &Patch::Apply(route))
-            .await
-            .map_err(|source| ApplyError {
-                verb: "apply",
-                kind: "HTTPRoute".into(),
-                name: t.name.clone(),
-                source,
-            })?;
-    }
-
     let mut applied = Applied::default();
-    let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<BTreeSet<_>>();
-    prune::<Deployment>(
-        client,
-        t,
-        &names(
-            children
-                .deployments
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        ),
-        &mut applied,
-    )
-    .await?;
-    prune::<Service>(
-        client,
-        t,
-        &names(
-            children
-                .services
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        ),
-        &mut applied,
-    )
-    .await?;
-    prune::<PodDisruptionBudget>(
-        client,
-        t,
-        &names(vec![children.pdb.metadata.name.clone()]),
-        &mut applied,
-    )
-    .await?;
-    prune::<NetworkPolicy>(
-        client,
-        t,
-        &names(
-            children
-                .network_policies
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        ),
-        &mut applied,
-    )
-    .await?;
-    prune::<HorizontalPodAutoscaler>(
-        client,
-        t,
-        &names(
-            children
-                .hpa
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        ),
-        &mut applied,
-    )
-    .await?;
-    prune::<Ingress>(
-        client,
-        t,
-        &names(
-            children
-                .ingress
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        ),
-        &mut applied,
-    )
-    .await?;
-    if gateway_api {
-        prune_routes(client, t, children.http_route.is_some(), &mut applied).await?;
+    for prune in pass.prunes {
+        applied.deleted.extend(prune.await?);
     }
     Ok(applied)
 }
 
+/// A request (or a few) of one apply pass, not started yet.
+type Step<'c, T> = BoxFuture<'c, Result<T, ApplyError>>;
+
+/// The applies and prunes of one pass, collected from the one list of kinds.
+struct Pass<'c> {
+    client: &'c Client,
+    t: &'c Tenant,
+    gateway_api: bool,
+    applies: Vec<Step<'c, ()>>,
+    /// Each returns the `Kind/name` of what it deleted.
+    prunes: Vec<Step<'c, Vec<String>>>,
+}
+
+impl<'c> KindFold<'c> for Pass<'c> {
+    fn kind<K: ChildKind>(mut self, built: &'c [K]) -> Self {
+        let (client, t) = (self.client, self.t);
+        self.applies.push(Box::pin(async move {
+            for obj in built {
+                apply_one(client, &t.namespace, obj).await?;
+            }
+            Ok(())
+        }));
+        if K::PRUNED {
+            let keep = built.iter().filter_map(|o| o.meta().name.clone()).collect();
+            self.prunes.push(Box::pin(prune::<K>(client, t, keep)));
+        }
+        self
+    }
+
+    fn http_route(mut self, built: Option<&'c DynamicObject>) -> Self {
+        if !self.gateway_api {
+            return self;
+        }
+        let (client, t) = (self.client, self.t);
+        if let Some(route) = built {
+            self.applies.push(Box::pin(async move {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &t.namespace, &http_route_resource());
+                api.patch(&t.name, &params(), &Patch::Apply(route))
+                    .await
+                    .map_err(|source| ApplyError {
+                        verb: "apply",
+                        kind: "HTTPRoute".into(),
+                        name: t.name.clone(),
+                        source,
+                    })?;
+                Ok(())
+            }));
+        }
+        self.prunes
+            .push(Box::pin(prune_routes(client, t, built.is_some())));
+        self
+    }
+}
+
 fn selector(t: &Tenant) -> ListParams {
-    ListParams::default().labels(&format!(
-        "{TENANT_LABEL}={},app.kubernetes.io/managed-by={MANAGED_BY}",
-        t.name
-    ))
+    ListParams::default().labels(&tenant_children_selector(t))
 }
 
 fn owned_by(t: &Tenant, meta: &kube::api::ObjectMeta) -> bool {
@@ -218,18 +168,11 @@ fn owned_by(t: &Tenant, meta: &kube::api::ObjectMeta) -> bool {
         .is_some_and(|refs| refs.iter().any(|r| r.uid == t.owner.uid))
 }
 
-async fn prune<K>(
+async fn prune<K: ChildKind>(
     client: &Client,
     t: &Tenant,
-    keep: &BTreeSet<String>,
-    applied: &mut Applied,
-) -> Result<(), ApplyError>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-{
+    keep: BTreeSet<String>,
+) -> Result<Vec<String>, ApplyError> {
     let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
     let kind = K::kind(&()).to_string();
     let list = api
@@ -241,6 +184,7 @@ where
             name: String::new(),
             source,
         })?;
+    let mut deleted = Vec::new();
     for obj in list.items {
         let name = obj.name_any();
         if keep.contains(&name) || !owned_by(t, &obj.metadata) {
@@ -259,17 +203,12 @@ where
             }
         }
         tracing::info!(kind = %kind, name = %name, "deleted child no longer in the spec");
-        applied.deleted.push(format!("{kind}/{name}"));
+        deleted.push(format!("{kind}/{name}"));
     }
-    Ok(())
+    Ok(deleted)
 }
 
-async fn prune_routes(
-    client: &Client,
-    t: &Tenant,
-    keep: bool,
-    applied: &mut Applied,
-) -> Result<(), ApplyError> {
+async fn prune_routes(client: &Client, t: &Tenant, keep: bool) -> Result<Vec<String>, ApplyError> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &t.namespace, &http_route_resource());
     let err = |verb, source| ApplyError {
@@ -282,6 +221,7 @@ async fn prune_routes(
         .list_metadata(&selector(t))
         .await
         .map_err(|e| err("list", e))?;
+    let mut deleted = Vec::new();
     for obj in list.items {
         if (keep && obj.name_any() == t.name) || !owned_by(t, &obj.metadata) {
             continue;
@@ -294,9 +234,7 @@ async fn prune_routes(
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(err("delete", e)),
         }
-        applied
-            .deleted
-            .push(format!("HTTPRoute/{}", obj.name_any()));
+        deleted.push(format!("HTTPRoute/{}", obj.name_any()));
     }
-    Ok(())
+    Ok(deleted)
 }

@@ -3,7 +3,7 @@
 
 use kube::runtime::finalizer;
 
-use crate::{apply::ApplyError, database::DatabaseError};
+use crate::{apply::ApplyError, controller::ServerSecretError, database::DatabaseError};
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +23,10 @@ pub enum Error {
     /// The database server failed or is unreachable.
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    /// The server Secret is missing or incomplete.
-    #[error("{0}")]
-    ServerConfig(String),
+    /// The server Secret is missing or incomplete (or, on deletion, the
+    /// spec is too invalid to name one).
+    #[error(transparent)]
+    ServerConfig(#[from] ServerSecretError),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),

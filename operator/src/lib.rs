@@ -2,20 +2,33 @@
 //! chat-runtime Deployments and the objects around them.
 //!
 //! The reconcile pipeline reads top to bottom:
-//! [`crd`] (types) -> [`validate`] (pure) -> [`build`] (pure, one file per
+//! [`crd`] (types) -> [`validate`] (pure, gives a [`model::Tenant`]) ->
+//! [`rollout`] (pure plan of the two slots) -> [`build`] (pure, one file per
 //! child kind) -> [`apply`] (server-side apply, orphan deletion) ->
-//! [`status`] (conditions). [`database`] provisions the tenant's PostgreSQL
-//! database and role; [`controller`] wires the steps into kube-runtime.
+//! [`status`] (conditions). [`children`] is the one list of child kinds that
+//! apply, prune and the watches follow; [`names`] holds the names, labels and
+//! Secret keys every step shares. [`database`] provisions the tenant's
+//! PostgreSQL database and role; [`controller`] drives the steps from
+//! kube-runtime; [`runner`] adds leader election and the HTTP endpoints.
+//! docs/architecture-operator.md describes the whole and its invariants.
+
+#![deny(missing_docs)]
 
 pub mod apply;
 pub mod build;
+pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod database;
 pub mod error;
 pub mod metrics;
+pub mod model;
+pub mod names;
 pub mod rollout;
 pub mod runner;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+
+#[cfg(test)]
+mod fixtures;

@@ -19,7 +19,8 @@
 
 use crate::{
     crd::{ChatTenantStatus, RolloutStrategy},
-    validate::{Slot, Tenant, revision_of},
+    model::{Slot, Tenant},
+    validate::revision_of,
 };
 
 /// What one slot should run.

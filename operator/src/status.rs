@@ -10,13 +10,10 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    build::{
-        meta::{FIELD_MANAGER, selector_string, slot_selector, tenant_selector},
-        secret::db_secret_name,
-    },
     crd::{ChatTenant, ChatTenantStatus, DatabaseStatus, DrainStatus, SlotStatus, TrafficStatus},
+    model::Tenant,
+    names::{FIELD_MANAGER, db_secret_name, selector_string, slot_selector, tenant_selector},
     rollout::{Phase, Plan},
-    validate::Tenant,
 };
 
 /// Condition types, in the order `kubectl describe` shows them.

@@ -5,13 +5,13 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    crd::{ChatTenant, ChatTenantSpec},
+    crd::ChatTenant,
     database::{Ident, TenantDatabase},
+    model::{Slot, Tenant},
 };
 
 /// Why a ChatTenant cannot be reconciled until its spec changes.
@@ -32,61 +32,6 @@ pub enum InvalidSpec {
     /// A CIDR that does not parse.
     #[error("spec.networkPolicy.allowEgressTo[{0}].cidr: {1:?} is not a CIDR such as 10.0.0.0/16")]
     Cidr(usize, String),
-}
-
-/// One of the two runtime slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// `<name>-blue`.
-    Blue,
-    /// `<name>-green`.
-    Green,
-}
-
-impl Slot {
-    /// Lowercase name used in object names and the `chorus.dev/slot` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Slot::Blue => "blue",
-            Slot::Green => "green",
-        }
-    }
-
-    /// The other slot.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::Blue => Slot::Green,
-            Slot::Green => Slot::Blue,
-        }
-    }
-
-    /// Parses `blue`/`green`.
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "blue" => Some(Slot::Blue),
-            "green" => Some(Slot::Green),
-            _ => None,
-        }
-    }
-}
-
-/// The checked view of one ChatTenant.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tenant {
-    /// `metadata.name`; children are named `<name>`, `<name>-blue`, ...
-    pub name: String,
-    /// Namespace of the ChatTenant and all its children.
-    pub namespace: String,
-    /// `metadata.generation`.
-    pub generation: i64,
-    /// The spec, with schema defaults applied.
-    pub spec: ChatTenantSpec,
-    /// Database and role to provision.
-    pub database: TenantDatabase,
-    /// Controller owner reference pointing at the ChatTenant.
-    pub owner: OwnerReference,
-    /// The slot that serves stable traffic.
-    pub stable_slot: Slot,
 }
 
 /// Validates `ct`.

@@ -21,27 +21,27 @@ use k8s_openapi::{
 
 use super::{
     Inputs,
-    meta::{ADMIN_PORT, HTTP_PORT, child_meta, slot_labels, slot_selector, version_label},
-    secret::{AUTH_SECRET_KEY, DB_SECRET_URI_KEY, auth_secret_name, db_secret_name},
+    meta::{ADMIN_PORT, HTTP_PORT, child_meta, version_label},
 };
-use crate::{crd::AuthMode, rollout::SlotSpec, validate::Tenant};
+use crate::{
+    crd::AuthMode,
+    model::Tenant,
+    names::{
+        AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DB_SECRET_URI_KEY, PASSWORD_ANNOTATION,
+        auth_secret_name, db_secret_name, slot_labels, slot_name, slot_selector,
+    },
+    rollout::SlotSpec,
+};
 
 /// Name of the runtime container.
 pub const CONTAINER: &str = "chat-runtime";
 /// Seconds between SIGTERM's start of the drain and the kill, kept back from
 /// the grace period so the runtime finishes closing sockets before SIGKILL.
 pub const DRAIN_MARGIN_SECONDS: i64 = 15;
-/// Pod annotation that changes when the database password is rotated, so
-/// pods restart with the new Secret value.
-pub const PASSWORD_ANNOTATION: &str = "chorus.dev/db-password-changed-at";
-/// Pod annotation carrying a checksum of the JWT key read from a Secret
-/// (`<name>-auth` or `spec.auth.externalJwt.secretRef`), so pods restart,
-/// one at a time, when the key is rotated.
-pub const AUTH_KEY_ANNOTATION: &str = "chorus.dev/auth-key-checksum";
 
 /// The Deployment of one slot.
 pub fn build_deployment(t: &Tenant, slot: &SlotSpec, inputs: &Inputs) -> Deployment {
-    let name = format!("{}-{}", t.name, slot.slot.as_str());
+    let name = slot_name(t, slot.slot);
     let mut labels = slot_labels(t, slot.slot);
     let mut pod_labels = labels.clone();
     pod_labels.insert(
@@ -297,7 +297,7 @@ mod tests {
     use super::*;
     use crate::{
         build::tests::{inputs, tenant_and_plan},
-        validate::Slot,
+        model::Slot,
     };
 
     fn env_value<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {

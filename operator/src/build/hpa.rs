@@ -6,8 +6,8 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 
-use super::meta::{child_meta, labels};
-use crate::{crd::AutoscalingSpec, validate::Tenant};
+use super::meta::child_meta;
+use crate::{crd::AutoscalingSpec, model::Tenant, names::labels};
 
 /// The HPA, or `None` when autoscaling is off.
 pub fn build_hpa(t: &Tenant) -> Option<HorizontalPodAutoscaler> {

@@ -5,8 +5,8 @@
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
-use super::meta::{HTTP_PORT, child_meta, labels};
-use crate::{rollout::Plan, validate::Tenant};
+use super::meta::{HTTP_PORT, child_meta};
+use crate::{model::Tenant, names::labels, rollout::Plan};
 
 /// The HTTPRoute API resource.
 pub fn http_route_resource() -> ApiResource {

@@ -7,8 +7,8 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 
-use super::meta::{child_meta, labels};
-use crate::validate::Tenant;
+use super::meta::child_meta;
+use crate::{model::Tenant, names::labels};
 
 /// Annotations that keep WebSockets open through ingress-nginx; the user's
 /// `spec.exposure.ingress.annotations` override them.

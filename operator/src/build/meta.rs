@@ -1,66 +1,16 @@
-//! Names, labels and metadata shared by every child object.
+//! Metadata and ports shared by the builders. Names, labels and Secret keys
+//! that other steps read too are in [`crate::names`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::validate::{Slot, Tenant};
+use crate::model::Tenant;
 
-/// Field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "chorus-operator";
-/// Label naming the ChatTenant a child belongs to.
-pub const TENANT_LABEL: &str = "chorus.dev/tenant";
-/// Label naming the slot (`blue`/`green`) of slot-specific children.
-pub const SLOT_LABEL: &str = "chorus.dev/slot";
-/// `app.kubernetes.io/managed-by` value of every child.
-pub const MANAGED_BY: &str = "chorus-operator";
 /// Public (chat) port of the runtime.
 pub const HTTP_PORT: i32 = 8080;
 /// Admin (health, metrics) port of the runtime.
 pub const ADMIN_PORT: i32 = 9090;
-
-/// Labels every child carries.
-pub fn labels(t: &Tenant) -> BTreeMap<String, String> {
-    [
-        ("app.kubernetes.io/name", "chat-runtime"),
-        ("app.kubernetes.io/instance", t.name.as_str()),
-        ("app.kubernetes.io/component", "chat"),
-        ("app.kubernetes.io/part-of", "chorus"),
-        ("app.kubernetes.io/managed-by", MANAGED_BY),
-        (TENANT_LABEL, t.name.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-/// Labels of a slot-specific child.
-pub fn slot_labels(t: &Tenant, slot: Slot) -> BTreeMap<String, String> {
-    let mut l = labels(t);
-    l.insert(SLOT_LABEL.into(), slot.as_str().into());
-    l
-}
-
-/// The label selector of every pod of the tenant.
-pub fn tenant_selector(t: &Tenant) -> BTreeMap<String, String> {
-    [(TENANT_LABEL.to_string(), t.name.clone())].into()
-}
-
-/// The label selector of the pods of one slot.
-pub fn slot_selector(t: &Tenant, slot: Slot) -> BTreeMap<String, String> {
-    let mut s = tenant_selector(t);
-    s.insert(SLOT_LABEL.into(), slot.as_str().into());
-    s
-}
-
-/// `key=value,...` form of a selector (status.selector, label queries).
-pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
-    selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// Metadata of a child named `name` with `labels`, owned by the ChatTenant.
 pub fn child_meta(t: &Tenant, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -107,12 +57,5 @@ mod tests {
         assert_eq!(version_label("localhost:5000/rt"), "latest");
         assert_eq!(version_label("rt@sha256:abcdef"), "abcdef");
         assert!(version_label(&format!("rt:{}", "x".repeat(100))).len() <= 63);
-    }
-
-    #[test]
-    fn selector_strings_are_sorted() {
-        let s: BTreeMap<_, _> =
-            [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into();
-        assert_eq!(selector_string(&s), "a=1,b=2");
     }
 }

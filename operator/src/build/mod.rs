@@ -1,5 +1,6 @@
 //! Pure builders: one file per child kind, each `fn build_x(&Tenant, ..) -> X`.
-//! Nothing here talks to the apiserver or the database.
+//! Nothing here talks to the apiserver or the database. [`build_children`]
+//! fills [`Children`], whose kinds are listed once in [`crate::children`].
 
 pub mod deployment;
 pub mod hpa;
@@ -11,16 +12,7 @@ pub mod pdb;
 pub mod secret;
 pub mod service;
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::Service,
-    networking::v1::{Ingress, NetworkPolicy},
-    policy::v1::PodDisruptionBudget,
-};
-use kube::core::DynamicObject;
-
-use crate::{rollout::Plan, validate::Tenant};
+use crate::{children::Children, model::Tenant, rollout::Plan};
 
 /// What the builders need besides the tenant.
 #[derive(Clone, Debug)]
@@ -38,26 +30,6 @@ pub struct Inputs<'a> {
     pub auth_key_hash: Option<&'a str>,
 }
 
-/// Every child object the spec asks for (Secrets are handled with the
-/// database, since their content comes from it).
-#[derive(Clone, Debug)]
-pub struct Children {
-    /// `<name>-blue`, `<name>-green`.
-    pub deployments: Vec<Deployment>,
-    /// `<name>`, `<name>-blue`, `<name>-green`, `<name>-preview`.
-    pub services: Vec<Service>,
-    /// `<name>` when autoscaling is on.
-    pub hpa: Option<HorizontalPodAutoscaler>,
-    /// `<name>`.
-    pub pdb: PodDisruptionBudget,
-    /// `<name>-default-deny`, `<name>-allow` when isolation is on.
-    pub network_policies: Vec<NetworkPolicy>,
-    /// `<name>` when exposed without a gateway.
-    pub ingress: Option<Ingress>,
-    /// `<name>` when exposed through a gateway.
-    pub http_route: Option<DynamicObject>,
-}
-
 /// Builds every child for `t`.
 pub fn build_children(t: &Tenant, inputs: &Inputs) -> Children {
     let plan = inputs.plan;
@@ -68,7 +40,7 @@ pub fn build_children(t: &Tenant, inputs: &Inputs) -> Children {
         ],
         services: service::build_services(t, plan),
         hpa: hpa::build_hpa(t),
-        pdb: pdb::build_pdb(t, plan),
+        pdb: Some(pdb::build_pdb(t, plan)),
         network_policies: network_policy::build_network_policies(t, inputs),
         ingress: ingress::build_ingress(t),
         http_route: http_route::build_http_route(t, plan),
@@ -112,7 +84,7 @@ pub(crate) mod tests {
                 serde_json::from_value(serde_json::json!({"host": "acme.example.com"})).unwrap();
         });
         let c = build_children(&t, &inputs(&plan));
-        let mut metas = vec![c.pdb.metadata.clone()];
+        let mut metas: Vec<_> = c.pdb.iter().map(|d| d.metadata.clone()).collect();
         metas.extend(c.deployments.iter().map(|d| d.metadata.clone()));
         metas.extend(c.services.iter().map(|d| d.metadata.clone()));
         metas.extend(c.network_policies.iter().map(|d| d.metadata.clone()));

@@ -14,9 +14,13 @@ use k8s_openapi::{
 
 use super::{
     Inputs,
-    meta::{ADMIN_PORT, HTTP_PORT, child_meta, labels, tenant_selector},
+    meta::{ADMIN_PORT, HTTP_PORT, child_meta},
 };
-use crate::{crd::NamespacePeer, validate::Tenant};
+use crate::{
+    crd::NamespacePeer,
+    model::Tenant,
+    names::{labels, tenant_selector},
+};
 
 fn tcp(port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {

@@ -6,8 +6,12 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use super::meta::{child_meta, labels, slot_selector};
-use crate::{rollout::Plan, validate::Tenant};
+use super::meta::child_meta;
+use crate::{
+    model::Tenant,
+    names::{labels, slot_selector},
+    rollout::Plan,
+};
 
 /// The PDB over the stable slot's pods.
 pub fn build_pdb(t: &Tenant, plan: &Plan) -> PodDisruptionBudget {

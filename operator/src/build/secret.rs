@@ -9,28 +9,15 @@ use base64::Engine;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use rand::RngCore;
 
-use super::meta::{child_meta, labels};
+use super::meta::child_meta;
 use crate::{
     database::{Ident, ServerConfig},
-    validate::Tenant,
+    model::Tenant,
+    names::{
+        AUTH_SECRET_KEY, DB_SECRET_PASSWORD_KEY, DB_SECRET_URI_KEY, auth_secret_name,
+        db_secret_name, labels,
+    },
 };
-
-/// Key of `<name>-db` holding the full connection URI.
-pub const DB_SECRET_URI_KEY: &str = "uri";
-/// Key of `<name>-db` holding the password.
-pub const DB_SECRET_PASSWORD_KEY: &str = "password";
-/// Key of `<name>-auth` holding the HS256 signing key.
-pub const AUTH_SECRET_KEY: &str = "jwt-secret";
-
-/// `<name>-db`.
-pub fn db_secret_name(t: &Tenant) -> String {
-    format!("{}-db", t.name)
-}
-
-/// `<name>-auth`.
-pub fn auth_secret_name(t: &Tenant) -> String {
-    format!("{}-auth", t.name)
-}
 
 fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
@@ -81,28 +68,10 @@ pub fn generate_jwt_key() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// Reads a key of a Secret as UTF-8, if present and non-empty.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .map(|v| String::from_utf8_lossy(&v.0).to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// A short checksum of a key, safe to show in a pod annotation: it changes
-/// when the key does and reveals nothing usable about it.
-pub fn key_checksum(key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::tenant_and_plan;
+    use crate::{build::tests::tenant_and_plan, names::secret_value};
 
     #[test]
     fn db_secret_has_every_connection_key() {
@@ -133,14 +102,5 @@ mod tests {
         let k = generate_jwt_key();
         assert_eq!(k.len(), 64);
         assert_ne!(k, generate_jwt_key());
-    }
-
-    #[test]
-    fn key_checksums_differ_by_key_and_hide_it() {
-        let a = key_checksum("0123456789abcdef0123456789abcdef");
-        assert_eq!(a.len(), 16);
-        assert_eq!(a, key_checksum("0123456789abcdef0123456789abcdef"));
-        assert_ne!(a, key_checksum("0123456789abcdef0123456789abcdeF"));
-        assert!(!a.contains("0123"));
     }
 }

@@ -9,12 +9,11 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::meta::{
-    ADMIN_PORT, HTTP_PORT, child_meta, labels, slot_labels, slot_selector, tenant_selector,
-};
+use super::meta::{ADMIN_PORT, HTTP_PORT, child_meta};
 use crate::{
+    model::{Slot, Tenant},
+    names::{labels, slot_labels, slot_selector, tenant_selector},
     rollout::Plan,
-    validate::{Slot, Tenant},
 };
 
 fn port(name: &str, port: i32) -> ServicePort {

@@ -6,6 +6,7 @@ pub mod ident;
 pub mod provision;
 pub mod server;
 
+use futures::future::BoxFuture;
 use rand::{Rng, distr::Alphanumeric};
 
 pub use claim::ClaimError;
@@ -66,6 +67,79 @@ impl DatabaseError {
     /// server that answered with an error).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::Timeout { .. })
+    }
+}
+
+/// The operations a reconcile asks of a database server. The controller
+/// reaches PostgreSQL only through this trait: [`Postgres`] in production, a
+/// stand-in in the controller's unit tests (which check the apiserver
+/// requests, not SQL: `provision` and the e2e suites test the SQL).
+pub trait Provisioner: Send + Sync {
+    /// [`check_claim`]: is the name free or this tenant's?
+    fn check_claim<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+    ) -> BoxFuture<'a, Result<(), DatabaseError>>;
+    /// [`ensure`]: create or repair the role and database.
+    fn ensure<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+        password: &'a PasswordAction,
+    ) -> BoxFuture<'a, Result<EnsureOutcome, DatabaseError>>;
+    /// [`check_login`]: does the password log in?
+    fn check_login<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<LoginCheck, DatabaseError>>;
+    /// [`drop_tenant`]: the reclaim of `reclaimPolicy: Delete`.
+    fn drop_tenant<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+    ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>>;
+}
+
+/// The real [`Provisioner`]: the functions of [`provision`] on the server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Postgres;
+
+impl Provisioner for Postgres {
+    fn check_claim<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+    ) -> BoxFuture<'a, Result<(), DatabaseError>> {
+        Box::pin(check_claim(server, db))
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+        password: &'a PasswordAction,
+    ) -> BoxFuture<'a, Result<EnsureOutcome, DatabaseError>> {
+        Box::pin(ensure(server, db, password))
+    }
+
+    fn check_login<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<LoginCheck, DatabaseError>> {
+        Box::pin(check_login(server, db, password))
+    }
+
+    fn drop_tenant<'a>(
+        &'a self,
+        server: &'a ServerConfig,
+        db: &'a TenantDatabase,
+    ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>> {
+        Box::pin(drop_tenant(server, db))
     }
 }
 

@@ -1,0 +1,184 @@
+//! What every reconcile shares: the settings, the API client, metrics, the
+//! Event recorder, the database [`Provisioner`], and two small caches (the
+//! Gateway API probe, the failure counts behind the backoff).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        events::{Event as KubeEvent, Recorder, Reporter},
+        reflector::ObjectRef,
+    },
+};
+
+use super::events::{Event, truncate};
+use crate::{
+    crd::{ChatTenant, ChatTenantStatus},
+    database::{Postgres, Provisioner},
+    error::{Error, Result},
+    metrics::Metrics,
+    status,
+};
+
+/// Operator settings shared by every reconcile.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace holding the database server Secrets.
+    pub server_namespace: String,
+    /// Only watch this namespace (all namespaces when `None`).
+    pub watch_namespace: Option<String>,
+    /// Interval of the idle resync.
+    pub resync: Duration,
+    /// Identity reported in Events (pod name).
+    pub instance: String,
+}
+
+/// State shared by reconciles.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Reconciles this instance ran (tests use it to prove only the leader works).
+    pub reconcile_count: AtomicU64,
+    pub(super) databases: Arc<dyn Provisioner>,
+    recorder: Recorder,
+    gateway_cache: Mutex<Option<(Instant, bool)>>,
+    failures: Mutex<HashMap<ObjectRef<ChatTenant>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`, provisioning on PostgreSQL.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self::with_provisioner(client, settings, metrics, Arc::new(Postgres))
+    }
+
+    /// A context whose database work goes to `databases` (a test seam).
+    pub fn with_provisioner(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        databases: Arc<dyn Provisioner>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "chorus-operator".into(),
+                instance: Some(settings.instance.clone()),
+            },
+        );
+        Self {
+            client,
+            settings,
+            metrics,
+            reconcile_count: AtomicU64::new(0),
+            databases,
+            recorder,
+            gateway_cache: Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes `event` about `ct`. A failure is logged, never returned:
+    /// Events are advice, not state.
+    pub(super) async fn publish(&self, ct: &ChatTenant, event: Event) {
+        let reason = event.reason();
+        let ev = KubeEvent {
+            type_: event.type_(),
+            reason: reason.into(),
+            note: Some(truncate(event.note(), 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ct.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Whether the Gateway API HTTPRoute kind is served. A "yes" is cached
+    /// for a minute, a "no" for ten seconds, so installing the Gateway API
+    /// CRDs takes effect within seconds.
+    pub(super) async fn gateway_api(&self) -> bool {
+        if let Ok(cache) = self.gateway_cache.lock()
+            && let Some((at, present)) = *cache
+            && at.elapsed() < Duration::from_secs(if present { 60 } else { 10 })
+        {
+            return present;
+        }
+        let present = match self
+            .client
+            .list_api_group_resources("gateway.networking.k8s.io/v1")
+            .await
+        {
+            Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
+            Err(_) => false,
+        };
+        if let Ok(mut cache) = self.gateway_cache.lock() {
+            *cache = Some((Instant::now(), present));
+        }
+        present
+    }
+
+    /// Writes `new` as the status of `ct` unless it is unchanged.
+    pub(super) async fn write_status(
+        &self,
+        api: &Api<ChatTenant>,
+        ct: &ChatTenant,
+        new: &ChatTenantStatus,
+    ) -> Result<()> {
+        let wrote = status::write(api, &ct.name_any(), ct.status.as_ref(), new)
+            .await
+            .map_err(Error::kube("writing status"))?;
+        if wrote {
+            self.metrics.status_writes.inc();
+        }
+        Ok(())
+    }
+
+    /// Counts one more failure of `ct`; returns the delay before its retry.
+    pub(super) fn record_failure(&self, ct: &ChatTenant) -> Duration {
+        let key = ObjectRef::from_obj(ct);
+        let attempts = self
+            .failures
+            .lock()
+            .map(|mut f| {
+                let n = f.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        backoff(attempts)
+    }
+
+    /// Forgets the failures of `ct` (it reconciled).
+    pub(super) fn clear_failures(&self, ct: &ChatTenant) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&ObjectRef::from_obj(ct));
+        }
+    }
+}
+
+/// The retry delay after `attempts` failures in a row: 1 s doubling, at most
+/// 256 s (the 5 min cap is never reached).
+pub(super) fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9).saturating_sub(1)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=11).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
+        assert_eq!(backoff(0).as_secs(), 1);
+    }
+}

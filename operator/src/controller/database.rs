@@ -1,0 +1,419 @@
+//! Step 1 of a reconcile: the tenant's role, database and connection Secret
+//! `<name>-db`.
+//!
+//! The Secret is the source of truth for the password: it is created once,
+//! and a new password is only set when there is no Secret yet, or when
+//! `spec.database.passwordRotation.requestedAt` names a request not handled
+//! yet ([`Password::decide`], pure). Ordering keeps the password known
+//! outside the server at every moment: a new Secret is written before the
+//! role gets its password; a rotated password reaches the Secret only after
+//! the role has it. A name that is not this tenant's gets no Secret.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::{Context, ServerSecretError, events::Event};
+use crate::{
+    apply::apply_one,
+    build::secret::build_db_secret,
+    crd::{ChatTenant, ChatTenantStatus},
+    database::{
+        DatabaseError, EnsureOutcome, LoginCheck, PasswordAction, ServerConfig, generate_password,
+    },
+    error::Error,
+    model::Tenant,
+    names::{DB_SECRET_PASSWORD_KEY, db_secret_name, secret_value},
+    rollout,
+    status::{self, DatabaseState},
+};
+
+/// What the database step found and did.
+pub(super) struct DatabaseOutcome {
+    /// For the `DatabaseReady` condition.
+    pub(super) state: DatabaseState,
+    /// `status.database.passwordChangedAt` (also a pod annotation).
+    pub(super) password_changed_at: Option<String>,
+    /// `status.database.rotationRequestHandled`.
+    pub(super) rotation_request_handled: Option<String>,
+    /// The error the reconcile returns (so it retries with backoff).
+    pub(super) error: Option<Error>,
+}
+
+impl DatabaseOutcome {
+    /// The server Secret is unusable: nothing was provisioned, and the
+    /// password bookkeeping of the last status stays.
+    pub(super) fn server_unusable(old: Option<&ChatTenantStatus>, e: ServerSecretError) -> Self {
+        let old_db = old.and_then(|s| s.database.as_ref());
+        Self {
+            state: DatabaseState::NotReady {
+                reason: "ServerSecretInvalid",
+                message: e.to_string(),
+            },
+            password_changed_at: old_db.and_then(|d| d.password_changed_at.clone()),
+            rotation_request_handled: old_db.and_then(|d| d.rotation_request_handled.clone()),
+            error: Some(e.into()),
+        }
+    }
+}
+
+/// What to do with the role's password this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Password {
+    /// No password in a Secret yet: a new one, into a new Secret first, then
+    /// the role.
+    New(String),
+    /// A rotation request not handled yet: a new one, into the role first,
+    /// then the Secret.
+    Rotate(String),
+    /// The Secret's password stays (the role is checked against it).
+    Keep(String),
+}
+
+impl Password {
+    /// The decision. Pure: `existing` is the Secret's password, `requested`
+    /// is `spec.database.passwordRotation.requestedAt`, `handled` is
+    /// `status.database.rotationRequestHandled`; `generate` makes a new
+    /// password when one is needed. A request is only acted on when a
+    /// password exists to rotate; a new Secret marks the request handled too.
+    pub(crate) fn decide(
+        existing: Option<String>,
+        requested: Option<&str>,
+        handled: Option<&str>,
+        generate: impl FnOnce() -> String,
+    ) -> Self {
+        match existing {
+            None => Password::New(generate()),
+            Some(_) if requested.is_some() && requested != handled => Password::Rotate(generate()),
+            Some(p) => Password::Keep(p),
+        }
+    }
+
+    /// The password the Secret holds after this reconcile.
+    pub(crate) fn value(&self) -> &str {
+        match self {
+            Password::New(p) | Password::Rotate(p) | Password::Keep(p) => p,
+        }
+    }
+
+    /// What the role gets.
+    pub(crate) fn action(&self) -> PasswordAction {
+        match self {
+            Password::New(p) | Password::Rotate(p) => PasswordAction::Set(p.clone()),
+            Password::Keep(_) => PasswordAction::Keep,
+        }
+    }
+
+    fn is_new(&self) -> bool {
+        matches!(self, Password::New(_))
+    }
+
+    fn rotates(&self) -> bool {
+        matches!(self, Password::Rotate(_))
+    }
+}
+
+/// The `ProvisioningFailed` family of reasons of a database error.
+pub(super) fn failure_reason(e: &DatabaseError) -> &'static str {
+    if e.is_unreachable() {
+        "ServerUnreachable"
+    } else if matches!(e, DatabaseError::Claim(_)) {
+        "NameInUse"
+    } else {
+        "ProvisioningFailed"
+    }
+}
+
+/// The Events after a successful `ensure`. Pure.
+pub(super) fn provisioning_events(
+    t: &Tenant,
+    password: &Password,
+    outcome: &EnsureOutcome,
+    requested: Option<&str>,
+) -> Vec<Event> {
+    let role = t.database.name.to_string();
+    let mut events = Vec::new();
+    if outcome.created_role {
+        events.push(Event::RoleCreated {
+            role: role.clone(),
+            connection_limit: t.database.connection_limit,
+        });
+    }
+    if outcome.created_database {
+        events.push(Event::DatabaseCreated { role: role.clone() });
+    }
+    if password.is_new() {
+        events.push(Event::SecretCreated {
+            secret: db_secret_name(t),
+        });
+        if !outcome.created_role {
+            events.push(Event::PasswordReset {
+                role: role.clone(),
+                secret: db_secret_name(t),
+            });
+        }
+    }
+    if password.rotates() {
+        events.push(Event::PasswordRotated {
+            role,
+            request: requested.unwrap_or_default().to_string(),
+        });
+    }
+    let other_ddl = outcome.executed.len()
+        - usize::from(outcome.created_role)
+        - usize::from(outcome.created_database) * 2;
+    if !outcome.created_role
+        && !outcome.created_database
+        && other_ddl > 0
+        && !password.rotates()
+        && !password.is_new()
+    {
+        events.push(Event::DatabaseRepaired {
+            statements: outcome.executed.clone(),
+        });
+    }
+    events
+}
+
+/// Provisions the tenant's database on `server`, writing `<name>-db`.
+pub(super) async fn provision(
+    ctx: &Context,
+    ct: &ChatTenant,
+    t: &Tenant,
+    server: &ServerConfig,
+) -> DatabaseOutcome {
+    let old_db = ct.status.as_ref().and_then(|s| s.database.as_ref());
+    let mut changed_at = old_db.and_then(|d| d.password_changed_at.clone());
+    let mut handled = old_db.and_then(|d| d.rotation_request_handled.clone());
+    let requested = t
+        .spec
+        .database
+        .password_rotation
+        .as_ref()
+        .map(|r| r.requested_at.clone());
+    let fail = |reason: &'static str, e: Error, changed_at, handled| DatabaseOutcome {
+        state: DatabaseState::NotReady {
+            reason,
+            message: format!("{e}; the operator retries with backoff"),
+        },
+        password_changed_at: changed_at,
+        rotation_request_handled: handled,
+        error: Some(e),
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &t.namespace);
+    let existing = match secrets.get_opt(&db_secret_name(t)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Error::kube("reading the database Secret")(e);
+            return fail("SecretUnreadable", e, changed_at, handled);
+        }
+    };
+    let password = Password::decide(
+        existing
+            .as_ref()
+            .and_then(|s| secret_value(s, DB_SECRET_PASSWORD_KEY)),
+        requested.as_deref(),
+        handled.as_deref(),
+        generate_password,
+    );
+    let action = password.action();
+    let role = &t.database.name;
+    let db_secret = build_db_secret(t, server, role, password.value());
+
+    if password.is_new() {
+        if let Err(e) = ctx.databases.check_claim(server, &t.database).await {
+            let reason = failure_reason(&e);
+            ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            return fail(reason, e.into(), changed_at, handled);
+        }
+        if let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret).await {
+            return fail("SecretWriteFailed", e.into(), changed_at, handled);
+        }
+    }
+    let outcome = match ctx.databases.ensure(server, &t.database, &action).await {
+        Ok(o) => o,
+        Err(e) => {
+            let reason = failure_reason(&e);
+            ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            return fail(reason, e.into(), changed_at, handled);
+        }
+    };
+    ctx.metrics
+        .ddl_statements
+        .inc_by(outcome.executed.len() as u64);
+    if matches!(action, PasswordAction::Set(_)) {
+        changed_at = Some(rollout::format_time(jiff::Timestamp::now().as_second()));
+        handled = requested.clone();
+    }
+    // The Secret follows the server (host, port, sslmode); with a rotation
+    // it gets the new password only after the role has it.
+    if !password.is_new()
+        && let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret).await
+    {
+        return fail("SecretWriteFailed", e.into(), changed_at, handled);
+    }
+    for event in provisioning_events(t, &password, &outcome, requested.as_deref()) {
+        ctx.publish(ct, event).await;
+    }
+
+    let login = ctx
+        .databases
+        .check_login(server, &t.database, password.value())
+        .await;
+    let state = match login {
+        Ok(LoginCheck::Ok) => DatabaseState::Ready,
+        Ok(LoginCheck::PasswordMismatch) => {
+            let message = format!(
+                "the password in Secret {} does not match role {role} (changed outside the operator?); set spec.database.passwordRotation.requestedAt to the current time to set a new password in both",
+                db_secret_name(t)
+            );
+            // Said once per occurrence, not at every resync.
+            let already_reported = ct.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == status::types::DATABASE_READY && c.reason == "PasswordMismatch"
+                })
+            });
+            if !already_reported {
+                let event = Event::PasswordMismatch {
+                    message: message.clone(),
+                };
+                ctx.publish(ct, event).await;
+            }
+            DatabaseState::NotReady {
+                reason: "PasswordMismatch",
+                message,
+            }
+        }
+        Ok(LoginCheck::Refused(why)) => DatabaseState::NotReady {
+            reason: "LoginRefused",
+            message: format!(
+                "the server refused role {role}'s login to database {role}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods"
+            ),
+        },
+        Err(e) => return fail("ServerUnreachable", e.into(), changed_at, handled),
+    };
+    DatabaseOutcome {
+        state,
+        password_changed_at: changed_at,
+        rotation_request_handled: handled,
+        error: None,
+    }
+}
+
+fn provisioning_failed(reason: &'static str, e: &DatabaseError) -> Event {
+    Event::ProvisioningFailed {
+        reason,
+        error: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::tenant_and_plan;
+
+    fn fresh() -> String {
+        "fresh".into()
+    }
+
+    #[test]
+    fn no_secret_means_a_new_password_even_with_a_request() {
+        assert_eq!(
+            Password::decide(None, None, None, fresh),
+            Password::New("fresh".into())
+        );
+        assert_eq!(
+            Password::decide(None, Some("t1"), None, fresh),
+            Password::New("fresh".into())
+        );
+    }
+
+    #[test]
+    fn an_existing_password_is_kept_without_a_new_request() {
+        let keep = Password::Keep("old".into());
+        assert_eq!(
+            Password::decide(Some("old".into()), None, None, fresh),
+            keep
+        );
+        assert_eq!(
+            Password::decide(Some("old".into()), Some("t1"), Some("t1"), fresh),
+            keep
+        );
+        assert_eq!(keep.action(), PasswordAction::Keep);
+        assert_eq!(keep.value(), "old");
+    }
+
+    #[test]
+    fn a_request_not_handled_yet_rotates() {
+        let p = Password::decide(Some("old".into()), Some("t2"), Some("t1"), fresh);
+        assert_eq!(p, Password::Rotate("fresh".into()));
+        assert_eq!(p.action(), PasswordAction::Set("fresh".into()));
+        assert_eq!(
+            Password::decide(Some("old".into()), Some("t1"), None, fresh),
+            Password::Rotate("fresh".into())
+        );
+    }
+
+    #[test]
+    fn the_generator_runs_only_when_a_password_is_needed() {
+        let p = Password::decide(Some("old".into()), None, None, || {
+            panic!("no new password needed")
+        });
+        assert_eq!(p, Password::Keep("old".into()));
+    }
+
+    fn outcome(executed: &[&str], created_role: bool, created_database: bool) -> EnsureOutcome {
+        EnsureOutcome {
+            executed: executed.iter().map(|s| s.to_string()).collect(),
+            created_role,
+            created_database,
+        }
+    }
+
+    fn reasons(events: Vec<Event>) -> Vec<&'static str> {
+        events.iter().map(Event::reason).collect()
+    }
+
+    #[test]
+    fn first_provisioning_says_role_database_and_secret() {
+        let (t, _) = tenant_and_plan(|_| {});
+        let o = outcome(&["CREATE ROLE", "CREATE DATABASE", "REVOKE"], true, true);
+        let events = provisioning_events(&t, &Password::New("p".into()), &o, None);
+        assert_eq!(
+            reasons(events),
+            ["RoleCreated", "DatabaseCreated", "SecretCreated"]
+        );
+    }
+
+    #[test]
+    fn a_role_without_its_secret_gets_a_reset_warning() {
+        let (t, _) = tenant_and_plan(|_| {});
+        let o = outcome(&["ALTER ROLE ... PASSWORD"], false, false);
+        let events = provisioning_events(&t, &Password::New("p".into()), &o, None);
+        assert_eq!(reasons(events), ["SecretCreated", "PasswordReset"]);
+    }
+
+    #[test]
+    fn rotation_and_repair_are_told_apart() {
+        let (t, _) = tenant_and_plan(|_| {});
+        let o = outcome(&["ALTER ROLE ... PASSWORD"], false, false);
+        let rotated = provisioning_events(&t, &Password::Rotate("p".into()), &o, Some("t1"));
+        assert_eq!(
+            rotated,
+            [Event::PasswordRotated {
+                role: "chat_acme".into(),
+                request: "t1".into()
+            }]
+        );
+        let o = outcome(&["ALTER ROLE ... CONNECTION LIMIT 50"], false, false);
+        let repaired = provisioning_events(&t, &Password::Keep("p".into()), &o, None);
+        assert_eq!(reasons(repaired), ["DatabaseRepaired"]);
+        let idle = provisioning_events(
+            &t,
+            &Password::Keep("p".into()),
+            &outcome(&[], false, false),
+            None,
+        );
+        assert_eq!(idle, []);
+    }
+}

@@ -1,0 +1,257 @@
+//! Reads what a reconcile decides from, before it changes anything: the
+//! ChatTenant itself (fresh, not from the watch cache), the database server
+//! Secret it names, both slots' Deployments, and whether the Gateway API is
+//! served.
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use kube::{Api, ResourceExt};
+
+use super::Context;
+use crate::{
+    crd::ChatTenant,
+    database::{ServerConfig, ServerConfigError},
+    error::{Error, Result},
+    model::{Slot, Tenant},
+    names::{AUTH_KEY_ANNOTATION, slot_name},
+    status::{DeploymentObservation, Problem},
+    validate::InvalidSpec,
+};
+
+/// Why the database server Secret (`spec.database.serverRef`) gives no
+/// server. Each text names the Secret and says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerSecretError {
+    /// Reading the Secret failed.
+    #[error("cannot read Secret {namespace}/{name}: {source}")]
+    Unreadable {
+        /// Namespace of the server Secrets.
+        namespace: String,
+        /// `spec.database.serverRef.name`.
+        name: String,
+        /// API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret does not exist.
+    #[error(
+        "Secret {namespace}/{name} (spec.database.serverRef) does not exist: create it with keys host, port, username, password"
+    )]
+    Missing {
+        /// Namespace of the server Secrets.
+        namespace: String,
+        /// `spec.database.serverRef.name`.
+        name: String,
+    },
+    /// A key is missing or invalid.
+    #[error("{source} (Secret {namespace}/{name}, named by spec.database.serverRef)")]
+    Invalid {
+        /// Namespace of the server Secrets.
+        namespace: String,
+        /// `spec.database.serverRef.name`.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: ServerConfigError,
+    },
+    /// The spec does not validate, so it names no usable server (deletion
+    /// of an invalid tenant).
+    #[error("{0}")]
+    InvalidSpec(#[source] InvalidSpec),
+}
+
+/// The ChatTenant as stored now. The status carries state (stable slot,
+/// rotation handled, drain deadline) and the watch cache can lag the last
+/// status write by a few milliseconds, so every decision starts from a fresh
+/// read. `None` when it is gone.
+pub(super) async fn fresh_tenant(
+    api: &Api<ChatTenant>,
+    cached: &ChatTenant,
+) -> Result<Option<ChatTenant>> {
+    api.get_opt(&cached.name_any())
+        .await
+        .map_err(Error::kube("reading the ChatTenant"))
+}
+
+/// The admin connection settings from the server Secret.
+pub(super) async fn load_server(
+    ctx: &Context,
+    t: &Tenant,
+) -> Result<ServerConfig, ServerSecretError> {
+    let name = t.spec.database.server_ref.name.clone();
+    let namespace = ctx.settings.server_namespace.clone();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    match api.get_opt(&name).await {
+        Ok(Some(secret)) => ServerConfig::from_secret_data(&name, &secret.data.unwrap_or_default())
+            .map_err(|source| ServerSecretError::Invalid {
+                namespace,
+                name,
+                source,
+            }),
+        Ok(None) => Err(ServerSecretError::Missing { namespace, name }),
+        Err(source) => Err(ServerSecretError::Unreadable {
+            namespace,
+            name,
+            source,
+        }),
+    }
+}
+
+/// Whether routes can be used, and a problem when the spec wants them but
+/// the Gateway API is not served.
+pub(super) struct Gateway {
+    /// HTTPRoutes are served (asked even when not wanted, so a route left
+    /// from an earlier spec is pruned).
+    pub(super) served: bool,
+    /// The spec wants a route and routes are served.
+    pub(super) use_routes: bool,
+    /// Set when the spec wants a route that cannot be made.
+    pub(super) problem: Option<Problem>,
+}
+
+/// Probes the Gateway API (cached in the context).
+pub(super) async fn gateway(ctx: &Context, t: &Tenant) -> Gateway {
+    let wants = t
+        .spec
+        .exposure
+        .as_ref()
+        .is_some_and(|e| e.gateway.is_some());
+    let served = ctx.gateway_api().await;
+    let problem = (wants && !served).then(|| Problem {
+        reason: "GatewayAPIMissing",
+        message: "spec.exposure.gateway is set but the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) is not installed; install its CRDs or use spec.exposure.ingress".into(),
+    });
+    Gateway {
+        served,
+        use_routes: wants && served,
+        problem,
+    }
+}
+
+/// Both slots' Deployments as observed, and the auth key checksum their
+/// pods run with.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Slots {
+    blue: DeploymentObservation,
+    green: DeploymentObservation,
+    /// The `chorus.dev/auth-key-checksum` the running pods have.
+    pub(super) running_key_hash: Option<String>,
+}
+
+impl Slots {
+    /// The observation of `slot`.
+    pub(super) fn get(&self, slot: Slot) -> DeploymentObservation {
+        match slot {
+            Slot::Blue => self.blue,
+            Slot::Green => self.green,
+        }
+    }
+}
+
+/// Reads `<name>-blue` and `<name>-green`.
+pub(super) async fn observe_deployments(ctx: &Context, t: &Tenant) -> Result<Slots> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &t.namespace);
+    let mut slots = Slots::default();
+    for slot in [Slot::Blue, Slot::Green] {
+        let name = slot_name(t, slot);
+        let d = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("reading Deployment {name}")))?;
+        if let Some(d) = d {
+            slots.running_key_hash = slots.running_key_hash.or_else(|| running_auth_key_hash(&d));
+            let observed = observe(d);
+            match slot {
+                Slot::Blue => slots.blue = observed,
+                Slot::Green => slots.green = observed,
+            }
+        }
+    }
+    Ok(slots)
+}
+
+/// What one Deployment reports. Pure.
+fn observe(d: Deployment) -> DeploymentObservation {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let st = d.status.unwrap_or_default();
+    let caught_up = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    DeploymentObservation {
+        available: st.available_replicas.unwrap_or(0),
+        rolling: !caught_up
+            || st.updated_replicas.unwrap_or(0) < want
+            || st.replicas.unwrap_or(0) > want,
+    }
+}
+
+fn running_auth_key_hash(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(AUTH_KEY_ANNOTATION)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(yaml: &str) -> Deployment {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_deployment_is_rolling_until_caught_up_and_updated() {
+        let done = deployment(
+            "metadata: {name: a, generation: 2}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplicas: 2}",
+        );
+        assert_eq!(
+            observe(done),
+            DeploymentObservation {
+                available: 2,
+                rolling: false
+            }
+        );
+        let behind = deployment(
+            "metadata: {name: a, generation: 3}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplicas: 2}",
+        );
+        assert!(observe(behind).rolling);
+        let surging = deployment(
+            "metadata: {name: a, generation: 2}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 3, updatedReplicas: 2, availableReplicas: 2}",
+        );
+        assert!(observe(surging).rolling);
+    }
+
+    #[test]
+    fn server_secret_errors_name_the_secret_and_the_fix() {
+        let missing = ServerSecretError::Missing {
+            namespace: "chorus-system".into(),
+            name: "shared-pg".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "Secret chorus-system/shared-pg (spec.database.serverRef) does not exist: create it with keys host, port, username, password"
+        );
+        let invalid = ServerSecretError::Invalid {
+            namespace: "chorus-system".into(),
+            name: "shared-pg".into(),
+            source: ServerConfigError::MissingKey {
+                secret: "shared-pg".into(),
+                key: "host",
+            },
+        };
+        assert!(
+            invalid
+                .to_string()
+                .ends_with("(Secret chorus-system/shared-pg, named by spec.database.serverRef)")
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! What starts a reconcile: the ChatTenant watch (spec, finalizer and
+//! deletion changes only, so status writes do not echo back), the Secrets
+//! tenants name ([`super::referenced`]), every owned kind from the one list
+//! ([`crate::children`]), and the resync each reconcile asks for.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource,
+    core::DynamicObject,
+    runtime::{Controller, WatchStreamExt, reflector, watcher},
+};
+
+use super::{Context, error_policy, reconcile, referenced};
+use crate::{
+    children::{ChildKind, Children, KindFold},
+    crd::ChatTenant,
+    names::managed_selector,
+};
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = ctx.settings.watch_namespace.clone();
+    let tenants: Api<ChatTenant> = namespaced_or_all(&client, &ns);
+    // Only spec changes (generation), finalizer changes and deletion start a
+    // reconcile from the ChatTenant itself, so status writes do not echo back.
+    let (reader, writer) = reflector::store();
+    let main = watcher(tenants, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_changes, Default::default());
+    let (referenced, to_tenants) =
+        referenced::secret_events(&client, &ctx.settings, reader.clone());
+    let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
+    let Owns { controller, .. } = Children::default().fold(Owns {
+        controller,
+        client,
+        namespace: ns,
+        config: watcher::Config::default().labels(&managed_selector()),
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile stream error"),
+            }
+        })
+        .await;
+}
+
+fn namespaced_or_all<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Adds a watch of every owned kind to the controller.
+struct Owns {
+    controller: Controller<ChatTenant>,
+    client: Client,
+    namespace: Option<String>,
+    config: watcher::Config,
+}
+
+impl KindFold<'_> for Owns {
+    fn kind<K: ChildKind>(self, _: &[K]) -> Self {
+        let api = namespaced_or_all::<K>(&self.client, &self.namespace);
+        Self {
+            controller: self.controller.owns(api, self.config.clone()),
+            ..self
+        }
+    }
+
+    /// Not watched: the Gateway API may not be served, and a watch of a
+    /// kind that is not served fails. A hand-edited route is repaired at the
+    /// next resync.
+    fn http_route(self, _: Option<&DynamicObject>) -> Self {
+        self
+    }
+}
+
+/// The predicate of the main watch: generation, finalizers and the deletion
+/// mark. Status and label/annotation writes do not change it.
+fn spec_changes(ct: &ChatTenant) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ct.metadata.generation.hash(&mut h);
+    ct.metadata.finalizers.hash(&mut h);
+    ct.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::sample;
+
+    #[test]
+    fn only_spec_finalizers_and_deletion_start_a_reconcile() {
+        let ct = sample();
+        let mut status_only = ct.clone();
+        status_only.status = Some(Default::default());
+        status_only.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
+        assert_eq!(spec_changes(&ct), spec_changes(&status_only));
+        let mut new_generation = ct.clone();
+        new_generation.metadata.generation = Some(4);
+        assert_ne!(spec_changes(&ct), spec_changes(&new_generation));
+        let mut finalized = ct.clone();
+        finalized.metadata.finalizers = Some(vec!["chorus.dev/cleanup".into()]);
+        assert_ne!(spec_changes(&ct), spec_changes(&finalized));
+    }
+}
