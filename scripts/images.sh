@@ -52,7 +52,7 @@ rootfs "$rel/chorus-operator" "$work/operator"
 for sock in "$CHORUS_CACHE"/run/*/node/containerd/containerd.sock; do
   [ -S "$sock" ] || continue
   for tar in "$out"/*.tar; do
-    "$CP_BIN/ctr" --address "$sock" -n k8s.io images import "$tar" >/dev/null
+    "$CP_BIN/ctr" --address "$sock" -n k8s.io images import "$tar" 2>&1 >/dev/null | { grep -v DEPRECATION >&2 || true; }
   done
   step "imported the images into the node at ${sock%/node/*}"
 done
