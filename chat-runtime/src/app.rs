@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/login", post(accounts::login))
         .route("/api/v1/auth/logout", post(accounts::logout))
         .route("/api/v1/me", get(accounts::me))
+        .route("/api/v1/ws-ticket", post(accounts::ws_ticket))
         .route("/api/v1/rooms", get(rooms::list).post(rooms::create))
         .route("/api/v1/dms", post(rooms::direct))
         .route("/api/v1/rooms/{room}", get(rooms::show))
@@ -161,6 +162,10 @@ mod tests {
             drain: Duration::from_secs(1),
             resume_limit: 100,
             db_pool_size: 1,
+            auth_limits: Default::default(),
+            trusted_proxies: vec![],
+            cors_origins: vec![],
+            ws_ticket_ttl: Duration::from_secs(30),
         };
         let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
         let metrics = Arc::new(Metrics::default());
