@@ -12,8 +12,10 @@ use serde_json::{Value, value::RawValue};
 use sqlx::{FromRow, Row, postgres::PgRow, types::Json};
 
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
-    check_no_nul, next_seq, rooms::Role,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId,
+    accounts::User,
+    append_event, check_no_nul, next_seq,
+    rooms::{Role, room_absent},
 };
 pub use crate::protocol::Attachment;
 use crate::protocol::{RoomEvent, StoredEvent, UserRef};
@@ -240,13 +242,23 @@ impl Store {
     ) -> StoreResult<Vec<StoreResult<SendAck>>> {
         use std::collections::{HashMap, HashSet};
         let mut tx = self.begin().await?;
-        let last: Option<(Seq,)> =
-            sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1 FOR UPDATE")
+        let last: Option<(Seq, String)> =
+            sqlx::query_as("SELECT last_seq, kind FROM rooms WHERE id = $1 FOR UPDATE")
                 .bind(room)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((last,)) = last else {
-            return Err(StoreError::NotFound(format!("room {room} does not exist")));
+        let Some((last, kind)) = last else {
+            return Err(room_absent(room));
+        };
+        // A non-member of a private room or DM is told the room is absent.
+        let not_member = || {
+            if kind == "public" {
+                StoreError::Forbidden(format!(
+                    "you are not a member of room {room}; join it first"
+                ))
+            } else {
+                room_absent(room)
+            }
         };
         let senders: Vec<UserId> = batch.iter().map(|(u, _)| u.id).collect();
         let members: HashSet<UserId> = sqlx::query_as::<_, (UserId,)>(
@@ -304,9 +316,7 @@ impl Store {
         for (user, m) in batch {
             let key = (user.id, m.client_msg_id.clone());
             if !members.contains(&user.id) {
-                results.push(Err(StoreError::Forbidden(format!(
-                    "you are not a member of room {room}; join it first"
-                ))));
+                results.push(Err(not_member()));
                 continue;
             }
             if let Some(seq) = existing.get(&key) {
