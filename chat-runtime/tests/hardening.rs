@@ -292,6 +292,255 @@ async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     assert_eq!(statuses, [401, 401, 429, 401]);
 }
 
+// ---- private rooms look absent ----
+
+/// An answer with the room's id replaced by `N`: what must not differ
+/// between a private room and a missing one.
+fn shape(status: u16, body: &Value, room: i64) -> String {
+    let text = body.to_string().replace(&room.to_string(), "N");
+    format!("{status} {text}")
+}
+
+#[tokio::test]
+async fn a_private_room_answers_non_members_exactly_like_a_missing_room() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let bob = signup(&r.http, "bob").await;
+    signup(&r.http, "carol").await;
+    let (status, created) = http(
+        "POST",
+        &format!("{}/api/v1/rooms", r.http),
+        Some(&alice),
+        Some(json!({"name": "secret", "kind": "private", "topic": "the plan"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let private = created["room"]["id"].as_i64().unwrap();
+    let (_, dm) = http(
+        "POST",
+        &format!("{}/api/v1/dms", r.http),
+        Some(&alice),
+        Some(json!({"user": "carol"})),
+    )
+    .await;
+    let dm = dm["room"]["id"].as_i64().unwrap();
+    for room in [private, dm] {
+        let (status, sent) = http(
+            "POST",
+            &format!("{}/api/v1/rooms/{room}/messages", r.http),
+            Some(&alice),
+            Some(json!({"client_msg_id": "m1", "body": "top secret"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{sent}");
+    }
+    let missing = 987_654_321_i64;
+    let seq = 2; // the message above (seq 1 is the owner joining)
+
+    // Every REST route that takes a room id.
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/api/v1/rooms/{r}".into(), None),
+        ("POST", "/api/v1/rooms/{r}/join".into(), None),
+        ("POST", "/api/v1/rooms/{r}/leave".into(), None),
+        (
+            "POST",
+            "/api/v1/rooms/{r}/invite".into(),
+            Some(json!({"user": "carol"})),
+        ),
+        ("GET", "/api/v1/rooms/{r}/members".into(), None),
+        (
+            "PUT",
+            "/api/v1/rooms/{r}/members/carol/role".into(),
+            Some(json!({"role": "moderator"})),
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/{r}/kick".into(),
+            Some(json!({"user": "carol"})),
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/{r}/bans".into(),
+            Some(json!({"user": "carol"})),
+        ),
+        ("DELETE", "/api/v1/rooms/{r}/bans/carol".into(), None),
+        ("GET", "/api/v1/rooms/{r}/presence".into(), None),
+        (
+            "POST",
+            "/api/v1/rooms/{r}/read".into(),
+            Some(json!({"seq": seq})),
+        ),
+        ("GET", "/api/v1/rooms/{r}/messages".into(), None),
+        (
+            "POST",
+            "/api/v1/rooms/{r}/messages".into(),
+            Some(json!({"client_msg_id": "b1", "body": "hi"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/rooms/{{r}}/messages/{seq}"),
+            Some(json!({"body": "edited"})),
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/rooms/{{r}}/messages/{seq}"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/api/v1/rooms/{{r}}/messages/{seq}/reactions/ok"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/rooms/{{r}}/messages/{seq}/reactions/ok"),
+            None,
+        ),
+        ("GET", format!("/api/v1/rooms/{{r}}/threads/{seq}"), None),
+        ("GET", "/api/v1/search?q=secret&room={r}".into(), None),
+    ];
+    for (method, path, body) in &routes {
+        let call = |room: i64| {
+            let url = format!("{}{}", r.http, path.replace("{r}", &room.to_string()));
+            let body = body.clone();
+            let bob = bob.clone();
+            async move { http(method, &url, Some(&bob), body).await }
+        };
+        let (ms, mb) = call(missing).await;
+        for room in [private, dm] {
+            let (ps, pb) = call(room).await;
+            assert_eq!(
+                shape(ps, &pb, room),
+                shape(ms, &mb, missing),
+                "{method} {path}: a private room must answer like a missing one"
+            );
+            assert!(!pb.to_string().contains("secret"), "{method} {path}: {pb}");
+        }
+        if path.starts_with("/api/v1/search") {
+            assert_eq!((ms, mb["results"].as_array().map(Vec::len)), (200, Some(0)));
+        } else {
+            assert_eq!(ms, 404, "{method} {path}: {mb}");
+            assert_eq!(mb["error"]["code"], "not_found", "{method} {path}");
+        }
+    }
+
+    // Every WebSocket frame that takes a room id.
+    let mut ws = Ws::connect(&r.ws, &bob).await;
+    let frames: Vec<Value> = vec![
+        json!({"type": "subscribe", "room": 0}),
+        json!({"type": "subscribe", "room": 0, "epoch": "e", "last_seq": 1}),
+        json!({"type": "unsubscribe", "room": 0}),
+        json!({"type": "send", "room": 0, "client_msg_id": "w1", "body": "hi"}),
+        json!({"type": "edit", "room": 0, "seq": seq, "body": "x"}),
+        json!({"type": "delete", "room": 0, "seq": seq}),
+        json!({"type": "react", "room": 0, "seq": seq, "emoji": "ok"}),
+        json!({"type": "react", "room": 0, "seq": seq, "emoji": "ok", "on": false}),
+        json!({"type": "read", "room": 0, "seq": seq}),
+        json!({"type": "typing", "room": 0}),
+    ];
+    for (i, frame) in frames.iter().enumerate() {
+        let mut answers = Vec::new();
+        for (k, room) in [missing, private, dm].into_iter().enumerate() {
+            let mut f = frame.clone();
+            f["room"] = json!(room);
+            let id = format!("f{i}-{k}");
+            f["id"] = json!(id);
+            ws.send(f).await;
+            let mut answer = ws.expect("answer", T, |a| a["id"] == id).await;
+            answer["id"] = json!("ID");
+            answers.push(shape(200, &answer, room));
+        }
+        assert_eq!(answers[1], answers[0], "{frame}: private vs missing");
+        assert_eq!(answers[2], answers[0], "{frame}: DM vs missing");
+        if frame["type"] != "unsubscribe" && frame["type"] != "typing" {
+            assert!(answers[0].contains("not_found"), "{frame}: {}", answers[0]);
+        }
+    }
+    // Members still see their room; a public room still tells a non-member
+    // to join.
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/api/v1/rooms/{private}/messages", r.http),
+            Some(&alice),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let public = public_room(&r.http, &alice, "open").await;
+    let (status, e) = http(
+        "GET",
+        &format!("{}/api/v1/rooms/{public}/messages", r.http),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+}
+
+// ---- bad_frame keeps the id ----
+
+#[tokio::test]
+async fn a_frame_that_does_not_parse_is_refused_with_its_id_and_the_socket_lives() {
+    use futures::SinkExt;
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    let deep = format!(
+        r#"{{"type":"send","id":"deep","room":{room},"x":{}{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let frames = [
+        format!(
+            r#"{{"type":"send","id":"huge","room":{room},"client_msg_id":"a","body":"x","n":1e400}}"#
+        ),
+        format!(
+            r#"{{"type":"send","id":"lone","room":{room},"client_msg_id":"b","body":"\ud800"}}"#
+        ),
+        deep,
+        r#"{"type":"ping","id":"cut","#.to_string(),
+        r#"{"type":"ping","id":"tail"} {"type":"ping"}"#.to_string(),
+    ];
+    for frame in &frames {
+        ws.send_raw(frame).await;
+    }
+    for id in ["huge", "lone", "deep", "cut", "tail"] {
+        let e = ws.expect("bad_frame", T, |f| f["type"] == "error").await;
+        assert_eq!(
+            (e["id"].as_str(), e["code"].as_str()),
+            (Some(id), Some("bad_frame")),
+            "{e}"
+        );
+    }
+    // A binary frame with a readable id gets it back too.
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            br#"{"type":"ping","id":"bin"}"#.to_vec().into(),
+        ))
+        .await
+        .unwrap();
+    let e = ws
+        .expect("binary refused", T, |f| f["type"] == "error")
+        .await;
+    assert_eq!(
+        (e["id"].as_str(), e["code"].as_str()),
+        (Some("bin"), Some("bad_frame"))
+    );
+    // The connection survived all of it, in order.
+    ws.send(json!({"type": "ping", "id": "alive"})).await;
+    let pong = ws.expect("pong", T, |f| f["type"] == "pong").await;
+    assert_eq!(pong["id"], "alive");
+}
+
 // ---- helpers for later sections ----
 
 #[allow(dead_code)]
