@@ -148,6 +148,16 @@ impl Server {
             hub.clone(),
         )));
         tasks.push(tokio::spawn(hub::run_timers(hub.clone())));
+        let index_store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            match index_store.ensure_search_index().await {
+                Ok(true) => tracing::info!("trigram search index ready"),
+                Ok(false) => tracing::info!(
+                    "no trigram search index (pg_trgm missing, or another replica is building it): substring search scans"
+                ),
+                Err(e) => tracing::warn!(error = %e, "building the trigram search index failed; substring search scans"),
+            }
+        }));
         let limiter = state.auth_limiter.clone();
         tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));

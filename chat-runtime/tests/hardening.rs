@@ -541,6 +541,181 @@ async fn a_frame_that_does_not_parse_is_refused_with_its_id_and_the_socket_lives
     assert_eq!(pong["id"], "alive");
 }
 
+// ---- search in scripts without spaces ----
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn search(base: &str, token: &str, q: &str) -> Vec<String> {
+    let (status, found) = http(
+        "GET",
+        &format!("{base}/api/v1/search?q={}", urlencode(q)),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{q}: {found}");
+    found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["message"]["body"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn post_messages(base: &str, token: &str, room: i64, bodies: &[&str]) {
+    for (i, body) in bodies.iter().enumerate() {
+        let (status, sent) = http(
+            "POST",
+            &format!("{base}/api/v1/rooms/{room}/messages"),
+            Some(token),
+            Some(json!({"client_msg_id": format!("s{i}"), "body": body})),
+        )
+        .await;
+        assert_eq!(status, 200, "{sent}");
+    }
+}
+
+const SCRIPTS: [&str; 6] = [
+    "我家在上海东边。",
+    "東京タワーに行きました",
+    "서울에 갑니다",
+    "ฉันอยู่กรุงเทพมหานคร",
+    "Tokyo meeting at 東京駅",
+    "the meeting is at noon",
+];
+
+/// Each script's words are found inside the text, and only there.
+async fn search_finds_words_of_every_script(base: &str, token: &str) {
+    for (q, expect) in [
+        ("上海", vec!["我家在上海东边。"]),
+        ("东边", vec!["我家在上海东边。"]),
+        ("北京", vec![]),
+        ("タワー", vec!["東京タワーに行きました"]),
+        ("서울", vec!["서울에 갑니다"]),
+        ("부산", vec![]),
+        ("กรุงเทพ", vec!["ฉันอยู่กรุงเทพมหานคร"]),
+        ("meeting 東京", vec!["Tokyo meeting at 東京駅"]),
+        ("上海 東京", vec![]),
+        ("%", vec![]),
+    ] {
+        assert_eq!(search(base, token, q).await, expect, "{q}");
+    }
+    let mut tokyo = search(base, token, "東京").await;
+    tokyo.sort();
+    assert_eq!(tokyo, ["Tokyo meeting at 東京駅", "東京タワーに行きました"]);
+}
+
+#[tokio::test]
+async fn search_finds_words_in_scripts_without_spaces_and_ranks_latin_text() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    post_messages(&r.http, &alice, room, &SCRIPTS).await;
+    search_finds_words_of_every_script(&r.http, &alice).await;
+    // Latin text: full-text words, ranked; among equal ranks newest first.
+    let other = public_room(&r.http, &alice, "releases").await;
+    post_messages(
+        &r.http,
+        &alice,
+        other,
+        &[
+            "release release release: notes for the release",
+            "the release is out",
+            "prerelease builds",
+            "another release today",
+        ],
+    )
+    .await;
+    assert_eq!(
+        search(&r.http, &alice, "release").await,
+        [
+            "release release release: notes for the release",
+            "another release today",
+            "the release is out",
+        ]
+    );
+    assert_eq!(
+        search(&r.http, &alice, "MEETING").await.len(),
+        2,
+        "case-insensitive"
+    );
+    // The trigram index gets built in the background (pg_trgm is available
+    // to the test server's superuser).
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let valid: Option<(bool,)> = sqlx::query_as(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'messages_body_trgm'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if valid == Some((true,)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no trigram index: {valid:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    search_finds_words_of_every_script(&r.http, &alice).await;
+}
+
+#[tokio::test]
+async fn search_works_when_the_role_cannot_create_pg_trgm() {
+    use sqlx::Connection;
+    // A database the tenant role does not own, with rights on schema public
+    // only: CREATE EXTENSION is refused, the migrations must still pass.
+    let admin = std::env::var("CHORUS_TEST_DATABASE_URL").unwrap();
+    let name = format!("rt_notrgm_{}", unique());
+    let role = format!("r_{}", unique());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw-{role}'"),
+        format!("CREATE DATABASE \"{name}\""),
+        format!("GRANT CONNECT, TEMP ON DATABASE \"{name}\" TO \"{role}\""),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (scheme_user, rest) = admin.split_once('@').unwrap();
+    let (scheme, _) = scheme_user.split_once("://").unwrap();
+    let host = &rest[..rest.rfind('/').unwrap()];
+    let db_admin = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
+    let mut on_db = sqlx::PgConnection::connect(&db_admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT ALL ON SCHEMA public TO \"{role}\""
+    )))
+    .execute(&mut on_db)
+    .await
+    .unwrap();
+    let url = format!("{scheme}://{role}:pw-{role}@{host}/{name}");
+    let r = Replica::start(&url).await;
+    let (trgm,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm')")
+            .fetch_one(&mut on_db)
+            .await
+            .unwrap();
+    assert!(!trgm, "the role could not create the extension");
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    post_messages(&r.http, &alice, room, &SCRIPTS).await;
+    search_finds_words_of_every_script(&r.http, &alice).await;
+}
+
 // ---- helpers for later sections ----
 
 #[allow(dead_code)]
