@@ -716,6 +716,57 @@ async fn search_works_when_the_role_cannot_create_pg_trgm() {
     search_finds_words_of_every_script(&r.http, &alice).await;
 }
 
+// ---- security headers, CORS and WebSocket origins ----
+
+#[tokio::test]
+async fn upgrades_from_foreign_origins_are_refused_and_headers_are_set() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = fresh_db().await;
+    let r = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![("CHAT_CORS_ORIGINS", "https://app.example.com".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let alice = signup(&r.http, "alice").await;
+    let host = r.http.trim_start_matches("http://").to_string();
+    let upgrade = |origin: String| {
+        let url = format!("{}?access_token={alice}", r.ws);
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+            match tokio_tungstenite::connect_async(req).await {
+                Ok(_) => 101,
+                Err(WsError::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(upgrade("https://evil.example".into()).await, 403);
+    assert_eq!(upgrade(format!("http://{host}")).await, 101, "same origin");
+    assert_eq!(
+        upgrade("https://app.example.com".into()).await,
+        101,
+        "listed"
+    );
+    // Security headers on the page and the API.
+    for path in ["/", "/api/v1/rooms"] {
+        let (_, headers, _) = request(
+            "GET",
+            &format!("{}{path}", r.http),
+            &[("authorization", format!("Bearer {alice}"))],
+            None,
+        )
+        .await;
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert!(headers.contains_key("content-security-policy"), "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+    }
+}
+
 // ---- helpers for later sections ----
 
 #[allow(dead_code)]

@@ -74,17 +74,17 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    if !origin_allowed(&headers, &state.config.cors_origins) {
+        return Err(AppError::Forbidden(
+            "this page's origin may not open a WebSocket here: use the same origin, or add it to CHAT_CORS_ORIGINS".into(),
+        ));
+    }
     let ws = ws.map_err(|r| {
         AppError::BadRequest(format!(
             "{}: /ws is the WebSocket endpoint; connect with a WebSocket client (docs/protocol.md)",
             r.body_text()
         ))
     })?;
-    if !origin_allowed(&headers, &state.config.cors_origins) {
-        return Err(AppError::Forbidden(
-            "this page's origin may not open a WebSocket here: use the same origin, or add it to CHAT_CORS_ORIGINS".into(),
-        ));
-    }
     if state.draining.load(Ordering::Relaxed) {
         state.metrics.connections_refused.inc();
         return Err(AppError::Unavailable(
