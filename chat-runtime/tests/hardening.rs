@@ -767,12 +767,158 @@ async fn upgrades_from_foreign_origins_are_refused_and_headers_are_set() {
     }
 }
 
-// ---- helpers for later sections ----
+// ---- retention and drain ----
 
-#[allow(dead_code)]
-fn elapsed_ms(since: Instant) -> u128 {
-    since.elapsed().as_millis()
+#[tokio::test]
+async fn retention_removes_old_history_keeps_recent_and_resume_past_it_is_not_recovered() {
+    use sqlx::Connection;
+    let db = fresh_db().await;
+    let a = Replica::start(&db).await;
+    let alice = signup(&a.http, "alice").await;
+    let room = public_room(&a.http, &alice, "general").await; // seq 1: alice joined
+    let bodies: Vec<String> = (2..=11).map(|s| format!("message {s}")).collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    post_messages(&a.http, &alice, room, &refs).await; // seqs 2..=11
+    let epoch = Ws::connect(&a.ws, &alice).await.hello["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Seqs up to 6 are ten days old; the rest are recent.
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    for table in ["messages", "room_events"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET created_at = now() - interval '10 days' WHERE room_id = $1 AND seq <= 6"
+        )))
+        .bind(room)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    // A replica keeping 7 days sweeps at start (then hourly).
+    let b = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![("CHAT_HISTORY_RETENTION_DAYS", "7".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let deadline = Instant::now() + T;
+    while b
+        .log_lines(|l| l["message"] == "history retention removed old rows")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no sweep logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seqs = |table: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+            sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+                "SELECT seq FROM {table} WHERE room_id = $1 ORDER BY seq"
+            )))
+            .bind(room)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s,)| s)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        seqs("messages").await,
+        (7..=11).collect::<Vec<_>>(),
+        "old go, recent stay"
+    );
+    assert_eq!(seqs("room_events").await, (7..=11).collect::<Vec<_>>());
+    let (_, history) = http(
+        "GET",
+        &format!("{}/api/v1/rooms/{room}/messages", b.http),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let shown: Vec<i64> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shown, [11, 10, 9, 8, 7]);
+    // Resuming from before the swept range cannot be exact.
+    let mut ws = Ws::connect(&b.ws, &alice).await;
+    let sub = ws.subscribe(room, Some((&epoch, 3))).await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["reason"].as_str()),
+        (Some(false), Some("history_gone")),
+        "{sub}"
+    );
+    // Resuming from inside what is kept still is.
+    let mut ws = Ws::connect(&b.ws, &alice).await;
+    let sub = ws.subscribe(room, Some((&epoch, 6))).await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["replayed"].as_i64()),
+        (Some(true), Some(5)),
+        "{sub}"
+    );
 }
 
-#[allow(dead_code)]
-const TIMEOUT: Duration = T;
+#[tokio::test]
+async fn sigterm_spreads_the_closes_over_the_drain_window() {
+    let db = fresh_db().await;
+    let window = Duration::from_secs(3);
+    let r = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![("CHAT_DRAIN_SECONDS", window.as_secs().to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let alice = signup(&r.http, "alice").await;
+    let n = 8;
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        sockets.push(Ws::connect(&r.ws, &alice).await);
+    }
+    let start = Instant::now();
+    r.terminate();
+    // Spawned at once (collected), so each close is timed when it arrives.
+    let waits: Vec<_> = sockets
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                match s.next(Duration::from_secs(10)).await {
+                    Next::Closed(code) => (code, start.elapsed()),
+                    _ => panic!("socket not closed"),
+                }
+            })
+        })
+        .collect();
+    let mut closes = Vec::new();
+    for w in waits {
+        closes.push(w.await.unwrap());
+    }
+    assert!(
+        closes.iter().all(|(code, _)| *code == Some(4000)),
+        "{closes:?}"
+    );
+    let mut at: Vec<Duration> = closes.into_iter().map(|(_, t)| t).collect();
+    at.sort();
+    // Spread evenly: socket i of n at i/n of the window (0, 375 ms, ... 2.6 s).
+    let spread = at[n - 1] - at[0];
+    assert!(
+        spread >= window.mul_f64(0.6),
+        "closes spread over {spread:?} only: {at:?}"
+    );
+    assert!(at[n - 1] <= window + Duration::from_secs(1), "late: {at:?}");
+    // Never a burst: at most two closes within any 200 ms.
+    for pair in at.windows(3) {
+        assert!(
+            pair[2] - pair[0] > Duration::from_millis(200),
+            "burst: {at:?}"
+        );
+    }
+}
