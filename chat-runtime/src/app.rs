@@ -25,7 +25,7 @@ use crate::{
 /// The public router.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.request_limit();
-    Router::new()
+    let router = Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/login", post(accounts::login))
         .route("/api/v1/auth/logout", post(accounts::logout))
         .route("/api/v1/me", get(accounts::me))
+        .route("/api/v1/ws-ticket", post(accounts::ws_ticket))
         .route("/api/v1/rooms", get(rooms::list).post(rooms::create))
         .route("/api/v1/dms", post(rooms::direct))
         .route("/api/v1/rooms/{room}", get(rooms::show))
@@ -70,9 +71,74 @@ pub fn app(state: AppState) -> Router {
                 "this path does not take that method; see docs/protocol.md".into(),
             )
         })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    let router = match cors(&state.config.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    security_headers(router)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The web client's Content-Security-Policy: its own script, style and
+/// connections only (no inline code, no eval), no plugins, no framing.
+/// Sent on every response: JSON answers are never meant to run either.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// Headers every public response carries (unless a handler set its own):
+/// no MIME sniffing, no referrer, the CSP, and no framing (old browsers read
+/// `X-Frame-Options`, new ones `frame-ancestors`).
+fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    use axum::http::{HeaderName, HeaderValue, header};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let headers: [(HeaderName, &'static str); 4] = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+    ];
+    headers.into_iter().fold(router, |r, (name, value)| {
+        r.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+/// CORS for the listed origins (`CHAT_CORS_ORIGINS`); `None` (no CORS
+/// headers at all: same origin only) when there are none. Tokens travel in
+/// `Authorization`, never cookies, so credentials are not allowed.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// The admin router: `/livez`, `/readyz`, `/startupz`, `/metrics`.
@@ -145,6 +211,10 @@ mod tests {
     }
 
     fn state(auth: Auth) -> AppState {
+        state_with(auth, vec![])
+    }
+
+    fn state_with(auth: Auth, cors_origins: Vec<String>) -> AppState {
         let config = Config {
             database_url: "postgres://nobody@127.0.0.1:1/none".into(),
             tenant_id: "acme".into(),
@@ -161,6 +231,10 @@ mod tests {
             drain: Duration::from_secs(1),
             resume_limit: 100,
             db_pool_size: 1,
+            auth_limits: Default::default(),
+            trusted_proxies: vec![],
+            cors_origins,
+            ws_ticket_ttl: Duration::from_secs(30),
         };
         let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
         let metrics = Arc::new(Metrics::default());
@@ -310,6 +384,121 @@ mod tests {
             assert!(content_type.starts_with(kind), "{path}: {content_type}");
             assert!(!body.is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_security_headers() {
+        let posted = post_json("/api/v1/auth/signup", "{not json");
+        for req in [
+            get("/"),
+            get("/app.js"),
+            get("/api/v1/me"),
+            get("/nope"),
+            posted,
+        ] {
+            let uri = req.uri().clone();
+            let (_, headers, _) = call(app(builtin()), req).await;
+            assert_eq!(headers["x-content-type-options"], "nosniff", "{uri}");
+            assert_eq!(headers["referrer-policy"], "no-referrer", "{uri}");
+            assert_eq!(headers["x-frame-options"], "DENY", "{uri}");
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{uri}: {csp}");
+            assert!(csp.contains("script-src 'self';"), "{uri}: {csp}");
+            assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+        }
+        // The page has nothing inline the policy would block.
+        let (_, _, html) = call(app(builtin()), get("/")).await;
+        assert!(
+            !html.contains("<script>") && !html.contains("style="),
+            "{html}"
+        );
+        for handler in [
+            "onclick=",
+            "onsubmit=",
+            "onload=",
+            "onerror=",
+            "javascript:",
+        ] {
+            assert!(!html.contains(handler), "inline {handler}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cors_is_off_by_default_and_follows_the_allow_list() {
+        let from = |origin: &str, req: Request<Body>| {
+            let (mut parts, body) = req.into_parts();
+            parts
+                .headers
+                .insert(header::ORIGIN, origin.parse().unwrap());
+            Request::from_parts(parts, body)
+        };
+        let preflight = |origin: &str| {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/api/v1/rooms")
+                .header(header::ORIGIN, origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
+                .body(Body::empty())
+                .unwrap()
+        };
+        // Default: no CORS headers, whoever asks.
+        let (_, headers, _) = call(
+            app(builtin()),
+            from("https://app.example.com", get("/api/v1/me")),
+        )
+        .await;
+        assert!(!headers.contains_key("access-control-allow-origin"));
+        let (_, headers, _) = call(app(builtin()), preflight("https://app.example.com")).await;
+        assert!(!headers.contains_key("access-control-allow-origin"));
+        // Listed: preflight and answers carry it, for that origin only.
+        let listed = || {
+            app(state_with(
+                Auth::Builtin {
+                    secret: "test-secret-0123456789abcdef0123456789".into(),
+                },
+                vec!["https://app.example.com".into()],
+            ))
+        };
+        let (status, headers, _) = call(listed(), preflight("https://app.example.com")).await;
+        assert!(status.is_success(), "{status}");
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        let methods = headers["access-control-allow-methods"].to_str().unwrap();
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+        let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("authorization"), "{allowed}");
+        assert!(!headers.contains_key("access-control-allow-credentials"));
+        let (status, headers, _) =
+            call(listed(), from("https://app.example.com", get("/api/v1/me"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+        assert!(exposed.contains("retry-after"), "{exposed}");
+        let (_, headers, _) = call(listed(), preflight("https://evil.example")).await;
+        assert!(!headers.contains_key("access-control-allow-origin"));
+        // WebSocket upgrades check the same list (refused before anything else).
+        let ws = |origin: &str| from(origin, get("/ws"));
+        let (status, headers, body) = call(app(builtin()), ws("https://evil.example")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        api_error(status, &headers, &body, "forbidden");
+        let (status, _, _) = call(listed(), ws("https://app.example.com")).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "allowed; then: not an upgrade"
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,11 @@
 //! Configuration: environment variables with matching flags (docs/runtime.md).
 //! Bad or missing values fail at start with one line naming the variable.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -114,6 +118,40 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Sign-ups and logins one client address may start in a burst.
+    #[arg(long, env = "CHAT_AUTH_IP_BURST", default_value_t = 30)]
+    pub auth_ip_burst: u32,
+    /// Sign-ups and logins per minute one client address gets back, sustained.
+    #[arg(long, env = "CHAT_AUTH_IP_PER_MINUTE", default_value_t = 10)]
+    pub auth_ip_per_minute: u32,
+    /// Logins (and sign-ups) naming one username in a burst.
+    #[arg(long, env = "CHAT_AUTH_USERNAME_BURST", default_value_t = 10)]
+    pub auth_username_burst: u32,
+    /// Logins (and sign-ups) per minute naming one username, sustained.
+    #[arg(long, env = "CHAT_AUTH_USERNAME_PER_MINUTE", default_value_t = 2)]
+    pub auth_username_per_minute: u32,
+    /// Consecutive failed logins of a username before it is locked out
+    /// (0: never).
+    #[arg(long, env = "CHAT_LOGIN_LOCKOUT_AFTER", default_value_t = 5)]
+    pub login_lockout_after: u32,
+    /// First lockout, in seconds; each further failure doubles it.
+    #[arg(long, env = "CHAT_LOGIN_LOCKOUT_SECONDS", default_value_t = 30)]
+    pub login_lockout_seconds: u64,
+    /// Longest lockout, in seconds.
+    #[arg(long, env = "CHAT_LOGIN_LOCKOUT_MAX_SECONDS", default_value_t = 900)]
+    pub login_lockout_max_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed: comma-separated
+    /// addresses or CIDR blocks (default: none, the TCP peer is the client).
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Origins allowed cross-origin REST calls and WebSocket upgrades:
+    /// comma-separated, e.g. https://app.example.com (default: none, same
+    /// origin only).
+    #[arg(long, env = "CHAT_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+    /// Lifetime of a WebSocket ticket (`POST /api/v1/ws-ticket`), seconds.
+    #[arg(long, env = "CHAT_WS_TICKET_SECONDS", default_value_t = 30)]
+    pub ws_ticket_seconds: u64,
 }
 
 /// Verified External-auth settings.
@@ -173,6 +211,98 @@ pub struct Config {
     pub resume_limit: u32,
     /// Pool size.
     pub db_pool_size: u32,
+    /// Sign-up and login limits.
+    pub auth_limits: AuthLimits,
+    /// Proxies whose `X-Forwarded-For` is believed (empty: none).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins allowed cross-origin (empty: same origin only).
+    pub cors_origins: Vec<String>,
+    /// Lifetime of a WebSocket ticket.
+    pub ws_ticket_ttl: Duration,
+}
+
+/// Sign-up and login limits (docs/runtime.md, "Sign-up and login limits").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Attempts per client address in a burst.
+    pub ip_burst: u32,
+    /// Attempts per client address per minute, sustained.
+    pub ip_per_minute: u32,
+    /// Attempts per username in a burst.
+    pub username_burst: u32,
+    /// Attempts per username per minute, sustained.
+    pub username_per_minute: u32,
+    /// Consecutive failures before a lockout (0: never).
+    pub lockout_after: u32,
+    /// First lockout.
+    pub lockout: Duration,
+    /// Longest lockout.
+    pub lockout_max: Duration,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            ip_burst: 30,
+            ip_per_minute: 10,
+            username_burst: 10,
+            username_per_minute: 2,
+            lockout_after: 5,
+            lockout: Duration::from_secs(30),
+            lockout_max: Duration::from_secs(900),
+        }
+    }
+}
+
+/// An address block: an address and a prefix length (`10.0.0.0/8`,
+/// `::1/128`; a bare address is a block of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |ip: IpAddr| -> u128 {
+            match ip {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            }
+        };
+        let width: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        let mask = if shift >= 128 {
+            0
+        } else {
+            (u128::MAX << shift) & (u128::MAX >> (128 - width))
+        };
+        bits(ip) & mask == bits(self.addr) & mask
+    }
 }
 
 /// Limits enforced per replica.
@@ -328,6 +458,56 @@ impl ServeArgs {
             max_message_bytes: positive("CHAT_MAX_MESSAGE_BYTES", self.max_message_bytes)?,
             history_retention_days: self.history_retention_days,
         };
+        let auth_limits = AuthLimits {
+            ip_burst: positive("CHAT_AUTH_IP_BURST", self.auth_ip_burst)?,
+            ip_per_minute: positive("CHAT_AUTH_IP_PER_MINUTE", self.auth_ip_per_minute)?,
+            username_burst: positive("CHAT_AUTH_USERNAME_BURST", self.auth_username_burst)?,
+            username_per_minute: positive(
+                "CHAT_AUTH_USERNAME_PER_MINUTE",
+                self.auth_username_per_minute,
+            )?,
+            lockout_after: self.login_lockout_after,
+            lockout: Duration::from_secs(self.login_lockout_seconds),
+            lockout_max: Duration::from_secs(
+                self.login_lockout_max_seconds
+                    .max(self.login_lockout_seconds),
+            ),
+        };
+        let trusted_proxies = split_list(&self.trusted_proxies)
+            .map(|p| {
+                IpNet::parse(p).ok_or_else(|| ConfigError {
+                    var: "CHAT_TRUSTED_PROXIES",
+                    problem: format!("{p:?} is not an address or CIDR block such as 10.0.0.0/8"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cors_origins = split_list(&self.cors_origins)
+            .map(|o| {
+                let o = o.trim_end_matches('/');
+                let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                    && o
+                        .split_once("://")
+                        .is_some_and(|(_, host)| !host.is_empty() && !host.contains('/'))
+                    && o.is_ascii()
+                    && !o.contains(char::is_whitespace);
+                if ok {
+                    Ok(o.to_ascii_lowercase())
+                } else {
+                    Err(ConfigError {
+                        var: "CHAT_CORS_ORIGINS",
+                        problem: format!(
+                            "{o:?} is not an origin such as https://app.example.com (scheme, host, optional port; no path)"
+                        ),
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(1..=300).contains(&self.ws_ticket_seconds) {
+            return Err(ConfigError {
+                var: "CHAT_WS_TICKET_SECONDS",
+                problem: "must be 1 to 300".into(),
+            });
+        }
         Ok(Config {
             database_url,
             tenant_id,
@@ -342,8 +522,17 @@ impl ServeArgs {
             drain: Duration::from_secs(self.drain_seconds),
             resume_limit: positive("CHAT_RESUME_LIMIT", self.resume_limit)?,
             db_pool_size: positive("CHAT_DB_POOL_SIZE", self.db_pool_size)?,
+            auth_limits,
+            trusted_proxies,
+            cors_origins,
+            ws_ticket_ttl: Duration::from_secs(self.ws_ticket_seconds),
         })
     }
+}
+
+/// The non-empty items of a comma-separated list.
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
 }
 
 #[cfg(test)]
@@ -392,6 +581,76 @@ mod tests {
         assert_eq!(
             args(&bad_addr).validate().unwrap_err().var,
             "CHAT_LISTEN_ADDR"
+        );
+    }
+
+    #[test]
+    fn hardening_settings_validate_and_default_to_closed() {
+        let c = args(&OK).validate().unwrap();
+        assert_eq!(c.auth_limits, AuthLimits::default());
+        assert!(c.trusted_proxies.is_empty(), "X-Forwarded-For is off");
+        assert!(c.cors_origins.is_empty(), "same origin only");
+        assert_eq!(c.ws_ticket_ttl, Duration::from_secs(30));
+        let mut more = OK.to_vec();
+        more.extend([
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.168.1.7,::1",
+            "--cors-origins",
+            "https://App.example.com/,http://localhost:3000",
+        ]);
+        let c = args(&more).validate().unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(
+            c.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        for (flag, value, var) in [
+            ("--trusted-proxies", "10.0.0.0/33", "CHAT_TRUSTED_PROXIES"),
+            ("--trusted-proxies", "proxy.local", "CHAT_TRUSTED_PROXIES"),
+            ("--cors-origins", "*", "CHAT_CORS_ORIGINS"),
+            (
+                "--cors-origins",
+                "https://a.example/path",
+                "CHAT_CORS_ORIGINS",
+            ),
+            ("--ws-ticket-seconds", "0", "CHAT_WS_TICKET_SECONDS"),
+            ("--auth-ip-burst", "0", "CHAT_AUTH_IP_BURST"),
+        ] {
+            let mut bad = OK.to_vec();
+            bad.extend([flag, value]);
+            assert_eq!(
+                args(&bad).validate().unwrap_err().var,
+                var,
+                "{flag} {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_blocks_contain_what_they_should() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "v4-mapped"
+        );
+        let one = IpNet::parse("192.168.1.7").unwrap();
+        assert!(one.contains("192.168.1.7".parse().unwrap()));
+        assert!(!one.contains("192.168.1.8".parse().unwrap()));
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        let v6 = IpNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(
+            IpNet::parse("::/0")
+                .unwrap()
+                .contains("::1".parse().unwrap())
         );
     }
 

@@ -36,11 +36,13 @@ pub enum AppError {
     /// 413: body too large.
     #[error("{0}")]
     TooLarge(String),
-    /// 429: rate limited.
-    #[error("rate limit: retry in {retry_after_ms} ms")]
+    /// 429: rate limited; also a `Retry-After` header (whole seconds).
+    #[error("{message}")]
     RateLimited {
-        /// When the next send will be accepted.
+        /// When the next attempt will be accepted.
         retry_after_ms: u64,
+        /// What was limited, and when to retry.
+        message: String,
     },
     /// 503: draining or full.
     #[error("{0}")]
@@ -103,9 +105,15 @@ impl From<StoreError> for AppError {
 impl From<ChatError> for AppError {
     fn from(e: ChatError) -> Self {
         match e {
-            ChatError::RateLimited { retry_after_ms, .. } => {
-                AppError::RateLimited { retry_after_ms }
-            }
+            ChatError::RateLimited {
+                retry_after_ms,
+                per_second,
+            } => AppError::RateLimited {
+                retry_after_ms,
+                message: format!(
+                    "too many messages: at most {per_second} per second; retry in {retry_after_ms} ms"
+                ),
+            },
             ChatError::Rejected(e) | ChatError::Store(e) => e.into(),
         }
     }
@@ -138,7 +146,7 @@ impl IntoResponse for AppError {
         }
         let message = self.to_string();
         let retry_after_ms = match &self {
-            AppError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            AppError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         };
         let body = ErrorBody {
@@ -148,7 +156,26 @@ impl IntoResponse for AppError {
                 retry_after_ms,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(ms) = retry_after_ms {
+            // Whole seconds, rounded up (RFC 9110 `Retry-After: <seconds>`).
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::authlimit::Refusal> for AppError {
+    fn from(r: crate::authlimit::Refusal) -> Self {
+        AppError::RateLimited {
+            retry_after_ms: u64::try_from(r.retry_after().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            message: r.message(),
+        }
     }
 }
 
@@ -165,17 +192,36 @@ mod tests {
     async fn body(e: AppError) -> (StatusCode, Value) {
         let r = e.into_response();
         let status = r.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                r.headers().contains_key("retry-after"),
+                "429 has Retry-After"
+            );
+        }
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[tokio::test]
     async fn errors_have_the_documented_shape() {
-        let (status, v) = body(AppError::RateLimited { retry_after_ms: 83 }).await;
+        let r = AppError::from(ChatError::RateLimited {
+            retry_after_ms: 83,
+            per_second: 10,
+        })
+        .into_response();
+        assert_eq!(r.headers()["retry-after"], "1", "seconds, rounded up");
+        let (status, v) = body(
+            ChatError::RateLimited {
+                retry_after_ms: 83,
+                per_second: 10,
+            }
+            .into(),
+        )
+        .await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             v,
-            json!({"error": {"code": "rate_limited", "message": "rate limit: retry in 83 ms", "retry_after_ms": 83}})
+            json!({"error": {"code": "rate_limited", "message": "too many messages: at most 10 per second; retry in 83 ms", "retry_after_ms": 83}})
         );
         let (status, v) = body(StoreError::Invalid("body is empty".into()).into()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod authlimit;
 pub mod chat;
 pub mod committer;
 pub mod config;

@@ -82,7 +82,9 @@ fn serve(
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router.into_make_service())
+        // Peer addresses feed the sign-up and login limits.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await
         {
@@ -146,6 +148,24 @@ impl Server {
             hub.clone(),
         )));
         tasks.push(tokio::spawn(hub::run_timers(hub.clone())));
+        let index_store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            match index_store.ensure_search_index().await {
+                Ok(true) => tracing::info!("trigram search index ready"),
+                Ok(false) => tracing::info!(
+                    "no trigram search index (pg_trgm missing, or another replica is building it): substring search scans"
+                ),
+                Err(e) => tracing::warn!(error = %e, "building the trigram search index failed; substring search scans"),
+            }
+        }));
+        let limiter = state.auth_limiter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limiter.prune(std::time::Instant::now());
+            }
+        }));
         if retention > 0 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {

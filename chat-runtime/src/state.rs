@@ -8,7 +8,10 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU32},
 };
 
-use crate::{auth::Authenticator, chat::Chat, config::Config, hub::Hub, metrics::Metrics};
+use crate::{
+    auth::Authenticator, authlimit::AuthLimiter, chat::Chat, config::Config, hub::Hub,
+    metrics::Metrics,
+};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -21,6 +24,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Token handling.
     pub auth: Arc<Authenticator>,
+    /// Sign-up and login limits.
+    pub auth_limiter: Arc<AuthLimiter>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness fails, upgrades are refused.
@@ -37,6 +42,7 @@ impl AppState {
     pub fn new(config: Config, hub: Arc<Hub>, auth: Authenticator, metrics: Arc<Metrics>) -> Self {
         let chat = Chat::new(hub.clone(), metrics.clone(), &config.limits);
         Self {
+            auth_limiter: Arc::new(AuthLimiter::new(&config.auth_limits)),
             chat: Arc::new(chat),
             config: Arc::new(config),
             hub,

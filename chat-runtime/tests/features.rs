@@ -74,8 +74,16 @@ async fn rooms_membership_roles_and_dms() {
         json!({}),
     )
     .await;
-    assert_eq!(status, 403, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("invite"));
+    assert_eq!(
+        status, 404,
+        "a private room looks absent to non-members: {e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist or is private")
+    );
     assert_eq!(
         post(
             &r.http,
@@ -242,7 +250,8 @@ async fn rooms_membership_roles_and_dms() {
         get(&r.http, &format!("/api/v1/rooms/{secret}/members"), &carol)
             .await
             .0,
-        403
+        404,
+        "once out, a private room looks absent"
     );
 }
 

@@ -4,8 +4,13 @@
 'use strict';
 
 const $ = (id) => document.getElementById(id);
+// The token lives in sessionStorage: it survives a reload of this tab but
+// is not shared with other tabs nor kept after the tab closes, and it never
+// goes into a URL: the socket is opened with a one-time ticket.
+const TOKEN_KEY = 'chorus.token';
+localStorage.removeItem(TOKEN_KEY); // from earlier versions of this client
 const state = {
-  token: localStorage.getItem('chorus.token'),
+  token: sessionStorage.getItem(TOKEN_KEY),
   user: null,
   epoch: null,
   ws: null,
@@ -56,7 +61,7 @@ async function authenticate(kind) {
   try {
     const data = await api('POST', '/api/v1/auth/' + kind, {username: $('username').value.trim(), password: $('password').value});
     state.token = data.token;
-    localStorage.setItem('chorus.token', data.token);
+    sessionStorage.setItem(TOKEN_KEY, data.token);
     await start();
   } catch (e) {
     $('auth-error').textContent = e.message;
@@ -67,7 +72,7 @@ $('auth-form').addEventListener('submit', (e) => { e.preventDefault(); authentic
 $('signup').addEventListener('click', () => authenticate('signup'));
 $('logout').addEventListener('click', async () => {
   try { await api('POST', '/api/v1/auth/logout'); } catch (_) { /* already gone */ }
-  localStorage.removeItem('chorus.token');
+  sessionStorage.removeItem(TOKEN_KEY);
   location.reload();
 });
 
@@ -75,7 +80,7 @@ async function start() {
   try {
     state.user = (await api('GET', '/api/v1/me')).user;
   } catch (e) {
-    localStorage.removeItem('chorus.token');
+    sessionStorage.removeItem(TOKEN_KEY);
     state.token = null;
     $('auth').hidden = false;
     $('chat').hidden = true;
@@ -296,20 +301,42 @@ function subscribe(id) {
   send(frame);
 }
 
-function connect() {
+function reconnectLater() {
+  setStatus('reconnecting', 'reconnecting…');
+  // Jittered backoff: a restarting server does not get all clients at once.
+  const delay = state.backoff * (0.5 + Math.random());
+  state.backoff = Math.min(state.backoff * 2, 10000);
+  setTimeout(connect, delay);
+}
+
+function loggedOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.reload();
+}
+
+async function connect() {
+  const attempt = {};
+  state.ws = attempt;
+  setStatus(state.epoch ? 'reconnecting' : 'connecting', state.epoch ? 'reconnecting…' : 'connecting…');
+  // A one-time ticket keeps the token out of the URL (and access logs).
+  let ticket;
+  try {
+    ticket = (await api('POST', '/api/v1/ws-ticket')).ticket;
+  } catch (e) {
+    if (state.ws !== attempt) return;
+    if (e.status === 401) { loggedOut(); return; }
+    reconnectLater();
+    return;
+  }
+  if (state.ws !== attempt) return;
   const proto = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  const ws = new WebSocket(proto + location.host + '/ws?access_token=' + encodeURIComponent(state.token));
+  const ws = new WebSocket(proto + location.host + '/ws?ticket=' + encodeURIComponent(ticket));
   state.ws = ws;
-  setStatus('connecting', 'connecting…');
   ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
-    if (ev.code === 4001) { localStorage.removeItem('chorus.token'); location.reload(); return; }
-    setStatus('reconnecting', 'reconnecting…');
-    // Jittered backoff: a restarting server does not get all clients at once.
-    const delay = state.backoff * (0.5 + Math.random());
-    state.backoff = Math.min(state.backoff * 2, 10000);
-    setTimeout(connect, delay);
+    if (ev.code === 4001) { loggedOut(); return; }
+    reconnectLater();
   };
 }
 

@@ -80,18 +80,28 @@ async function signUp(name) {
   const context = await browser.newContext({viewport: {width: 1100, height: 700}});
   const page = await context.newPage();
   page.on('pageerror', (e) => { throw e; });
+  page.socketUrls = [];
+  page.on('websocket', (ws) => page.socketUrls.push(ws.url()));
   await page.goto(`http://127.0.0.1:${port}/`);
   await page.fill('#username', name);
   await page.fill('#password', 'password-' + name);
   await page.click('#signup');
   await page.waitForSelector('#chat:not([hidden])', {timeout: T});
   await page.waitForSelector('#status[data-state=online]', {timeout: T});
+  // The token stays out of URLs (one-time ticket) and out of localStorage.
+  assert.ok(page.socketUrls.length > 0);
+  for (const url of page.socketUrls) {
+    assert.match(url, /\/ws\?ticket=/);
+    assert.doesNotMatch(url, /access_token/);
+  }
+  assert.equal(await page.evaluate(() => localStorage.getItem('chorus.token')), null);
+  assert.ok(await page.evaluate(() => sessionStorage.getItem('chorus.token')));
   return page;
 }
 
 async function apiAs(page, method, path, body) {
   return page.evaluate(async ([method, path, body]) => {
-    const res = await fetch(path, {method, headers: {'content-type': 'application/json', authorization: 'Bearer ' + localStorage.getItem('chorus.token')}, body: body ? JSON.stringify(body) : undefined});
+    const res = await fetch(path, {method, headers: {'content-type': 'application/json', authorization: 'Bearer ' + sessionStorage.getItem('chorus.token')}, body: body ? JSON.stringify(body) : undefined});
     return {status: res.status, body: await res.json()};
   }, [method, path, body]);
 }

@@ -1,12 +1,14 @@
 //! Sign-up, login, logout and the caller's identity.
 
+use std::time::Instant;
+
 use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
     error::{ApiResult, AppError},
-    http::{auth::Authed, extract::AppJson},
+    http::{auth::Authed, client_ip::ClientIp, extract::AppJson},
     state::AppState,
     store::accounts::{hash_password, verify_password},
 };
@@ -37,9 +39,15 @@ fn builtin_only(state: &AppState) -> ApiResult<()> {
 /// `POST /api/v1/auth/signup`.
 pub async fn signup(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AppJson(c): AppJson<Credentials>,
 ) -> ApiResult<Json<Value>> {
     builtin_only(&state)?;
+    // Limits first: nothing below (hashing above all) runs for a refused
+    // attempt.
+    state
+        .auth_limiter
+        .admit_signup(ip, &c.username.to_lowercase())?;
     if !(8..=256).contains(&c.password.chars().count()) {
         return Err(AppError::BadRequest(
             "password must be 8 to 256 characters".into(),
@@ -71,16 +79,26 @@ pub async fn signup(
 /// `POST /api/v1/auth/login`.
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AppJson(c): AppJson<Credentials>,
 ) -> ApiResult<Json<Value>> {
     builtin_only(&state)?;
-    let refused = || AppError::Unauthorized("wrong username or password".into());
-    let Some((user, Some(hash))) = state
-        .hub
-        .store()
-        .user_with_hash(&c.username.to_lowercase())
-        .await?
-    else {
+    let username = c.username.to_lowercase();
+    let limiter = &state.auth_limiter;
+    limiter.admit_login(ip, &username, Instant::now())?;
+    // Unknown usernames count failures like known ones, so the limits do
+    // not tell which exist.
+    let refused = || {
+        if let Some(lock) = limiter.failed(&username, Instant::now()) {
+            tracing::warn!(
+                username = %username,
+                lockout_s = lock.as_secs(),
+                "username locked after failed logins"
+            );
+        }
+        AppError::Unauthorized("wrong username or password".into())
+    };
+    let Some((user, Some(hash))) = state.hub.store().user_with_hash(&username).await? else {
         // Spend the same time as a real check, so usernames cannot be probed.
         let _ = verify_password(c.password, "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$K7C0D7WX3zy3qfvMZ2hVRyp8lnDmwOITIIfPfUoHXiU".into()).await;
         return Err(refused());
@@ -88,6 +106,7 @@ pub async fn login(
     if !verify_password(c.password, hash).await {
         return Err(refused());
     }
+    limiter.succeeded(&username);
     let (token, exp) = state
         .auth
         .issue(&user)
@@ -95,6 +114,20 @@ pub async fn login(
     Ok(Json(
         json!({"token": token, "expires_at": exp, "user": user}),
     ))
+}
+
+/// `POST /api/v1/ws-ticket`: a one-time ticket for `GET /ws?ticket=`, so
+/// the token itself never appears in a URL (and so in no access log). It is
+/// good for one upgrade within `expires_in` seconds, on any replica, and the
+/// connection it opens lives until the token's own expiry.
+pub async fn ws_ticket(State(state): State<AppState>, Authed(p): Authed) -> ApiResult<Json<Value>> {
+    let ttl = state.config.ws_ticket_ttl;
+    let ticket = state
+        .hub
+        .store()
+        .create_ws_ticket(p.user.id, p.jti.as_deref(), p.exp, ttl)
+        .await?;
+    Ok(Json(json!({"ticket": ticket, "expires_in": ttl.as_secs()})))
 }
 
 /// `POST /api/v1/auth/logout`: the token stops working.

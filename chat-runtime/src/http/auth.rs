@@ -46,6 +46,41 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
         .map_err(auth_error)
 }
 
+/// Redeems a WebSocket ticket (`POST /api/v1/ws-ticket`) for the principal
+/// it was issued to: unknown, used and expired tickets, tokens logged out or
+/// expired since, are `401 unauthorized`.
+pub async fn redeem_ticket(state: &AppState, ticket: &str) -> Result<Principal, AppError> {
+    let store = state.hub.store();
+    let Some(t) = store.redeem_ws_ticket(ticket).await? else {
+        return Err(AppError::Unauthorized(
+            "unknown or already used ticket: get a new one from POST /api/v1/ws-ticket".into(),
+        ));
+    };
+    if !t.fresh {
+        return Err(AppError::Unauthorized(
+            "expired ticket: get a new one from POST /api/v1/ws-ticket and connect at once".into(),
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if t.token_exp <= now {
+        return Err(auth_error(AuthError::Invalid("token expired".into())));
+    }
+    if let Some(jti) = &t.jti
+        && store.is_revoked(jti).await?
+    {
+        return Err(auth_error(AuthError::Revoked));
+    }
+    let user = store.user(t.user).await?;
+    Ok(Principal {
+        user,
+        jti: t.jti,
+        exp: t.token_exp,
+    })
+}
+
 impl FromRequestParts<AppState> for Authed {
     type Rejection = AppError;
 

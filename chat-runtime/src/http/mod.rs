@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod extract;
 pub mod messages;
 pub mod rooms;

@@ -195,17 +195,156 @@ pub struct FrameError {
     pub message: String,
 }
 
+/// Longest id echoed back, in characters.
+pub const MAX_ID_CHARS: usize = 64;
+
+fn truncate_id(s: &str) -> String {
+    s.chars().take(MAX_ID_CHARS).collect()
+}
+
+/// The top-level `"id"` string of a frame that is not valid JSON, read
+/// leniently: one pass over the text that tracks only strings and nesting,
+/// so it never recurses, never fails and takes time linear in the text.
+/// `None` when the text is not an object or has no readable top-level
+/// string `id` (the last one wins, as when the frame parses). Escapes are
+/// decoded; a lone surrogate becomes U+FFFD.
+pub fn scan_id(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 1usize;
+    // At depth 1: whether the next string is a key.
+    let mut expect_key = true;
+    let mut found = None;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let (raw, end) = scan_string(b, i);
+                i = end;
+                if depth == 1 && expect_key {
+                    expect_key = false;
+                    let is_id = raw == b"id" || unescape(raw) == "id";
+                    let j = skip_ws(b, i);
+                    if b.get(j) != Some(&b':') {
+                        continue;
+                    }
+                    let j = skip_ws(b, j + 1);
+                    if is_id && b.get(j) == Some(&b'"') {
+                        let (value, end) = scan_string(b, j);
+                        found = Some(truncate_id(&unescape(value)));
+                        i = end;
+                    } else {
+                        i = j;
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+                i += 1;
+            }
+            b',' => {
+                if depth == 1 {
+                    expect_key = true;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// The raw content of the string starting at `b[start] == '"'`, and the
+/// index after its closing quote (or the end of the text).
+fn scan_string(b: &[u8], start: usize) -> (&[u8], usize) {
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return (&b[start + 1..i], i + 1),
+            _ => i += 1,
+        }
+    }
+    (&b[(start + 1).min(b.len())..], b.len())
+}
+
+/// JSON string escapes, leniently (unknown escapes are kept as written).
+fn unescape(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u32> {
+        let mut v = 0;
+        for _ in 0..4 {
+            v = v * 16 + chars.next()?.to_digit(16)?;
+        }
+        Some(v)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let Some(hi) = hex4(&mut chars) else {
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    continue;
+                };
+                let c = if (0xD800..0xDC00).contains(&hi) {
+                    let mut ahead = chars.clone();
+                    match (ahead.next(), ahead.next(), hex4(&mut ahead)) {
+                        (Some('\\'), Some('u'), Some(lo)) if (0xDC00..0xE000).contains(&lo) => {
+                            chars = ahead;
+                            char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                        }
+                        _ => None,
+                    }
+                } else {
+                    char::from_u32(hi)
+                };
+                out.push(c.unwrap_or(char::REPLACEMENT_CHARACTER));
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
 /// Decodes a text frame.
 pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
-        id: None,
+        // The frame as a whole does not parse (a number out of range, a lone
+        // surrogate, nesting too deep, a cut-off frame...): its id may still
+        // be readable, and a pipelining client needs it.
+        id: scan_id(text),
         code: ErrorCode::BadFrame,
         message: format!("frame is not JSON: {e}"),
     })?;
-    let id = value
-        .get("id")
-        .and_then(Value::as_str)
-        .map(|s| s.chars().take(64).collect());
+    let id = value.get("id").and_then(Value::as_str).map(truncate_id);
     let Some(obj) = value.as_object() else {
         return Err(FrameError {
             id,
@@ -302,8 +441,103 @@ mod tests {
         assert_eq!(decode(r#"{"id":"x"}"#).unwrap_err().code, "bad_frame");
     }
 
+    #[test]
+    fn frames_that_do_not_parse_keep_a_readable_id() {
+        let deep = format!(
+            r#"{{"type":"send","id":"deep","x":{}{}}}"#,
+            "[".repeat(20_000),
+            "]".repeat(20_000)
+        );
+        let unclosed_deep = format!(r#"{{"id":"open","x":{}"#, "{\"a\":".repeat(20_000));
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (
+                r#"{"type":"send","id":"big","room":1e400}"#.into(),
+                Some("big"),
+            ),
+            (
+                r#"{"type":"send","room":1e400,"id":"after"}"#.into(),
+                Some("after"),
+            ),
+            (
+                r#"{"type":"send","id":"sur","body":"\ud800"}"#.into(),
+                Some("sur"),
+            ),
+            (
+                r#"{"type":"send","id":"\ud800x","room":1}"#.into(),
+                Some("\u{fffd}x"),
+            ),
+            (
+                r#"{"type":"send","id":"\ud83d\ude00","room":1e999}"#.into(),
+                Some("😀"),
+            ),
+            (deep, Some("deep")),
+            (unclosed_deep, Some("open")),
+            (r#"{"type":"ping","id":"cut","#.into(), Some("cut")),
+            (
+                r#"{"type":"ping","id":"tail"} trailing"#.into(),
+                Some("tail"),
+            ),
+            (r#"{"type":"ping","id":"esc\q"}"#.into(), Some("escq")),
+            (r#"{"type":"ping","id":"nan","x":NaN}"#.into(), Some("nan")),
+            (
+                r#"{"type":"ping","id":"ctl","body":"a	b"}"#.into(),
+                Some("ctl"),
+            ),
+            (
+                r#"{"type":"ping","\u0069d":"escaped-key","x":1e400}"#.into(),
+                Some("escaped-key"),
+            ),
+            (
+                r#"{"type":"send","id":"a\"b","room":1e400}"#.into(),
+                Some("a\"b"),
+            ),
+            // Only a top-level string id counts.
+            (
+                r#"{"type":"send","x":{"id":"inner"},"room":1e400}"#.into(),
+                None,
+            ),
+            (
+                r#"{"type":"send","x":["id","v"],"room":1e400}"#.into(),
+                None,
+            ),
+            (
+                r#"{"type":"send","note":"\"id\":\"fake\"","room":1e400}"#.into(),
+                None,
+            ),
+            (r#"{"type":"send","id":7,"room":1e400}"#.into(), None),
+            (r#"[{"id":"in-array"}, 1e400]"#.into(), None),
+            ("not json".into(), None),
+            ("".into(), None),
+        ];
+        for (text, id) in cases {
+            let e = decode(&text).unwrap_err();
+            assert_eq!(
+                e.code,
+                ErrorCode::BadFrame,
+                "{}",
+                &text[..text.len().min(80)]
+            );
+            assert_eq!(e.id.as_deref(), id, "{}", &text[..text.len().min(80)]);
+        }
+        let long = format!(r#"{{"id":"{}","room":1e400}}"#, "x".repeat(500));
+        assert_eq!(decode(&long).unwrap_err().id.unwrap().len(), MAX_ID_CHARS);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The lenient scan agrees with the parser on frames that parse.
+        #[test]
+        fn scan_agrees_with_the_parser(id in ".{0,30}", other in ".{0,30}") {
+            let text = json!({"type": "ping", "note": other, "id": id}).to_string();
+            prop_assert_eq!(scan_id(&text), Some(truncate_id(&id)));
+        }
+
+        /// Arbitrary text never panics the scan.
+        #[test]
+        fn scan_never_panics(s in ".{0,300}") {
+            let _ = scan_id(&s);
+        }
 
         /// Arbitrary text never panics the decoder.
         #[test]

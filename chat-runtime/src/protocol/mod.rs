@@ -19,7 +19,7 @@ pub mod event;
 pub mod server;
 pub mod types;
 
-pub use client::{ClientFrame, FrameError, PresenceStatus, decode};
+pub use client::{ClientFrame, FrameError, PresenceStatus, decode, scan_id};
 pub use error::ErrorCode;
 pub use event::{MemberAction, RoomEvent, StoredEvent};
 pub use server::{ResumeReason, ServerFrame, UnsubscribeReason, encode};

@@ -219,6 +219,82 @@ impl Store {
     }
 }
 
+/// A WebSocket ticket that was redeemed (and so is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedeemedTicket {
+    /// The user it was issued to.
+    pub user: UserId,
+    /// The id of the token it was issued for.
+    pub jti: Option<String>,
+    /// That token's expiry (Unix seconds).
+    pub token_exp: i64,
+    /// False when the ticket had expired before it was presented.
+    pub fresh: bool,
+}
+
+fn ticket_hash(ticket: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(ticket.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Store {
+    /// Issues a one-time WebSocket ticket for the holder of a token (its
+    /// user, id and expiry), good for `ttl`. Only its hash is stored.
+    /// Expired tickets are swept here too.
+    pub async fn create_ws_ticket(
+        &self,
+        user: UserId,
+        jti: Option<&str>,
+        token_exp: i64,
+        ttl: std::time::Duration,
+    ) -> StoreResult<String> {
+        use base64::Engine;
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        sqlx::query("DELETE FROM ws_tickets WHERE expires_at < now() - interval '1 minute'")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO ws_tickets (ticket_hash, user_id, jti, token_exp, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        )
+        .bind(ticket_hash(&ticket))
+        .bind(user)
+        .bind(jti)
+        .bind(token_exp)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(ticket)
+    }
+
+    /// Redeems a ticket: it is deleted whether fresh or expired, so it
+    /// works once, on whichever replica sees it first. `None` when unknown
+    /// (never issued, or already used).
+    pub async fn redeem_ws_ticket(&self, ticket: &str) -> StoreResult<Option<RedeemedTicket>> {
+        if ticket.is_empty() || ticket.len() > 128 {
+            return Ok(None);
+        }
+        let row: Option<(UserId, Option<String>, i64, bool)> = sqlx::query_as(
+            "DELETE FROM ws_tickets WHERE ticket_hash = $1 \
+             RETURNING user_id, jti, token_exp, expires_at > now()",
+        )
+        .bind(ticket_hash(ticket))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(user, jti, token_exp, fresh)| RedeemedTicket {
+            user,
+            jti,
+            token_exp,
+            fresh,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,10 @@ use serde_json::{Value, value::RawValue};
 use sqlx::{FromRow, Row, postgres::PgRow, types::Json};
 
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
-    check_no_nul, next_seq, rooms::Role,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId,
+    accounts::User,
+    append_event, check_no_nul, next_seq,
+    rooms::{Role, room_absent},
 };
 pub use crate::protocol::Attachment;
 use crate::protocol::{RoomEvent, StoredEvent, UserRef};
@@ -240,13 +242,23 @@ impl Store {
     ) -> StoreResult<Vec<StoreResult<SendAck>>> {
         use std::collections::{HashMap, HashSet};
         let mut tx = self.begin().await?;
-        let last: Option<(Seq,)> =
-            sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1 FOR UPDATE")
+        let last: Option<(Seq, String)> =
+            sqlx::query_as("SELECT last_seq, kind FROM rooms WHERE id = $1 FOR UPDATE")
                 .bind(room)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((last,)) = last else {
-            return Err(StoreError::NotFound(format!("room {room} does not exist")));
+        let Some((last, kind)) = last else {
+            return Err(room_absent(room));
+        };
+        // A non-member of a private room or DM is told the room is absent.
+        let not_member = || {
+            if kind == "public" {
+                StoreError::Forbidden(format!(
+                    "you are not a member of room {room}; join it first"
+                ))
+            } else {
+                room_absent(room)
+            }
         };
         let senders: Vec<UserId> = batch.iter().map(|(u, _)| u.id).collect();
         let members: HashSet<UserId> = sqlx::query_as::<_, (UserId,)>(
@@ -304,9 +316,7 @@ impl Store {
         for (user, m) in batch {
             let key = (user.id, m.client_msg_id.clone());
             if !members.contains(&user.id) {
-                results.push(Err(StoreError::Forbidden(format!(
-                    "you are not a member of room {room}; join it first"
-                ))));
+                results.push(Err(not_member()));
                 continue;
             }
             if let Some(seq) = existing.get(&key) {
@@ -590,7 +600,12 @@ impl Store {
         .await?)
     }
 
-    /// Full-text search over the rooms `user` belongs to (or one of them).
+    /// Search over the rooms `user` belongs to (or one of them), newest
+    /// first among equally good matches. The query's words ([`SearchQuery`])
+    /// must all match: words of scripts that separate words with spaces
+    /// through the full-text index (ranked by `ts_rank`), words of scripts
+    /// that do not (CJK, Thai...) as substrings of the body (served by the
+    /// trigram index when pg_trgm is installed).
     pub async fn search(
         &self,
         user: UserId,
@@ -602,9 +617,22 @@ impl Store {
             return Err(StoreError::Invalid("q must be 1 to 256 characters".into()));
         }
         check_no_nul("q", query)?;
-        let rows: Vec<SearchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{} WHERE m.search @@ plainto_tsquery('simple', $2) AND m.deleted_at IS NULL \
-               AND ($3::bigint IS NULL OR m.room_id = $3) ORDER BY m.created_at DESC LIMIT $4",
+        let q = SearchQuery::parse(query);
+        // Placeholders $1..$4 are fixed; each substring term adds one.
+        let mut filter =
+            String::from(" WHERE m.deleted_at IS NULL AND ($3::bigint IS NULL OR m.room_id = $3)");
+        let mut order = String::from(" ORDER BY m.created_at DESC, m.seq DESC");
+        if q.words.is_some() {
+            filter.push_str(" AND m.search @@ plainto_tsquery('simple', $2)");
+            order = String::from(
+                " ORDER BY ts_rank(m.search, plainto_tsquery('simple', $2)) DESC, m.created_at DESC, m.seq DESC",
+            );
+        }
+        for i in 0..q.substrings.len() {
+            filter.push_str(&format!(" AND m.body ILIKE ${}", i + 5));
+        }
+        let sql = format!(
+            "{}{filter}{order} LIMIT $4",
             MESSAGE_VIEW
                 .replacen("SELECT m.seq,", "SELECT m.room_id AS room, m.seq,", 1)
                 .replacen(
@@ -612,14 +640,70 @@ impl Store {
                     "FROM messages m JOIN users u ON u.id = m.sender_id JOIN room_members rm ON rm.room_id = m.room_id AND rm.user_id = $1",
                     1
                 )
-        )))
-        .bind(user)
-        .bind(query)
-        .bind(room)
-        .bind(limit.clamp(1, 100))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let mut select = sqlx::query_as::<_, SearchRow>(sqlx::AssertSqlSafe(sql))
+            .bind(user)
+            .bind(q.words.unwrap_or_default())
+            .bind(room)
+            .bind(limit.clamp(1, 100));
+        for s in &q.substrings {
+            select = select.bind(like_pattern(s));
+        }
+        let rows: Vec<SearchRow> = select.fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|r| (r.room, r.message)).collect())
+    }
+
+    /// Builds the trigram index for substring search when pg_trgm is
+    /// installed and the index is missing or invalid (a build that was
+    /// interrupted). Concurrently, so sends are not blocked; one replica at a
+    /// time (an advisory lock). Returns whether the index is usable.
+    pub async fn ensure_search_index(&self) -> StoreResult<bool> {
+        const LOCK: i64 = 0x6368_6f72_7573_7431; // "chorust1"
+        let (has_trgm,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm')")
+                .fetch_one(&self.pool)
+                .await?;
+        if !has_trgm {
+            return Ok(false);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            return Ok(false);
+        }
+        let result = async {
+            let valid: Option<(bool,)> = sqlx::query_as(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relname = 'messages_body_trgm' AND c.relnamespace = current_schema()::regnamespace",
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            match valid {
+                Some((true,)) => return Ok(true),
+                Some((false,)) => {
+                    sqlx::raw_sql("DROP INDEX CONCURRENTLY IF EXISTS messages_body_trgm")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                None => {}
+            }
+            tracing::info!("building the trigram search index (messages_body_trgm)");
+            sqlx::raw_sql(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_body_trgm ON messages USING GIN (body gin_trgm_ops)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            Ok::<bool, sqlx::Error>(true)
+        }
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK)
+            .execute(&mut *conn)
+            .await;
+        Ok(result?)
     }
 
     /// Up to `limit` events after `after`, oldest first (for resume and gap fill).
@@ -683,6 +767,82 @@ impl Store {
         }
         Ok(total)
     }
+}
+
+/// A search query split by how each word can be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// Words of scripts written with spaces, for the full-text index
+    /// (`plainto_tsquery('simple', ...)`); `None` when there are none.
+    pub words: Option<String>,
+    /// Words holding a character of a script written without spaces between
+    /// words (or, as Korean, with particles attached to them): matched as
+    /// substrings of the body. At most [`MAX_SUBSTRING_TERMS`].
+    pub substrings: Vec<String>,
+}
+
+/// Substring terms used from one query (the rest are ignored).
+pub const MAX_SUBSTRING_TERMS: usize = 8;
+
+/// Whether `c` belongs to a script whose words are not separated by spaces
+/// (Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar, Tibetan...) or, like
+/// Hangul, carry particles the 'simple' parser cannot split off.
+pub fn unspaced_script(c: char) -> bool {
+    matches!(c as u32,
+        0x0E00..=0x0EFF      // Thai, Lao
+        | 0x0F00..=0x0FFF    // Tibetan
+        | 0x1000..=0x109F    // Myanmar
+        | 0x1100..=0x11FF    // Hangul Jamo
+        | 0x1780..=0x17FF    // Khmer
+        | 0x19E0..=0x19FF    // Khmer symbols
+        | 0x2E80..=0x2FDF    // CJK radicals
+        | 0x3040..=0x30FF    // Hiragana, Katakana
+        | 0x3100..=0x31FF    // Bopomofo, Hangul compatibility Jamo, Katakana ext.
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xA960..=0xA97F    // Hangul Jamo extended A
+        | 0xAC00..=0xD7FF    // Hangul syllables, Jamo extended B
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0xFF66..=0xFF9F    // half-width Katakana
+        | 0x20000..=0x3134F  // CJK extensions B-G
+    )
+}
+
+impl SearchQuery {
+    /// Splits a query on whitespace and sorts its words.
+    pub fn parse(q: &str) -> Self {
+        let mut words = Vec::new();
+        let mut substrings = Vec::new();
+        for w in q.split_whitespace() {
+            if w.chars().any(unspaced_script) {
+                // CJK punctuation around a term is not part of it.
+                let t: String = w.trim_matches(|c: char| !c.is_alphanumeric()).to_string();
+                if !t.is_empty() && substrings.len() < MAX_SUBSTRING_TERMS {
+                    substrings.push(t);
+                }
+            } else {
+                words.push(w);
+            }
+        }
+        Self {
+            words: (!words.is_empty()).then(|| words.join(" ")),
+            substrings,
+        }
+    }
+}
+
+/// An ILIKE pattern matching `s` anywhere, its `%`, `_` and `\` literal.
+fn like_pattern(s: &str) -> String {
+    let mut p = String::with_capacity(s.len() + 2);
+    p.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 #[derive(FromRow)]
@@ -753,6 +913,29 @@ mod tests {
                 .to_string()
                 .contains("size_bytes")
         );
+    }
+
+    #[test]
+    fn queries_split_into_full_text_words_and_substring_terms() {
+        let q = SearchQuery::parse("上海");
+        assert_eq!((q.words, q.substrings), (None, vec!["上海".to_string()]));
+        let q = SearchQuery::parse("meeting 東京、 notes");
+        assert_eq!(q.words.as_deref(), Some("meeting notes"));
+        assert_eq!(q.substrings, ["東京"]);
+        for term in ["서울", "กรุงเทพ", "とうきょう", "ソウル", "𠮷野家"]
+        {
+            assert_eq!(SearchQuery::parse(term).substrings, [term], "{term}");
+        }
+        let q = SearchQuery::parse("hello World, café");
+        assert_eq!(
+            (q.words.as_deref(), q.substrings.len()),
+            (Some("hello World, café"), 0)
+        );
+        assert_eq!(
+            SearchQuery::parse(&"字 ".repeat(20)).substrings.len(),
+            MAX_SUBSTRING_TERMS
+        );
+        assert_eq!(like_pattern("5%_a\\b"), "%5\\%\\_a\\\\b%");
     }
 
     #[test]

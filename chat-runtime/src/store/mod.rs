@@ -210,8 +210,7 @@ pub(crate) async fn next_seq(tx: &mut Transaction<'_, Postgres>, room: RoomId) -
             .bind(room)
             .fetch_optional(&mut **tx)
             .await?;
-    row.map(|(s,)| s)
-        .ok_or_else(|| StoreError::NotFound(format!("room {room} does not exist")))
+    row.map(|(s,)| s).ok_or_else(|| rooms::room_absent(room))
 }
 
 /// Records a room event in `tx`. The caller announces it after commit

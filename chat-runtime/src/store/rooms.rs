@@ -77,6 +77,13 @@ const ROOM_VIEW: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq, m.rol
      (SELECT count(*) FROM room_members c WHERE c.room_id = r.id) AS members \
      FROM rooms r LEFT JOIN room_members m ON m.room_id = r.id AND m.user_id = $1";
 
+/// The one answer for a room the caller may not know exists: missing, or
+/// private (or a DM) and the caller is not a member. Every route and frame
+/// taking a room id gives it, so the two cannot be told apart.
+pub fn room_absent(room: RoomId) -> StoreError {
+    StoreError::NotFound(format!("room {room} does not exist or is private"))
+}
+
 fn check_name(name: &str) -> StoreResult<()> {
     if name.trim().is_empty() || name.chars().count() > 80 {
         return Err(StoreError::Invalid(
@@ -117,13 +124,32 @@ impl Store {
         Ok(row.and_then(|(r,)| Role::parse(&r)))
     }
 
-    /// Fails unless `user` is a member; returns the role.
+    /// Fails unless `user` is a member; returns the role. A non-member is
+    /// told as [`Store::not_member`] says: a private room looks absent.
     pub async fn require_member(&self, room: RoomId, user: UserId) -> StoreResult<Role> {
-        self.role(room, user).await?.ok_or_else(|| {
-            StoreError::Forbidden(format!(
+        match self.role(room, user).await? {
+            Some(role) => Ok(role),
+            None => Err(self.not_member(room).await),
+        }
+    }
+
+    /// The refusal for a caller who is not a member of `room`: `forbidden`
+    /// for a public room (anyone may see it and join), and for a private
+    /// room or DM exactly the answer for a room that does not exist
+    /// ([`room_absent`]), so a non-member cannot tell one from the other.
+    pub async fn not_member(&self, room: RoomId) -> StoreError {
+        let kind: Result<Option<(String,)>, _> =
+            sqlx::query_as("SELECT kind FROM rooms WHERE id = $1")
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await;
+        match kind {
+            Ok(Some((k,))) if k == "public" => StoreError::Forbidden(format!(
                 "you are not a member of room {room}; join it first"
-            ))
-        })
+            )),
+            Ok(_) => room_absent(room),
+            Err(e) => StoreError::Db(e),
+        }
     }
 
     /// Creates a public or private room; the creator becomes its owner.
@@ -261,9 +287,7 @@ impl Store {
                 .await?;
         match view {
             Some(v) if v.kind == "public" || v.role.is_some() => Ok(v),
-            _ => Err(StoreError::NotFound(format!(
-                "room {room} does not exist or is private"
-            ))),
+            _ => Err(room_absent(room)),
         }
     }
 
@@ -292,18 +316,24 @@ impl Store {
     /// them a member already). Banned users are refused.
     pub async fn join(&self, room: RoomId, user: &User) -> StoreResult<Seq> {
         let mut tx = self.begin().await?;
-        let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM rooms WHERE id = $1")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match kind.as_ref().map(|(k,)| k.as_str()) {
-            None => return Err(StoreError::NotFound(format!("room {room} does not exist"))),
-            Some("public") => {}
-            Some(_) => {
-                return Err(StoreError::Forbidden(format!(
-                    "room {room} is private: a member must invite you"
-                )));
+        let kind: Option<(String, bool)> = sqlx::query_as(
+            "SELECT kind, EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2) \
+             FROM rooms WHERE id = $1",
+        )
+        .bind(room)
+        .bind(user.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match kind.as_ref().map(|(k, member)| (k.as_str(), *member)) {
+            Some(("public", _)) => {}
+            // A member (invited, or of the DM) joining again: nothing to do.
+            Some((_, true)) => {
+                tx.rollback().await?;
+                return self.last_seq(room).await;
             }
+            // Private rooms are joined by invitation; to anyone else they
+            // look absent.
+            None | Some((_, false)) => return Err(room_absent(room)),
         }
         let banned: Option<(i32,)> =
             sqlx::query_as("SELECT 1 FROM room_bans WHERE room_id = $1 AND user_id = $2")
@@ -349,9 +379,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if removed.rows_affected() == 0 {
-            return Err(StoreError::Forbidden(format!(
-                "you are not a member of room {room}"
-            )));
+            tx.rollback().await?;
+            return Err(self.not_member(room).await);
         }
         let seq = member_event(&mut tx, room, user, user, MemberAction::Left, None).await?;
         tx.commit().await?;
@@ -578,8 +607,7 @@ impl Store {
             .bind(room)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|(s,)| s)
-            .ok_or_else(|| StoreError::NotFound(format!("room {room} does not exist")))
+        row.map(|(s,)| s).ok_or_else(|| room_absent(room))
     }
 
     /// Latest seqs of several rooms (the fan-out poll).
@@ -603,7 +631,9 @@ impl Store {
         .bind(seq)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(s,)| s)
-            .ok_or_else(|| StoreError::Forbidden(format!("you are not a member of room {room}")))
+        match row {
+            Some((s,)) => Ok(s),
+            None => Err(self.not_member(room).await),
+        }
     }
 }

@@ -25,7 +25,9 @@ use crate::{
         SessionId, Status,
         outbox::{Item, Outbox, SubscribeRequest},
     },
-    protocol::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close, decode, encode},
+    protocol::{
+        ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close, decode, encode, scan_id,
+    },
     state::AppState,
     store::{RoomId, Seq, StoreResult, events::NewMessage},
 };
@@ -108,9 +110,11 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                         // an idle socket should not carry them around.
                         Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, &mut acks, text.as_str())).await;
                     }
-                    Message::Binary(_) => {
+                    Message::Binary(bytes) => {
+                        // Refused, but with its id when one can be read.
                         state.metrics.bad_frames.inc();
-                        outbox.push(Item::Reply(encode(&ServerFrame::error(None, ErrorCode::BadFrame, "binary frames are not supported: send JSON text frames"))));
+                        let id = scan_id(&String::from_utf8_lossy(&bytes));
+                        outbox.push(Item::Reply(encode(&ServerFrame::error(id.as_deref(), ErrorCode::BadFrame, "binary frames are not supported: send JSON text frames"))));
                     }
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => {}

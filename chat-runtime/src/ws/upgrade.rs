@@ -1,8 +1,10 @@
 //! `GET /ws`: the WebSocket upgrade. Everything that can be refused is
 //! refused here, as a JSON error with a status (not a frame): no upgrade
-//! (`400`), a draining replica or a full one (`503`), a bad token (`401`).
-//! The token is checked once, here; the connection then lives until its
-//! `exp`.
+//! (`400`), a page of a foreign origin (`403`), a draining replica or a full
+//! one (`503`), a bad ticket or token (`401`). The caller is identified
+//! once, here, by a one-time `?ticket=` (`POST /api/v1/ws-ticket`), or, as a
+//! fallback, by `?access_token=` or an `Authorization` header; the
+//! connection then lives until the token's `exp`.
 
 use std::sync::{
     Arc,
@@ -11,7 +13,7 @@ use std::sync::{
 
 use axum::{
     extract::{State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
-    http::HeaderMap,
+    http::{HeaderMap, header},
     response::Response,
 };
 use serde::Deserialize;
@@ -22,16 +24,47 @@ use crate::{
     auth::AuthError,
     error::AppError,
     http::{
-        auth::{auth_error, authenticate, bearer},
+        auth::{auth_error, authenticate, bearer, redeem_ticket},
         extract::AppQuery,
     },
     state::AppState,
 };
 
-/// `?access_token=` (browsers cannot set headers on a WebSocket).
+/// How a browser (which cannot set headers on a WebSocket) identifies
+/// itself: `?ticket=` (preferred: the token stays out of URLs and logs) or
+/// `?access_token=` (fallback).
 #[derive(Deserialize)]
 pub struct WsQuery {
     access_token: Option<String>,
+    ticket: Option<String>,
+}
+
+/// Whether a WebSocket upgrade may proceed given its `Origin`: no header
+/// (not a browser), the page's own origin (the `Host` it connected to), or
+/// one of `CHAT_CORS_ORIGINS`. Browsers send `Origin` on every WebSocket
+/// handshake and do not apply CORS to it, so this check is what keeps a
+/// foreign page from opening a socket with a user's credentials.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match (origin.split_once("://"), host) {
+        (Some((scheme, authority)), Some(host)) => {
+            matches!(scheme, "http" | "https") && authority == host
+        }
+        _ => false,
+    }
 }
 
 /// `GET /ws`.
@@ -41,6 +74,11 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    if !origin_allowed(&headers, &state.config.cors_origins) {
+        return Err(AppError::Forbidden(
+            "this page's origin may not open a WebSocket here: use the same origin, or add it to CHAT_CORS_ORIGINS".into(),
+        ));
+    }
     let ws = ws.map_err(|r| {
         AppError::BadRequest(format!(
             "{}: /ws is the WebSocket endpoint; connect with a WebSocket client (docs/protocol.md)",
@@ -53,11 +91,11 @@ pub async fn upgrade(
             "this replica is draining; reconnect (another replica will answer)".into(),
         ));
     }
-    let token = q
-        .access_token
-        .or_else(|| bearer(&headers))
-        .ok_or_else(|| auth_error(AuthError::Missing))?;
-    let principal = authenticate(&state, &token).await?;
+    let principal = match (q.ticket, q.access_token.or_else(|| bearer(&headers))) {
+        (Some(ticket), _) => redeem_ticket(&state, &ticket).await?,
+        (None, Some(token)) => authenticate(&state, &token).await?,
+        (None, None) => return Err(auth_error(AuthError::Missing)),
+    };
     let max = state.config.limits.max_connections;
     let Some(slot) = ConnectionSlot::acquire(&state.sockets, max) else {
         state.metrics.connections_refused.inc();
@@ -114,6 +152,51 @@ impl Drop for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_same_origin_or_listed_origins_may_upgrade() {
+        let h = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            h
+        };
+        let listed = vec!["https://app.example.com".to_string()];
+        assert!(
+            origin_allowed(&h(None, "chat.example.com"), &[]),
+            "not a browser"
+        );
+        assert!(origin_allowed(
+            &h(Some("https://chat.example.com"), "chat.example.com"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &h(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &h(Some("https://evil.example"), "chat.example.com"),
+            &[]
+        ));
+        assert!(!origin_allowed(&h(Some("null"), "chat.example.com"), &[]));
+        assert!(!origin_allowed(
+            &h(
+                Some("https://chat.example.com.evil.example"),
+                "chat.example.com"
+            ),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &h(Some("https://App.example.com"), "chat.example.com"),
+            &listed
+        ));
+        assert!(!origin_allowed(
+            &h(Some("https://app.example.com:444"), "chat.example.com"),
+            &listed
+        ));
+    }
 
     #[test]
     fn connection_slots_are_freed_on_drop_even_when_never_used() {

@@ -98,7 +98,12 @@ impl Replica {
             .env("CHAT_ADMIN_ADDR", "127.0.0.1:0")
             .env("CHAT_JWT_SECRET", JWT_SECRET)
             .env("CHAT_DRAIN_SECONDS", "2")
-            .env("CHAT_LOG_LEVEL", "info");
+            .env("CHAT_LOG_LEVEL", "info")
+            // Every test client comes from 127.0.0.1: the per-address
+            // sign-up/login bucket would otherwise limit the suites; tests of
+            // the limits set their own.
+            .env("CHAT_AUTH_IP_BURST", "100000")
+            .env("CHAT_AUTH_IP_PER_MINUTE", "100000");
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -346,8 +351,12 @@ impl Ws {
         ws_url: &str,
         token: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(format!("{ws_url}?access_token={token}")).await?;
+        Self::try_connect_url(&format!("{ws_url}?access_token={token}")).await
+    }
+
+    /// Connects to a full URL (query included) and waits for `hello`.
+    pub async fn try_connect_url(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         let mut c = Self {
             ws,
             hello: Value::Null,
