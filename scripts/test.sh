@@ -33,6 +33,9 @@ if [ -n "$(gofmt -l tests/control-plane)" ]; then
   die "Go sources are not gofmt-formatted: run make fmt"
 fi
 
+step "unit tests of the cluster launcher (go test)"
+(cd tests/control-plane && go test ./cmd/...)
+
 step "building the control plane and chart tools (cached after the first run)"
 "$CHORUS_ROOT/scripts/build-control-plane.sh"
 "$CHORUS_ROOT/scripts/build-tools.sh"

@@ -21,12 +21,8 @@ const (
 // ReplicaSet, EndpointSlice, HPA, namespace, ...), one ServiceAccount per
 // controller, and leader election off, and waits for /healthz.
 func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
-	id, err := p.clientIdentity("kube-controller-manager", "system:kube-controller-manager")
+	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kube-controller-manager", "system:kube-controller-manager")
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(stateDir, "kube-controller-manager.kubeconfig")
-	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
 		return err
 	}
 	port, err := freePort()
@@ -63,12 +59,8 @@ func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateD
 // startScheduler runs kube-scheduler with leader election off and waits for
 // /healthz.
 func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
-	id, err := p.clientIdentity("kube-scheduler", "system:kube-scheduler")
+	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kube-scheduler", "system:kube-scheduler")
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(stateDir, "kube-scheduler.kubeconfig")
-	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
 		return err
 	}
 	port, err := freePort()
@@ -90,6 +82,17 @@ func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiU
 		return err
 	}
 	return waitHealthz(ctx, sup, port, stateDir, "kube-scheduler")
+}
+
+// componentKubeconfig writes <state>/<name>.kubeconfig for a component that
+// authenticates as user cn in groups orgs, and returns its path.
+func componentKubeconfig(p *pkiFiles, stateDir, apiURL, name, cn string, orgs ...string) (string, error) {
+	id, err := p.clientIdentity(name, cn, orgs...)
+	if err != nil {
+		return "", err
+	}
+	kubeconfig := filepath.Join(stateDir, name+".kubeconfig")
+	return kubeconfig, writeKubeconfig(kubeconfig, apiURL, p, id)
 }
 
 // waitHealthz polls a component's self-signed https://127.0.0.1:port/healthz

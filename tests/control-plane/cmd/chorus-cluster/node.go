@@ -228,16 +228,12 @@ func importImages(ctx context.Context, binDir, sock, imageDir string) error {
 }
 
 func startKubelet(ctx context.Context, sup *supervisor, binDir, dir, stateDir, sock, apiURL string, p *pkiFiles) error {
-	id, err := p.clientIdentity("kubelet", "system:node:"+nodeName, "system:nodes")
+	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kubelet", "system:node:"+nodeName, "system:nodes")
 	if err != nil {
 		return err
 	}
 	serving, err := p.servingIdentity("kubelet-serving", nodeName, net.ParseIP(bridgeIP), net.ParseIP("127.0.0.1"))
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(stateDir, "kubelet.kubeconfig")
-	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
 		return err
 	}
 	port, err := freePortOn(bridgeIP)
@@ -302,12 +298,8 @@ shutdownGracePeriod: 0s
 }
 
 func startKubeProxy(sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
-	id, err := p.clientIdentity("kube-proxy", "system:kube-proxy", "system:node-proxier")
+	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kube-proxy", "system:kube-proxy", "system:node-proxier")
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(stateDir, "kube-proxy.kubeconfig")
-	if err := writeKubeconfig(kubeconfig, apiURL, p, id); err != nil {
 		return err
 	}
 	metrics, err := freePort()
@@ -481,19 +473,33 @@ func removeIptablesRules() bool {
 		if err != nil {
 			continue
 		}
-		var kept []string
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, "KUBE-") || strings.Contains(line, "CNI-") {
-				found = true
-				continue
-			}
-			kept = append(kept, line)
+		kept, removed := withoutNodeRules(string(out))
+		if !removed {
+			continue
 		}
+		found = true
 		restore := exec.Command(family + "-restore")
-		restore.Stdin = strings.NewReader(strings.Join(kept, "\n"))
+		restore.Stdin = strings.NewReader(kept)
 		if out, err := restore.CombinedOutput(); err != nil {
 			log.Printf("%s-restore: %v: %s", family, err, out)
 		}
 	}
 	return found
+}
+
+// withoutNodeRules drops, from iptables-save output, every chain declaration
+// and rule that names a kube-proxy (KUBE-*) or CNI (CNI-*) chain, and keeps
+// everything else, table headers and COMMIT lines included. It reports
+// whether anything was dropped.
+func withoutNodeRules(save string) (string, bool) {
+	var kept []string
+	removed := false
+	for _, line := range strings.Split(save, "\n") {
+		if strings.Contains(line, "KUBE-") || strings.Contains(line, "CNI-") {
+			removed = true
+			continue
+		}
+		kept = append(kept, line)
+	}
+	return strings.Join(kept, "\n"), removed
 }
