@@ -91,6 +91,15 @@ pub(crate) mod tests {
         metas.extend(c.hpa.iter().map(|d| d.metadata.clone()));
         metas.extend(c.ingress.iter().map(|d| d.metadata.clone()));
         assert_eq!(metas.len(), 1 + 2 + 4 + 2 + 1 + 1);
+        // Admission and `validate` keep exactly these names valid.
+        let allowed = crate::names::child_names(&t.name);
+        for m in &metas {
+            let name = m.name.as_deref().unwrap();
+            assert!(
+                allowed.iter().any(|a| a == name),
+                "{name} is not in names::child_names"
+            );
+        }
         for m in metas {
             let owner = &m.owner_references.as_ref().unwrap()[0];
             assert_eq!(
