@@ -31,6 +31,14 @@ pub const PASSWORD_ANNOTATION: &str = "chorus.dev/db-password-changed-at";
 /// one at a time, when the key is rotated.
 pub const AUTH_KEY_ANNOTATION: &str = "chorus.dev/auth-key-checksum";
 
+/// Pod annotation carrying a checksum of the connection URI in `<name>-db`
+/// (host, port, database, user, password, sslmode): the pods read it only at
+/// start-up (`CHAT_DATABASE_URL`), so a changed value rolls them.
+pub const DATABASE_URI_ANNOTATION: &str = "chorus.dev/database-uri-checksum";
+/// Pod annotation carrying a checksum of every Secret and ConfigMap value
+/// `spec.runtime.env` reads through `valueFrom` (read only at start-up).
+pub const ENV_REFS_ANNOTATION: &str = "chorus.dev/env-refs-checksum";
+
 /// Key of `<name>-db` holding the full connection URI.
 pub const DB_SECRET_URI_KEY: &str = "uri";
 /// Key of `<name>-db` holding the password.

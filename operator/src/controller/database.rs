@@ -22,7 +22,7 @@ use crate::{
     },
     error::Error,
     model::Tenant,
-    names::{DB_SECRET_PASSWORD_KEY, db_secret_name, secret_value},
+    names::{DB_SECRET_PASSWORD_KEY, db_secret_name, key_checksum, secret_value},
     rollout,
     status::{self, DatabaseState},
 };
@@ -35,6 +35,9 @@ pub(super) struct DatabaseOutcome {
     pub(super) password_changed_at: Option<String>,
     /// `status.database.rotationRequestHandled`.
     pub(super) rotation_request_handled: Option<String>,
+    /// Checksum of the connection URI `<name>-db` holds, when this reconcile
+    /// wrote it (otherwise the pods keep the one they run with).
+    pub(super) uri_hash: Option<String>,
     /// The error the reconcile returns (so it retries with backoff).
     pub(super) error: Option<Error>,
 }
@@ -51,6 +54,7 @@ impl DatabaseOutcome {
             },
             password_changed_at: old_db.and_then(|d| d.password_changed_at.clone()),
             rotation_request_handled: old_db.and_then(|d| d.rotation_request_handled.clone()),
+            uri_hash: None,
             error: Some(e.into()),
         }
     }
@@ -197,6 +201,7 @@ pub(super) async fn provision(
         },
         password_changed_at: changed_at,
         rotation_request_handled: handled,
+        uri_hash: None,
         error: Some(e),
     };
 
@@ -348,6 +353,11 @@ pub(super) async fn provision(
         state,
         password_changed_at: changed_at,
         rotation_request_handled: handled,
+        uri_hash: Some(key_checksum(&server.tenant_uri(
+            role,
+            password.value(),
+            role,
+        ))),
         error,
     }
 }

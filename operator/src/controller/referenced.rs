@@ -1,7 +1,7 @@
 //! Secrets a ChatTenant names but does not own: the database server's admin
-//! Secret (`spec.database.serverRef`, in the operator's namespace) and the
-//! external JWT key (`spec.auth.externalJwt.secretRef`, in the tenant's
-//! namespace). Creating, fixing or rotating one reconciles the tenants that
+//! Secret (`spec.database.serverRef`, in the operator's namespace), the
+//! external JWT key (`spec.auth.externalJwt.secretRef`) and the Secrets
+//! `spec.runtime.env` reads (both in the tenant's namespace). Creating, fixing or rotating one reconciles the tenants that
 //! name it at once, instead of at the next resync or backoff. Only metadata is
 //! watched: the operator never caches Secret data it does not own.
 
@@ -74,7 +74,15 @@ fn names_secret(ct: &ChatTenant, ns: &str, name: &str, server_ns: &str) -> bool 
             .as_ref()
             .and_then(|e| e.secret_ref.as_ref())
             .is_some_and(|r| r.name == name);
-    server || external
+    // Secrets `spec.runtime.env` reads (a change rolls the pods).
+    let env = ct.namespace().as_deref() == Some(ns)
+        && ct.spec.runtime.env.iter().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+        });
+    server || external || env
 }
 
 #[cfg(test)]
@@ -111,5 +119,16 @@ mod tests {
         };
         assert!(names_secret(&ct, "tenants", "jwt", SERVER_NS));
         assert!(!names_secret(&ct, "elsewhere", "jwt", SERVER_NS));
+    }
+
+    #[test]
+    fn a_tenant_names_the_secrets_its_env_reads() {
+        let mut ct = sample();
+        ct.spec.runtime.env = serde_json::from_value(serde_json::json!([
+            {"name": "X", "valueFrom": {"secretKeyRef": {"name": "app", "key": "k"}}}
+        ]))
+        .unwrap();
+        assert!(names_secret(&ct, "tenants", "app", SERVER_NS));
+        assert!(!names_secret(&ct, "elsewhere", "app", SERVER_NS));
     }
 }
