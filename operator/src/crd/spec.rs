@@ -204,8 +204,9 @@ pub struct AutoscalingSpec {
     pub target_memory_utilization_percentage: i32,
 
     /// Scale-up and scale-down behaviour. Default: up by 100% every 15 s,
-    /// down by 50% every 60 s after a 5-minute stabilization window. A
-    /// direction left out keeps this default.
+    /// down by 50% every 60 s after a 5-minute stabilization window, select
+    /// policy Max. Each field left out (per direction: policies,
+    /// selectPolicy, stabilizationWindowSeconds) keeps this default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
