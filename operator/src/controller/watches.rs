@@ -35,6 +35,17 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
+    // Readiness: the store has its initial list.
+    ctx.health.controller_started(1);
+    let health = ctx.health.clone();
+    let ready = reader.clone();
+    // Never completes: it ends with the controller (returned or aborted).
+    let readiness = async move {
+        if ready.wait_until_ready().await.is_ok() {
+            health.store_ready();
+        }
+        futures::future::pending::<()>().await
+    };
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, reader.clone());
     let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
@@ -44,7 +55,10 @@ pub async fn run(
         namespace: ns,
         config: watcher::Config::default().labels(&managed_selector()),
     });
-    controller
+    let health = ctx.health.clone();
+    // Stopped when aborted (lease lost) as well as on return.
+    let _stopped = scopeguard(move || health.controller_stopped());
+    let running = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -52,8 +66,24 @@ pub async fn run(
                 Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile stream error"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = running => {},
+        _ = readiness => {},
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn namespaced_or_all<K>(client: &Client, ns: &Option<String>) -> Api<K>

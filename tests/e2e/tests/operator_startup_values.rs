@@ -46,6 +46,16 @@ async fn a_changed_server_secret_rolls_the_pods_and_every_limit_reaches_the_env(
     let env = OperatorEnv::new("op-startup", Duration::from_secs(300))
         .await
         .unwrap();
+    // Readiness flips once the API server answered and the watch listed.
+    let health = env.operator.context.health.clone();
+    wait_for("the operator to be ready", CONVERGE, || async {
+        health
+            .not_ready(std::time::Instant::now())
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
     let limits = format!(
         "  runtime: {{image: \"ghcr.io/chorus-dev/chat-runtime:0.1.0\", replicas: 1, resources: {TEST_RESOURCES}}}\n  limits: {{maxConnectionsPerReplica: 1234, messagesPerSecondPerUser: 7, maxMessageBytes: 4096, historyRetentionDays: 30}}"
     );
