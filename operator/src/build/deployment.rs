@@ -610,4 +610,56 @@ mod tests {
             }
         }
     }
+
+    /// Every `spec.limits` field reaches the runtime's environment, each
+    /// under its own variable (docs/runtime.md), with its default when left
+    /// out. A new field without a row here fails the exhaustive destructure.
+    #[test]
+    fn every_limit_reaches_the_runtime_environment() {
+        let crate::crd::LimitsSpec {
+            max_connections_per_replica: _,
+            messages_per_second_per_user: _,
+            max_message_bytes: _,
+            history_retention_days: _,
+        } = crate::crd::LimitsSpec::default();
+        type Set = fn(&mut crate::crd::LimitsSpec, i32);
+        let rows: [(&str, Set, &str, i32); 4] = [
+            (
+                "maxConnectionsPerReplica",
+                |l, v| l.max_connections_per_replica = v,
+                "CHAT_MAX_CONNECTIONS",
+                10_000,
+            ),
+            (
+                "messagesPerSecondPerUser",
+                |l, v| l.messages_per_second_per_user = v,
+                "CHAT_MESSAGES_PER_SECOND",
+                10,
+            ),
+            (
+                "maxMessageBytes",
+                |l, v| l.max_message_bytes = v,
+                "CHAT_MAX_MESSAGE_BYTES",
+                16_384,
+            ),
+            (
+                "historyRetentionDays",
+                |l, v| l.history_retention_days = v,
+                "CHAT_HISTORY_RETENTION_DAYS",
+                0,
+            ),
+        ];
+        for (field, set, var, default) in rows {
+            let (t, plan) = tenant_and_plan(|_| {});
+            let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+            let got = env_value(&d, var).and_then(|e| e.value.clone());
+            assert_eq!(got, Some(default.to_string()), "{field} default");
+            let (t, plan) = tenant_and_plan(|ct| set(&mut ct.spec.limits, 777));
+            for slot in [&plan.stable, &plan.other] {
+                let d = build_deployment(&t, slot, &inputs(&plan));
+                let got = env_value(&d, var).and_then(|e| e.value.clone());
+                assert_eq!(got.as_deref(), Some("777"), "{field} -> {var}");
+            }
+        }
+    }
 }
