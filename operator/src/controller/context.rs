@@ -30,8 +30,8 @@ use crate::{
 pub struct Settings {
     /// Namespace holding the database server Secrets.
     pub server_namespace: String,
-    /// Only watch this namespace (all namespaces when `None`).
-    pub watch_namespace: Option<String>,
+    /// Only watch these namespaces (all namespaces when empty).
+    pub watch_namespaces: Vec<String>,
     /// Interval of the idle resync.
     pub resync: Duration,
     /// Identity reported in Events (pod name).

@@ -3,7 +3,10 @@
 //! external JWT key (`spec.auth.externalJwt.secretRef`) and the Secrets
 //! `spec.runtime.env` reads (both in the tenant's namespace). Creating, fixing or rotating one reconciles the tenants that
 //! name it at once, instead of at the next resync or backoff. Only metadata is
-//! watched: the operator never caches Secret data it does not own.
+//! watched: the operator never caches Secret data it does not own. Watching
+//! every namespace, only the server namespace is watched: cluster-wide RBAC
+//! grants no list/watch on Secrets (see `docs/operations.md`), so a tenant
+//! namespace's Secret change is picked up at the next resync.
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Secret;
@@ -28,6 +31,7 @@ type SecretEvents = BoxStream<'static, Result<SecretMeta, watcher::Error>>;
 pub(super) fn secret_events(
     client: &Client,
     settings: &Settings,
+    namespace: Option<&str>,
     tenants: Store<ChatTenant>,
 ) -> (
     SecretEvents,
@@ -41,12 +45,11 @@ pub(super) fn secret_events(
             .boxed()
     };
     let server_ns = settings.server_namespace.clone();
-    let stream = match &settings.watch_namespace {
-        None => watch(Api::all(client.clone())),
-        Some(ns) if *ns == server_ns => watch(Api::namespaced(client.clone(), ns)),
-        Some(ns) => futures::stream::select(
-            watch(Api::namespaced(client.clone(), ns)),
-            watch(Api::namespaced(client.clone(), &server_ns)),
+    let stream = match secret_watch_namespaces(namespace, &server_ns).as_slice() {
+        [one] => watch(Api::namespaced(client.clone(), one)),
+        many => futures::stream::select_all(
+            many.iter()
+                .map(|ns| watch(Api::namespaced(client.clone(), ns))),
         )
         .boxed(),
     };
@@ -60,6 +63,17 @@ pub(super) fn secret_events(
             .collect()
     };
     (stream, mapper)
+}
+
+/// The namespaces whose Secrets a controller watching `namespace` (`None`:
+/// every namespace) watches: its own and the server namespace; watching
+/// every namespace, the server namespace only (no cluster-wide Secret
+/// list/watch). Pure.
+pub(super) fn secret_watch_namespaces(namespace: Option<&str>, server_ns: &str) -> Vec<String> {
+    match namespace {
+        Some(ns) if ns != server_ns => vec![ns.to_string(), server_ns.to_string()],
+        _ => vec![server_ns.to_string()],
+    }
 }
 
 /// Whether `ct` names Secret `ns/name` (the server Secret lives in
@@ -119,6 +133,19 @@ mod tests {
         };
         assert!(names_secret(&ct, "tenants", "jwt", SERVER_NS));
         assert!(!names_secret(&ct, "elsewhere", "jwt", SERVER_NS));
+    }
+
+    #[test]
+    fn secrets_are_never_watched_cluster_wide() {
+        assert_eq!(secret_watch_namespaces(None, SERVER_NS), [SERVER_NS]);
+        assert_eq!(
+            secret_watch_namespaces(Some(SERVER_NS), SERVER_NS),
+            [SERVER_NS]
+        );
+        assert_eq!(
+            secret_watch_namespaces(Some("tenants"), SERVER_NS),
+            ["tenants", SERVER_NS]
+        );
     }
 
     #[test]
