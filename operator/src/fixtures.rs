@@ -308,7 +308,7 @@ pub(crate) fn context() -> (Arc<Context>, ApiServerVerifier) {
     let (client, verifier) = ApiServerVerifier::client();
     let settings = Settings {
         server_namespace: "chorus-system".into(),
-        watch_namespace: None,
+        watch_namespaces: Vec::new(),
         resync: Duration::from_secs(300),
         instance: "test".into(),
     };

@@ -18,9 +18,10 @@ struct Args {
     #[arg(long, env = "CHORUS_SERVER_NAMESPACE")]
     server_namespace: Option<String>,
 
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "CHORUS_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all
+    /// namespaces). The operator then needs RBAC in these namespaces only.
+    #[arg(long, env = "CHORUS_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
 
     /// Seconds between idle resyncs of each ChatTenant.
     #[arg(long, env = "CHORUS_RESYNC_SECONDS", default_value_t = 300)]
@@ -77,7 +78,12 @@ async fn main() -> ExitCode {
                 .server_namespace
                 .clone()
                 .unwrap_or_else(|| args.namespace.clone()),
-            watch_namespace: args.watch_namespace.clone(),
+            watch_namespaces: args
+                .watch_namespace
+                .iter()
+                .map(|ns| ns.trim().to_string())
+                .filter(|ns| !ns.is_empty())
+                .collect(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             instance: identity.clone(),
         },

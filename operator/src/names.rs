@@ -31,12 +31,47 @@ pub const PASSWORD_ANNOTATION: &str = "chorus.dev/db-password-changed-at";
 /// one at a time, when the key is rotated.
 pub const AUTH_KEY_ANNOTATION: &str = "chorus.dev/auth-key-checksum";
 
+/// Pod annotation carrying a checksum of the connection URI in `<name>-db`
+/// (host, port, database, user, password, sslmode): the pods read it only at
+/// start-up (`CHAT_DATABASE_URL`), so a changed value rolls them.
+pub const DATABASE_URI_ANNOTATION: &str = "chorus.dev/database-uri-checksum";
+/// Pod annotation carrying a checksum of every Secret and ConfigMap value
+/// `spec.runtime.env` reads through `valueFrom` (read only at start-up).
+pub const ENV_REFS_ANNOTATION: &str = "chorus.dev/env-refs-checksum";
+
 /// Key of `<name>-db` holding the full connection URI.
 pub const DB_SECRET_URI_KEY: &str = "uri";
 /// Key of `<name>-db` holding the password.
 pub const DB_SECRET_PASSWORD_KEY: &str = "password";
 /// Key of `<name>-auth` holding the HS256 signing key.
 pub const AUTH_SECRET_KEY: &str = "jwt-secret";
+
+/// Every suffix the operator appends to `metadata.name` to name a child
+/// (Deployments and Services `-blue`/`-green`, the preview Service, the two
+/// NetworkPolicies, the two Secrets). The bare name is used too (Service,
+/// HPA, PDB, Ingress, HTTPRoute). Admission (the CRD's CEL rule on
+/// `metadata.name`) and [`crate::validate`] keep `<name><suffix>` a DNS-1035
+/// label (the rule for Service names) for the longest one.
+pub const CHILD_SUFFIXES: [&str; 7] = [
+    "-blue",
+    "-green",
+    "-preview",
+    "-default-deny",
+    "-allow",
+    "-db",
+    "-auth",
+];
+
+/// The longest `metadata.name` whose every child name is a DNS-1035 label
+/// (at most 63 characters): 63 minus the longest of [`CHILD_SUFFIXES`].
+pub const MAX_NAME_LEN: usize = 50;
+
+/// Every child name of a tenant called `name`.
+pub fn child_names(name: &str) -> Vec<String> {
+    std::iter::once(name.to_string())
+        .chain(CHILD_SUFFIXES.iter().map(|s| format!("{name}{s}")))
+        .collect()
+}
 
 /// `<name>-<slot>`: the Deployment (and Service) of one slot.
 pub fn slot_name(t: &Tenant, slot: Slot) -> String {
@@ -146,6 +181,15 @@ mod tests {
             "chorus.dev/tenant=acme,app.kubernetes.io/managed-by=chorus-operator"
         );
         assert_eq!(slot_name(&t, Slot::Green), "acme-green");
+    }
+
+    #[test]
+    fn the_longest_suffix_fits_a_dns_label_at_the_longest_name() {
+        let longest = CHILD_SUFFIXES.iter().map(|s| s.len()).max().unwrap();
+        assert_eq!(MAX_NAME_LEN + longest, 63);
+        for n in child_names(&"a".repeat(MAX_NAME_LEN)) {
+            assert!(n.len() <= 63, "{n}");
+        }
     }
 
     #[test]

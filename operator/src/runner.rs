@@ -2,7 +2,14 @@
 //! kube-lease-manager), the health/metrics HTTP server, and the controller,
 //! which runs only while this replica holds the lease.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use kube::Client;
@@ -13,6 +20,120 @@ use crate::{
     controller::{self, Context, Settings},
     metrics::Metrics,
 };
+
+/// How long a successful API call keeps `/readyz` green.
+pub const API_FRESHNESS: Duration = Duration::from_secs(30);
+/// How often the API server is probed.
+const API_PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// What `/readyz` reports: a reachable API server (a successful call within
+/// [`API_FRESHNESS`]) and, while this replica runs the controller, watches
+/// that finished their initial list. A standby replica (leader election,
+/// not leading) is ready when the API server is reachable: it can take over,
+/// and a rolling update of the operator must not wait for it to lead.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_api_ok: Mutex<Option<Instant>>,
+    controller_running: AtomicBool,
+    /// Watch stores of the running controller still without their initial
+    /// list.
+    stores_pending: AtomicUsize,
+}
+
+impl Health {
+    /// Records a successful API call now.
+    pub fn api_ok(&self) {
+        self.api_ok_at(Instant::now());
+    }
+
+    fn api_ok_at(&self, at: Instant) {
+        if let Ok(mut last) = self.last_api_ok.lock() {
+            *last = Some(last.map_or(at, |l| l.max(at)));
+        }
+    }
+
+    /// The controller starts with `stores` watch stores to fill.
+    pub fn controller_started(&self, stores: usize) {
+        self.stores_pending.store(stores, Ordering::SeqCst);
+        self.controller_running.store(true, Ordering::SeqCst);
+    }
+
+    /// One watch store finished its initial list.
+    pub fn store_ready(&self) {
+        let _ = self
+            .stores_pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// The controller stopped (shutdown or lost lease).
+    pub fn controller_stopped(&self) {
+        self.controller_running.store(false, Ordering::SeqCst);
+        self.stores_pending.store(0, Ordering::SeqCst);
+    }
+
+    /// Why this replica is not ready, or `None` when it is.
+    pub fn not_ready(&self, now: Instant) -> Option<&'static str> {
+        let api_fresh = self
+            .last_api_ok
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|at| now.saturating_duration_since(at) < API_FRESHNESS);
+        if !api_fresh {
+            return Some("no successful Kubernetes API call in the last 30 s");
+        }
+        if self.controller_running.load(Ordering::SeqCst)
+            && self.stores_pending.load(Ordering::SeqCst) > 0
+        {
+            return Some("the controller's watches have not finished their initial list");
+        }
+        None
+    }
+}
+
+/// State of the HTTP endpoints.
+#[derive(Clone)]
+struct Endpoints {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// `/healthz` (liveness: the process serves requests; an unreachable API
+/// server is a readiness matter, restarting would not fix it), `/readyz`
+/// ([`Health`]) and `/metrics`.
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(Endpoints { metrics, health })
+}
+
+async fn readyz(State(e): State<Endpoints>) -> (StatusCode, String) {
+    match e.health.not_ready(Instant::now()) {
+        None => (StatusCode::OK, "ok".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why.into()),
+    }
+}
+
+/// Probes the API server every [`API_PROBE_EVERY`] until `shutdown`.
+async fn probe_api(client: Client, health: Arc<Health>, shutdown: Shutdown) {
+    let probe = async {
+        loop {
+            let call = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version());
+            match call.await {
+                Ok(Ok(_)) => health.api_ok(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "Kubernetes API probe failed"),
+                Err(_) => tracing::warn!("Kubernetes API probe timed out"),
+            }
+            tokio::time::sleep(API_PROBE_EVERY).await;
+        }
+    };
+    tokio::select! {
+        _ = probe => {},
+        _ = shutdown.wait() => {},
+    }
+}
 
 /// Leader-election settings.
 #[derive(Clone, Debug)]
@@ -104,11 +225,7 @@ pub async fn run_with(
                 .await
                 .map_err(|source| RunError::Bind { addr, source })?;
             tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-            let app = Router::new()
-                .route("/healthz", get(|| async { "ok" }))
-                .route("/readyz", get(|| async { "ok" }))
-                .route("/metrics", get(render_metrics))
-                .with_state(metrics.clone());
+            let app = router(metrics.clone(), ctx.health.clone());
             let stop = shutdown.clone();
             Some(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
@@ -121,6 +238,11 @@ pub async fn run_with(
         }
         None => None,
     };
+    let prober = tokio::spawn(probe_api(
+        client.clone(),
+        ctx.health.clone(),
+        shutdown.clone(),
+    ));
 
     match config.leader_election {
         None => {
@@ -130,6 +252,7 @@ pub async fn run_with(
         Some(le) => lead(client, ctx.clone(), le, shutdown.clone()).await?,
     }
     metrics.leader.set(0);
+    prober.abort();
     if let Some(server) = server {
         let _ = server.await;
     }
@@ -200,7 +323,7 @@ async fn lead(
 }
 
 async fn render_metrics(
-    State(metrics): State<Arc<Metrics>>,
+    State(e): State<Endpoints>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     (
         StatusCode::OK,
@@ -208,6 +331,78 @@ async fn render_metrics(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        e.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let req = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    #[tokio::test]
+    async fn the_endpoints_answer() {
+        let health = Arc::new(Health::default());
+        health.api_ok();
+        let app = router(Arc::new(Metrics::default()), health);
+        assert_eq!(get(&app, "/healthz").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(get(&app, "/readyz").await, (StatusCode::OK, "ok".into()));
+        let (status, body) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("chorus_"), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_watches_and_the_api_server() {
+        let health = Arc::new(Health::default());
+        let app = router(Arc::new(Metrics::default()), health.clone());
+        // Nothing reached the API server yet; liveness is unaffected.
+        assert_eq!(
+            get(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        health.api_ok();
+        assert_eq!(
+            get(&app, "/readyz").await.0,
+            StatusCode::OK,
+            "a standby replica"
+        );
+        // Leading: not ready until both stores listed.
+        health.controller_started(2);
+        let (status, why) = get(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("initial list"), "{why}");
+        health.store_ready();
+        assert_eq!(
+            get(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.store_ready();
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+        // An API server silent for longer than API_FRESHNESS.
+        let now = Instant::now();
+        assert!(health.not_ready(now).is_none());
+        assert!(
+            health
+                .not_ready(now + API_FRESHNESS + Duration::from_secs(1))
+                .is_some_and(|w| w.contains("API"))
+        );
+        // Lease lost: back to a standby's readiness.
+        health.controller_stopped();
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+    }
 }

@@ -23,3 +23,85 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: chorus
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{/* The namespaces to watch, as a JSON list: watchNamespaces plus the older
+watchNamespace, deduplicated; empty means every namespace. */}}
+{{- define "chorus.watchNamespaces" -}}
+{{- $all := list }}
+{{- range .Values.watchNamespaces }}{{- $all = append $all . }}{{- end }}
+{{- with .Values.watchNamespace }}{{- $all = append $all . }}{{- end }}
+{{- $all | uniq | toJson }}
+{{- end -}}
+
+{{/* The tenant RBAC: a ClusterRole (namespace "") or a Role in namespace,
+with its binding. Args: root, namespace, secretVerbs. */}}
+{{- define "chorus.tenantRbac" -}}
+{{- $root := .root }}
+{{- $cluster := eq .namespace "" }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if $cluster }}ClusterRole{{ else }}Role{{ end }}
+metadata:
+  name: {{ include "chorus.fullname" $root }}
+  {{- if not $cluster }}
+  namespace: {{ .namespace }}
+  {{- end }}
+  labels:
+    {{- include "chorus.labels" $root | nindent 4 }}
+rules:
+  - apiGroups: ["chorus.dev"]
+    resources: ["chattenants"]
+    verbs: ["get", "list", "watch", "patch"]
+  - apiGroups: ["chorus.dev"]
+    resources: ["chattenants/status"]
+    verbs: ["patch"]
+  - apiGroups: ["chorus.dev"]
+    resources: ["chattenants/finalizers"]
+    verbs: ["update"]
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["services"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: {{ .secretVerbs | toJson }}
+  # ConfigMaps spec.runtime.env reads: their values go into a checksum on
+  # the pod template, so a change rolls the pods.
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["get"]
+  - apiGroups: ["policy"]
+    resources: ["poddisruptionbudgets"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["autoscaling"]
+    resources: ["horizontalpodautoscalers"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies", "ingresses"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["gateway.networking.k8s.io"]
+    resources: ["httproutes"]
+    verbs: ["get", "list", "create", "patch", "delete"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if $cluster }}ClusterRoleBinding{{ else }}RoleBinding{{ end }}
+metadata:
+  name: {{ include "chorus.fullname" $root }}
+  {{- if not $cluster }}
+  namespace: {{ .namespace }}
+  {{- end }}
+  labels:
+    {{- include "chorus.labels" $root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ if $cluster }}ClusterRole{{ else }}Role{{ end }}
+  name: {{ include "chorus.fullname" $root }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ include "chorus.serviceAccountName" $root }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end -}}

@@ -27,8 +27,9 @@ use crate::{
     crd::AuthMode,
     model::Tenant,
     names::{
-        AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DB_SECRET_URI_KEY, PASSWORD_ANNOTATION,
-        auth_secret_name, db_secret_name, slot_labels, slot_name, slot_selector,
+        AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DATABASE_URI_ANNOTATION, DB_SECRET_URI_KEY,
+        ENV_REFS_ANNOTATION, PASSWORD_ANNOTATION, auth_secret_name, db_secret_name, slot_labels,
+        slot_name, slot_selector,
     },
     rollout::SlotSpec,
 };
@@ -58,8 +59,16 @@ pub fn build_deployment(t: &Tenant, slot: &SlotSpec, inputs: &Inputs) -> Deploym
     if let Some(at) = inputs.password_changed_at {
         annotations.insert(PASSWORD_ANNOTATION.to_string(), at.to_string());
     }
-    if let Some(sum) = inputs.auth_key_hash {
-        annotations.insert(AUTH_KEY_ANNOTATION.to_string(), sum.to_string());
+    // Every value the pods read from a Secret or ConfigMap only at start-up
+    // is in a checksum here, so a change rolls them.
+    for (key, sum) in [
+        (AUTH_KEY_ANNOTATION, inputs.auth_key_hash),
+        (DATABASE_URI_ANNOTATION, inputs.database_uri_hash),
+        (ENV_REFS_ANNOTATION, inputs.env_refs_hash),
+    ] {
+        if let Some(sum) = sum {
+            annotations.insert(key.to_string(), sum.to_string());
+        }
     }
     Deployment {
         metadata: child_meta(t, name, labels),
@@ -508,5 +517,149 @@ mod tests {
             template_annotation(Some("aa11")),
             template_annotation(Some("bb22"))
         );
+    }
+
+    fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()
+    }
+
+    /// Each start-up source, changed alone, changes the pod template (so the
+    /// Deployment rolls), under its own annotation.
+    #[test]
+    fn every_start_up_value_changes_the_pod_template() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        type Set = fn(&mut Inputs<'_>, &'static str);
+        let cases: [(&str, Set); 3] = [
+            (AUTH_KEY_ANNOTATION, |i, v| i.auth_key_hash = Some(v)),
+            (DATABASE_URI_ANNOTATION, |i, v| {
+                i.database_uri_hash = Some(v)
+            }),
+            (ENV_REFS_ANNOTATION, |i, v| i.env_refs_hash = Some(v)),
+        ];
+        for (annotation, set) in cases {
+            let build = |v: &'static str| {
+                let mut i = inputs(&plan);
+                set(&mut i, v);
+                build_deployment(&t, &plan.stable, &i)
+            };
+            let (a, b) = (build("aa11"), build("bb22"));
+            assert_eq!(template_annotations(&a)[annotation], "aa11");
+            assert_ne!(
+                a.spec.unwrap().template,
+                b.spec.unwrap().template,
+                "{annotation}"
+            );
+        }
+    }
+
+    /// The kind: every variable the container reads from a Secret or a
+    /// ConfigMap is covered by a checksum annotation on the pod template.
+    #[test]
+    fn every_secret_or_configmap_variable_has_a_checksum_annotation() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.runtime.env = serde_json::from_value(serde_json::json!([
+                {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+            ]))
+            .unwrap();
+        });
+        let (t_ext, plan_ext) = tenant_and_plan(|ct| {
+            ct.spec.auth = serde_json::from_value(serde_json::json!({
+                "mode": "External",
+                "externalJwt": {"issuer": "i", "audience": "a", "secretRef": {"name": "jwt", "key": "k"}}
+            }))
+            .unwrap();
+        });
+        for (t, plan) in [(&t, &plan), (&t_ext, &plan_ext)] {
+            let mut i = inputs(plan);
+            i.auth_key_hash = Some("a");
+            i.database_uri_hash = Some("d");
+            i.env_refs_hash = Some("e");
+            let d = build_deployment(t, &plan.stable, &i);
+            let annotations = template_annotations(&d);
+            let env = d
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .env
+                .clone()
+                .unwrap();
+            for e in env {
+                let Some(from) = e.value_from else { continue };
+                if from.secret_key_ref.is_none() && from.config_map_key_ref.is_none() {
+                    continue;
+                }
+                let annotation = match e.name.as_str() {
+                    "CHAT_DATABASE_URL" => DATABASE_URI_ANNOTATION,
+                    "CHAT_JWT_SECRET" | "CHAT_EXTERNAL_JWT_SECRET" => AUTH_KEY_ANNOTATION,
+                    n if !n.starts_with("CHAT_") => ENV_REFS_ANNOTATION,
+                    n => panic!(
+                        "{n} is read from a Secret or ConfigMap at start-up without a checksum annotation"
+                    ),
+                };
+                assert!(annotations.contains_key(annotation), "{}", e.name);
+            }
+        }
+    }
+
+    /// Every `spec.limits` field reaches the runtime's environment, each
+    /// under its own variable (docs/runtime.md), with its default when left
+    /// out. A new field without a row here fails the exhaustive destructure.
+    #[test]
+    fn every_limit_reaches_the_runtime_environment() {
+        let crate::crd::LimitsSpec {
+            max_connections_per_replica: _,
+            messages_per_second_per_user: _,
+            max_message_bytes: _,
+            history_retention_days: _,
+        } = crate::crd::LimitsSpec::default();
+        type Set = fn(&mut crate::crd::LimitsSpec, i32);
+        let rows: [(&str, Set, &str, i32); 4] = [
+            (
+                "maxConnectionsPerReplica",
+                |l, v| l.max_connections_per_replica = v,
+                "CHAT_MAX_CONNECTIONS",
+                10_000,
+            ),
+            (
+                "messagesPerSecondPerUser",
+                |l, v| l.messages_per_second_per_user = v,
+                "CHAT_MESSAGES_PER_SECOND",
+                10,
+            ),
+            (
+                "maxMessageBytes",
+                |l, v| l.max_message_bytes = v,
+                "CHAT_MAX_MESSAGE_BYTES",
+                16_384,
+            ),
+            (
+                "historyRetentionDays",
+                |l, v| l.history_retention_days = v,
+                "CHAT_HISTORY_RETENTION_DAYS",
+                0,
+            ),
+        ];
+        for (field, set, var, default) in rows {
+            let (t, plan) = tenant_and_plan(|_| {});
+            let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+            let got = env_value(&d, var).and_then(|e| e.value.clone());
+            assert_eq!(got, Some(default.to_string()), "{field} default");
+            let (t, plan) = tenant_and_plan(|ct| set(&mut ct.spec.limits, 777));
+            for slot in [&plan.stable, &plan.other] {
+                let d = build_deployment(&t, slot, &inputs(&plan));
+                let got = env_value(&d, var).and_then(|e| e.value.clone());
+                assert_eq!(got.as_deref(), Some("777"), "{field} -> {var}");
+            }
+        }
     }
 }

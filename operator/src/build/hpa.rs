@@ -47,14 +47,33 @@ fn resource(name: &str, utilization: i32) -> MetricSpec {
     }
 }
 
-/// The spec's behaviour, each direction it leaves out taken from
-/// [`default_behavior`] (not from Kubernetes' own defaults).
+/// The spec's behaviour with Chorus's defaults ([`default_behavior`]) filled
+/// in field by field, per direction: a field the spec leaves out gets
+/// Chorus's value, never Kubernetes' own default (which for scale-down
+/// policies is 100% every 15 s). `policies` is one field: a list given
+/// replaces the default list.
 fn behavior(spec: Option<&HorizontalPodAutoscalerBehavior>) -> HorizontalPodAutoscalerBehavior {
     let defaults = default_behavior();
     let spec = spec.cloned().unwrap_or_default();
     HorizontalPodAutoscalerBehavior {
-        scale_up: spec.scale_up.or(defaults.scale_up),
-        scale_down: spec.scale_down.or(defaults.scale_down),
+        scale_up: Some(rules(spec.scale_up, defaults.scale_up.unwrap_or_default())),
+        scale_down: Some(rules(
+            spec.scale_down,
+            defaults.scale_down.unwrap_or_default(),
+        )),
+    }
+}
+
+/// One direction: each field from `spec` when set, else from `default`.
+fn rules(spec: Option<HPAScalingRules>, default: HPAScalingRules) -> HPAScalingRules {
+    let Some(spec) = spec else { return default };
+    HPAScalingRules {
+        policies: spec.policies.filter(|p| !p.is_empty()).or(default.policies),
+        select_policy: spec.select_policy.or(default.select_policy),
+        stabilization_window_seconds: spec
+            .stabilization_window_seconds
+            .or(default.stabilization_window_seconds),
+        tolerance: spec.tolerance.or(default.tolerance),
     }
 }
 
@@ -130,6 +149,87 @@ mod tests {
         assert_eq!(down.stabilization_window_seconds, Some(300));
         let down = down.policies.unwrap();
         assert_eq!((down[0].value, down[0].period_seconds), (50, 60));
+    }
+
+    /// (direction, what the spec sets, expected (policies, selectPolicy,
+    /// stabilizationWindowSeconds)).
+    #[test]
+    fn defaults_are_filled_field_by_field_per_direction() {
+        let pct = |value, period_seconds| HPAScalingPolicy {
+            type_: "Percent".into(),
+            value,
+            period_seconds,
+        };
+        let chorus_down = (vec![pct(50, 60)], "Max", 300);
+        let chorus_up = (vec![pct(100, 15)], "Max", 0);
+        type Case = (
+            &'static str,
+            serde_json::Value,
+            (Vec<HPAScalingPolicy>, &'static str, i32),
+            (Vec<HPAScalingPolicy>, &'static str, i32),
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "nothing",
+                serde_json::json!({}),
+                chorus_up.clone(),
+                chorus_down.clone(),
+            ),
+            (
+                "the issue: only a scale-down window",
+                serde_json::json!({"scaleDown": {"stabilizationWindowSeconds": 900}}),
+                chorus_up.clone(),
+                (vec![pct(50, 60)], "Max", 900),
+            ),
+            (
+                "only scale-down policies",
+                serde_json::json!({"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}),
+                chorus_up.clone(),
+                (
+                    vec![HPAScalingPolicy {
+                        type_: "Pods".into(),
+                        value: 1,
+                        period_seconds: 30,
+                    }],
+                    "Max",
+                    300,
+                ),
+            ),
+            (
+                "only a scale-down selectPolicy",
+                serde_json::json!({"scaleDown": {"selectPolicy": "Min"}}),
+                chorus_up.clone(),
+                (vec![pct(50, 60)], "Min", 300),
+            ),
+            (
+                "an empty policy list",
+                serde_json::json!({"scaleDown": {"policies": []}}),
+                chorus_up.clone(),
+                chorus_down.clone(),
+            ),
+            (
+                "only a scale-up window",
+                serde_json::json!({"scaleUp": {"stabilizationWindowSeconds": 60}}),
+                (vec![pct(100, 15)], "Max", 60),
+                chorus_down.clone(),
+            ),
+        ];
+        for (what, spec, up, down) in cases {
+            let spec: HorizontalPodAutoscalerBehavior = serde_json::from_value(spec).unwrap();
+            let b = behavior(Some(&spec));
+            for (dir, got, want) in [("up", b.scale_up, up), ("down", b.scale_down, down)] {
+                let got = got.unwrap();
+                assert_eq!(
+                    (
+                        got.policies.unwrap(),
+                        got.select_policy.unwrap().as_str(),
+                        got.stabilization_window_seconds.unwrap()
+                    ),
+                    (want.0, want.1, want.2),
+                    "{what}: scale {dir}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub struct Inputs<'a> {
     /// Checksum of the JWT key the pods read from a Secret (pod template
     /// annotation), when there is one.
     pub auth_key_hash: Option<&'a str>,
+    /// Checksum of the connection URI in `<name>-db` (pod template
+    /// annotation).
+    pub database_uri_hash: Option<&'a str>,
+    /// Checksum of the Secret and ConfigMap values `spec.runtime.env` reads
+    /// (pod template annotation), when it reads any.
+    pub env_refs_hash: Option<&'a str>,
 }
 
 /// Builds every child for `t`.
@@ -72,6 +78,8 @@ pub(crate) mod tests {
             database_port: 5432,
             password_changed_at: None,
             auth_key_hash: None,
+            database_uri_hash: None,
+            env_refs_hash: None,
         }
     }
 
@@ -91,6 +99,15 @@ pub(crate) mod tests {
         metas.extend(c.hpa.iter().map(|d| d.metadata.clone()));
         metas.extend(c.ingress.iter().map(|d| d.metadata.clone()));
         assert_eq!(metas.len(), 1 + 2 + 4 + 2 + 1 + 1);
+        // Admission and `validate` keep exactly these names valid.
+        let allowed = crate::names::child_names(&t.name);
+        for m in &metas {
+            let name = m.name.as_deref().unwrap();
+            assert!(
+                allowed.iter().any(|a| a == name),
+                "{name} is not in names::child_names"
+            );
+        }
         for m in metas {
             let owner = &m.owner_references.as_ref().unwrap()[0];
             assert_eq!(

@@ -30,8 +30,8 @@ use crate::{
 pub struct Settings {
     /// Namespace holding the database server Secrets.
     pub server_namespace: String,
-    /// Only watch this namespace (all namespaces when `None`).
-    pub watch_namespace: Option<String>,
+    /// Only watch these namespaces (all namespaces when empty).
+    pub watch_namespaces: Vec<String>,
     /// Interval of the idle resync.
     pub resync: Duration,
     /// Identity reported in Events (pod name).
@@ -48,6 +48,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Reconciles this instance ran (tests use it to prove only the leader works).
     pub reconcile_count: AtomicU64,
+    /// What `/readyz` reports (API reachability, watches listed).
+    pub health: Arc<crate::runner::Health>,
     pub(super) databases: Arc<dyn Provisioner>,
     recorder: Recorder,
     gateway_cache: Mutex<Option<(Instant, bool)>>,
@@ -79,6 +81,7 @@ impl Context {
             settings,
             metrics,
             reconcile_count: AtomicU64::new(0),
+            health: Arc::default(),
             databases,
             recorder,
             gateway_cache: Mutex::new(None),

@@ -22,7 +22,7 @@ use crate::{
     },
     error::Error,
     model::Tenant,
-    names::{DB_SECRET_PASSWORD_KEY, db_secret_name, secret_value},
+    names::{DB_SECRET_PASSWORD_KEY, db_secret_name, key_checksum, secret_value},
     rollout,
     status::{self, DatabaseState},
 };
@@ -35,6 +35,9 @@ pub(super) struct DatabaseOutcome {
     pub(super) password_changed_at: Option<String>,
     /// `status.database.rotationRequestHandled`.
     pub(super) rotation_request_handled: Option<String>,
+    /// Checksum of the connection URI `<name>-db` holds, when this reconcile
+    /// wrote it (otherwise the pods keep the one they run with).
+    pub(super) uri_hash: Option<String>,
     /// The error the reconcile returns (so it retries with backoff).
     pub(super) error: Option<Error>,
 }
@@ -51,6 +54,7 @@ impl DatabaseOutcome {
             },
             password_changed_at: old_db.and_then(|d| d.password_changed_at.clone()),
             rotation_request_handled: old_db.and_then(|d| d.rotation_request_handled.clone()),
+            uri_hash: None,
             error: Some(e.into()),
         }
     }
@@ -99,7 +103,7 @@ impl Password {
     pub(crate) fn action(&self) -> PasswordAction {
         match self {
             Password::New(p) | Password::Rotate(p) => PasswordAction::Set(p.clone()),
-            Password::Keep(_) => PasswordAction::Keep,
+            Password::Keep(p) => PasswordAction::Keep(p.clone()),
         }
     }
 
@@ -197,6 +201,7 @@ pub(super) async fn provision(
         },
         password_changed_at: changed_at,
         rotation_request_handled: handled,
+        uri_hash: None,
         error: Some(e),
     };
 
@@ -260,12 +265,27 @@ pub(super) async fn provision(
         .databases
         .check_login(server, &t.database, password.value())
         .await;
-    let state = match login {
-        Ok(LoginCheck::Ok) => DatabaseState::Ready,
+    let secret = db_secret_name(t);
+    // States the next reconcile repairs (or that pass) retry with backoff;
+    // the condition names the role's attribute at fault, not the password.
+    let retry = |reason: &'static str, why: String| {
+        let e = Error::Database(DatabaseError::Login {
+            role: role.to_string(),
+            why: why.clone(),
+        });
+        (
+            DatabaseState::NotReady {
+                reason,
+                message: format!("role {role} cannot log in: {why}"),
+            },
+            Some(e),
+        )
+    };
+    let (state, error) = match login {
+        Ok(LoginCheck::Ok) => (DatabaseState::Ready, None),
         Ok(LoginCheck::PasswordMismatch) => {
             let message = format!(
-                "the password in Secret {} does not match role {role} (changed outside the operator?); set spec.database.passwordRotation.requestedAt to the current time to set a new password in both",
-                db_secret_name(t)
+                "the password in Secret {secret} does not match role {role} (changed outside the operator?); the role's expiry, LOGIN, connection limit and database ownership were checked and are fine; set spec.database.passwordRotation.requestedAt to the current time to set a new password in both"
             );
             // Said once per occurrence, not at every resync.
             let already_reported = ct.status.as_ref().is_some_and(|s| {
@@ -279,24 +299,66 @@ pub(super) async fn provision(
                 };
                 ctx.publish(ct, event).await;
             }
-            DatabaseState::NotReady {
+            let state = DatabaseState::NotReady {
                 reason: "PasswordMismatch",
                 message,
-            }
+            };
+            (state, None)
         }
-        Ok(LoginCheck::Refused(why)) => DatabaseState::NotReady {
-            reason: "LoginRefused",
-            message: format!(
-                "the server refused role {role}'s login to database {role}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods"
+        Ok(LoginCheck::PasswordExpired { valid_until }) => retry(
+            "PasswordExpired",
+            format!(
+                "its password expired at {valid_until} (VALID UNTIL set outside the operator); the operator resets it to 'infinity' and retries; a password rotation would not help"
             ),
-        },
+        ),
+        Ok(LoginCheck::NoPassword) => retry(
+            "RoleHasNoPassword",
+            format!("it has no password; the operator sets the one in Secret {secret} and retries"),
+        ),
+        Ok(LoginCheck::RoleMissing) => retry(
+            "RoleMissing",
+            format!(
+                "it does not exist (dropped outside the operator?); the operator recreates it with the password in Secret {secret} and retries"
+            ),
+        ),
+        Ok(LoginCheck::LoginDisabled) => retry(
+            "LoginDisabled",
+            "it has NOLOGIN (changed outside the operator?); the operator sets LOGIN and retries"
+                .to_string(),
+        ),
+        Ok(LoginCheck::NoConnectPrivilege { owner }) => retry(
+            "NoConnectPrivilege",
+            format!(
+                "it may not connect to database {role} (owner is now {owner}); the operator gives the database back to {role} and retries"
+            ),
+        ),
+        Ok(LoginCheck::ServerFull(why)) => retry(
+            "ServerFull",
+            format!(
+                "the server has no free connection slot ({why}) although the role is below its connection limit; the pods cannot connect either: raise the server's max_connections or reduce the tenants' connections"
+            ),
+        ),
+        Ok(LoginCheck::Refused(why)) => (
+            DatabaseState::NotReady {
+                reason: "LoginRefused",
+                message: format!(
+                    "the server refused role {role}'s login to database {role}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods"
+                ),
+            },
+            None,
+        ),
         Err(e) => return fail("ServerUnreachable", e.into(), changed_at, handled),
     };
     DatabaseOutcome {
         state,
         password_changed_at: changed_at,
         rotation_request_handled: handled,
-        error: None,
+        uri_hash: Some(key_checksum(&server.tenant_uri(
+            role,
+            password.value(),
+            role,
+        ))),
+        error,
     }
 }
 
@@ -339,7 +401,7 @@ mod tests {
             Password::decide(Some("old".into()), Some("t1"), Some("t1"), fresh),
             keep
         );
-        assert_eq!(keep.action(), PasswordAction::Keep);
+        assert_eq!(keep.action(), PasswordAction::Keep("old".into()));
         assert_eq!(keep.value(), "old");
     }
 

@@ -3,7 +3,10 @@
 //! Secret it names, both slots' Deployments, and whether the Gateway API is
 //! served.
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret},
+};
 use kube::{Api, ResourceExt};
 
 use super::Context;
@@ -12,7 +15,10 @@ use crate::{
     database::{ServerConfig, ServerConfigError},
     error::{Error, Result},
     model::{Slot, Tenant},
-    names::{AUTH_KEY_ANNOTATION, slot_name},
+    names::{
+        AUTH_KEY_ANNOTATION, DATABASE_URI_ANNOTATION, ENV_REFS_ANNOTATION, key_checksum,
+        secret_value, slot_name,
+    },
     status::{DeploymentObservation, Problem},
     validate::InvalidSpec,
 };
@@ -135,6 +141,10 @@ pub(super) struct Slots {
     green: DeploymentObservation,
     /// The `chorus.dev/auth-key-checksum` the running pods have.
     pub(super) running_key_hash: Option<String>,
+    /// The `chorus.dev/database-uri-checksum` the running pods have.
+    pub(super) running_database_uri_hash: Option<String>,
+    /// The `chorus.dev/env-refs-checksum` the running pods have.
+    pub(super) running_env_refs_hash: Option<String>,
 }
 
 impl Slots {
@@ -158,7 +168,16 @@ pub(super) async fn observe_deployments(ctx: &Context, t: &Tenant) -> Result<Slo
             .await
             .map_err(Error::kube(format!("reading Deployment {name}")))?;
         if let Some(d) = d {
-            slots.running_key_hash = slots.running_key_hash.or_else(|| running_auth_key_hash(&d));
+            let running = |key| running_annotation(&d, key);
+            slots.running_key_hash = slots
+                .running_key_hash
+                .or_else(|| running(AUTH_KEY_ANNOTATION));
+            slots.running_database_uri_hash = slots
+                .running_database_uri_hash
+                .or_else(|| running(DATABASE_URI_ANNOTATION));
+            slots.running_env_refs_hash = slots
+                .running_env_refs_hash
+                .or_else(|| running(ENV_REFS_ANNOTATION));
             let observed = observe(d);
             match slot {
                 Slot::Blue => slots.blue = observed,
@@ -182,7 +201,7 @@ fn observe(d: Deployment) -> DeploymentObservation {
     }
 }
 
-fn running_auth_key_hash(d: &Deployment) -> Option<String> {
+fn running_annotation(d: &Deployment, key: &str) -> Option<String> {
     d.spec
         .as_ref()?
         .template
@@ -190,8 +209,51 @@ fn running_auth_key_hash(d: &Deployment) -> Option<String> {
         .as_ref()?
         .annotations
         .as_ref()?
-        .get(AUTH_KEY_ANNOTATION)
+        .get(key)
         .cloned()
+}
+
+/// A checksum of every Secret and ConfigMap value `spec.runtime.env` reads
+/// through `valueFrom` (in the tenant's namespace), `None` when it reads
+/// none. The pods read these only at start-up, so the checksum goes on the
+/// pod template. A missing object or key counts as a value of its own.
+pub(super) async fn env_refs_hash(ctx: &Context, t: &Tenant) -> Result<Option<String>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &t.namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &t.namespace);
+    let mut seen = Vec::new();
+    for e in &t.spec.runtime.env {
+        let Some(from) = &e.value_from else { continue };
+        if let Some(r) = &from.secret_key_ref {
+            let s = secrets.get_opt(&r.name).await.map_err(Error::kube(format!(
+                "reading Secret {} (spec.runtime.env)",
+                r.name
+            )))?;
+            let v = s.as_ref().and_then(|s| secret_value(s, &r.key));
+            seen.push(format!("secret/{}/{}={v:?}", r.name, r.key));
+        }
+        if let Some(r) = &from.config_map_key_ref {
+            let c = config_maps
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::kube(format!(
+                    "reading ConfigMap {} (spec.runtime.env)",
+                    r.name
+                )))?;
+            let v = c.as_ref().and_then(|c| {
+                c.data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key).cloned())
+                    .or_else(|| {
+                        c.binary_data
+                            .as_ref()
+                            .and_then(|d| d.get(&r.key))
+                            .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                    })
+            });
+            seen.push(format!("configmap/{}/{}={v:?}", r.name, r.key));
+        }
+    }
+    Ok((!seen.is_empty()).then(|| key_checksum(&seen.join("\n"))))
 }
 
 #[cfg(test)]

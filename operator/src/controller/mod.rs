@@ -124,6 +124,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         state: database,
         password_changed_at,
         rotation_request_handled,
+        uri_hash,
         error,
     } = db;
     first_error = first_error.or(error);
@@ -142,12 +143,23 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         }
     };
 
+    // Values the pods read from Secrets and ConfigMaps at start-up.
+    // `Err`: unreadable right now, the pods keep what they run with.
+    let env_refs_hash = dereference::env_refs_hash(ctx, &t).await;
+
     // 3. Gateway API presence.
     let gateway = dereference::gateway(ctx, &t).await;
     problems.extend(gateway.problem);
 
     // 4. Observe the slots, plan, build, apply.
     let slots = dereference::observe_deployments(ctx, &t).await?;
+    let env_refs_hash = match env_refs_hash {
+        Ok(hash) => hash,
+        Err(e) => {
+            first_error.get_or_insert(e);
+            slots.running_env_refs_hash.clone()
+        }
+    };
     let other = SlotObservation {
         available: slots.get(t.stable_slot.other()).available,
     };
@@ -167,6 +179,11 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         auth_key_hash: auth_key_hash
             .as_deref()
             .or(slots.running_key_hash.as_deref()),
+        // Likewise a URI that could not be written and confirmed now.
+        database_uri_hash: uri_hash
+            .as_deref()
+            .or(slots.running_database_uri_hash.as_deref()),
+        env_refs_hash: env_refs_hash.as_deref(),
     };
     let children = build_children(&t, &inputs);
     match apply_children(&ctx.client, &t, &children, gateway.served).await {

@@ -1,9 +1,12 @@
 //! Secrets a ChatTenant names but does not own: the database server's admin
-//! Secret (`spec.database.serverRef`, in the operator's namespace) and the
-//! external JWT key (`spec.auth.externalJwt.secretRef`, in the tenant's
-//! namespace). Creating, fixing or rotating one reconciles the tenants that
+//! Secret (`spec.database.serverRef`, in the operator's namespace), the
+//! external JWT key (`spec.auth.externalJwt.secretRef`) and the Secrets
+//! `spec.runtime.env` reads (both in the tenant's namespace). Creating, fixing or rotating one reconciles the tenants that
 //! name it at once, instead of at the next resync or backoff. Only metadata is
-//! watched: the operator never caches Secret data it does not own.
+//! watched: the operator never caches Secret data it does not own. Watching
+//! every namespace, only the server namespace is watched: cluster-wide RBAC
+//! grants no list/watch on Secrets (see `docs/operations.md`), so a tenant
+//! namespace's Secret change is picked up at the next resync.
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Secret;
@@ -28,6 +31,7 @@ type SecretEvents = BoxStream<'static, Result<SecretMeta, watcher::Error>>;
 pub(super) fn secret_events(
     client: &Client,
     settings: &Settings,
+    namespace: Option<&str>,
     tenants: Store<ChatTenant>,
 ) -> (
     SecretEvents,
@@ -41,12 +45,11 @@ pub(super) fn secret_events(
             .boxed()
     };
     let server_ns = settings.server_namespace.clone();
-    let stream = match &settings.watch_namespace {
-        None => watch(Api::all(client.clone())),
-        Some(ns) if *ns == server_ns => watch(Api::namespaced(client.clone(), ns)),
-        Some(ns) => futures::stream::select(
-            watch(Api::namespaced(client.clone(), ns)),
-            watch(Api::namespaced(client.clone(), &server_ns)),
+    let stream = match secret_watch_namespaces(namespace, &server_ns).as_slice() {
+        [one] => watch(Api::namespaced(client.clone(), one)),
+        many => futures::stream::select_all(
+            many.iter()
+                .map(|ns| watch(Api::namespaced(client.clone(), ns))),
         )
         .boxed(),
     };
@@ -62,6 +65,17 @@ pub(super) fn secret_events(
     (stream, mapper)
 }
 
+/// The namespaces whose Secrets a controller watching `namespace` (`None`:
+/// every namespace) watches: its own and the server namespace; watching
+/// every namespace, the server namespace only (no cluster-wide Secret
+/// list/watch). Pure.
+pub(super) fn secret_watch_namespaces(namespace: Option<&str>, server_ns: &str) -> Vec<String> {
+    match namespace {
+        Some(ns) if ns != server_ns => vec![ns.to_string(), server_ns.to_string()],
+        _ => vec![server_ns.to_string()],
+    }
+}
+
 /// Whether `ct` names Secret `ns/name` (the server Secret lives in
 /// `server_ns`, the external JWT key in the tenant's namespace).
 fn names_secret(ct: &ChatTenant, ns: &str, name: &str, server_ns: &str) -> bool {
@@ -74,7 +88,15 @@ fn names_secret(ct: &ChatTenant, ns: &str, name: &str, server_ns: &str) -> bool 
             .as_ref()
             .and_then(|e| e.secret_ref.as_ref())
             .is_some_and(|r| r.name == name);
-    server || external
+    // Secrets `spec.runtime.env` reads (a change rolls the pods).
+    let env = ct.namespace().as_deref() == Some(ns)
+        && ct.spec.runtime.env.iter().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+        });
+    server || external || env
 }
 
 #[cfg(test)]
@@ -111,5 +133,29 @@ mod tests {
         };
         assert!(names_secret(&ct, "tenants", "jwt", SERVER_NS));
         assert!(!names_secret(&ct, "elsewhere", "jwt", SERVER_NS));
+    }
+
+    #[test]
+    fn secrets_are_never_watched_cluster_wide() {
+        assert_eq!(secret_watch_namespaces(None, SERVER_NS), [SERVER_NS]);
+        assert_eq!(
+            secret_watch_namespaces(Some(SERVER_NS), SERVER_NS),
+            [SERVER_NS]
+        );
+        assert_eq!(
+            secret_watch_namespaces(Some("tenants"), SERVER_NS),
+            ["tenants", SERVER_NS]
+        );
+    }
+
+    #[test]
+    fn a_tenant_names_the_secrets_its_env_reads() {
+        let mut ct = sample();
+        ct.spec.runtime.env = serde_json::from_value(serde_json::json!([
+            {"name": "X", "valueFrom": {"secretKeyRef": {"name": "app", "key": "k"}}}
+        ]))
+        .unwrap();
+        assert!(names_secret(&ct, "tenants", "app", SERVER_NS));
+        assert!(!names_secret(&ct, "elsewhere", "app", SERVER_NS));
     }
 }

@@ -19,13 +19,48 @@ use crate::{
     names::managed_selector,
 };
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one over every namespace,
+/// or one per namespace of `Settings::watch_namespaces` (each with its own
+/// watches, so the operator needs RBAC in those namespaces only).
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
+    let scopes = scopes(&ctx.settings.watch_namespaces);
+    ctx.health.controller_started(scopes.len());
+    let health = ctx.health.clone();
+    // Stopped when aborted (lease lost) as well as on return.
+    let _stopped = scopeguard(move || health.controller_stopped());
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|ns| run_scope(ctx.clone(), ns, shutdown.clone())),
+    )
+    .await;
+}
+
+/// `None` (every namespace) or each listed namespace once. Pure.
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = Vec::new();
+    for ns in namespaces {
+        if !out.iter().any(|o| o.as_deref() == Some(ns.as_str())) {
+            out.push(Some(ns.clone()));
+        }
+    }
+    if out.is_empty() {
+        out.push(None);
+    }
+    out
+}
+
+async fn run_scope(
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let ns = ctx.settings.watch_namespace.clone();
     let tenants: Api<ChatTenant> = namespaced_or_all(&client, &ns);
     // Only spec changes (generation), finalizer changes and deletion start a
     // reconcile from the ChatTenant itself, so status writes do not echo back.
@@ -35,8 +70,18 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
+    // Readiness: this store has its initial list. Never completes: it ends
+    // with the controller (returned or aborted).
+    let health = ctx.health.clone();
+    let ready = reader.clone();
+    let readiness = async move {
+        if ready.wait_until_ready().await.is_ok() {
+            health.store_ready();
+        }
+        futures::future::pending::<()>().await
+    };
     let (referenced, to_tenants) =
-        referenced::secret_events(&client, &ctx.settings, reader.clone());
+        referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
     let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
     let Owns { controller, .. } = Children::default().fold(Owns {
         controller,
@@ -44,7 +89,7 @@ pub async fn run(
         namespace: ns,
         config: watcher::Config::default().labels(&managed_selector()),
     });
-    controller
+    let running = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -52,8 +97,24 @@ pub async fn run(
                 Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile stream error"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = running => {},
+        _ = readiness => {},
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn namespaced_or_all<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -76,6 +137,12 @@ struct Owns {
 
 impl KindFold<'_> for Owns {
     fn kind<K: ChildKind>(self, _: &[K]) -> Self {
+        // Watching every namespace, owned Secrets are not watched: the
+        // cluster-wide RBAC has no list/watch on Secrets (a Secret deleted by
+        // hand comes back at the next resync).
+        if self.namespace.is_none() && K::kind(&()) == "Secret" {
+            return self;
+        }
         let api = namespaced_or_all::<K>(&self.client, &self.namespace);
         Self {
             controller: self.controller.owns(api, self.config.clone()),
@@ -106,6 +173,15 @@ fn spec_changes(ct: &ChatTenant) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::validate::tests::sample;
+
+    #[test]
+    fn one_controller_per_listed_namespace_or_one_for_all() {
+        assert_eq!(scopes(&[]), [None]);
+        assert_eq!(
+            scopes(&["a".into(), "b".into(), "a".into()]),
+            [Some("a".to_string()), Some("b".to_string())]
+        );
+    }
 
     #[test]
     fn only_spec_finalizers_and_deletion_start_a_reconcile() {

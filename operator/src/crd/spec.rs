@@ -51,7 +51,9 @@ use super::status::ChatTenantStatus;
         json_path = ".status.conditions[?(@.type=='Ready')].reason"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 50").message("metadata.name must be at most 50 characters: child objects append suffixes such as '-preview' and must stay valid DNS labels"),
+    validation = Rule::new("size(self.metadata.name) <= 50").message("metadata.name must be at most 50 characters: child objects append suffixes such as '-default-deny' and must stay valid DNS labels"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, ending with a letter or digit): it names the tenant's Services, which Kubernetes before v1.34 accepts only as DNS-1035 labels"),
+    validation = Rule::new("!has(self.spec.rollout) || !has(self.spec.rollout.candidate) || !self.spec.rollout.candidate.image.contains(' ')").message("spec.rollout.candidate.image must be an image reference without spaces"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatTenantSpec {
@@ -118,7 +120,7 @@ pub struct ChatTenantSpec {
 pub struct RuntimeSpec {
     /// Container image of the chat runtime, for example
     /// `ghcr.io/chorus-dev/chat-runtime:0.1.0`.
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
     pub image: String,
 
     /// Desired number of runtime pods. With autoscaling the HPA writes this
@@ -140,11 +142,30 @@ pub struct RuntimeSpec {
     pub termination_grace_period_seconds: i64,
 
     /// Extra environment variables for the runtime container. Names starting
-    /// with `CHAT_` are reserved for the operator.
+    /// with `CHAT_` are reserved for the operator; names are
+    /// `[-._a-zA-Z][-._a-zA-Z0-9]*` (what every supported Kubernetes version
+    /// accepts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('CHAT_'))").message("spec.runtime.env: names starting with CHAT_ are set by the operator; rename the variable"))]
-    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message("spec.runtime.env[].name must match [-._a-zA-Z][-._a-zA-Z0-9]* (at most 256 characters)"))]
+    #[schemars(length(max = 64), schema_with = "env_schema")]
     pub env: Vec<EnvVar>,
+}
+
+/// `spec.runtime.env`: Kubernetes' `EnvVar` list with a bounded name length
+/// (at most 256 characters), so the apiserver can bound the cost of the CEL
+/// rule that checks every name.
+fn env_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<EnvVar>>();
+    if let Some(name) = schema
+        .get_mut("items")
+        .and_then(|items| items.get_mut("properties"))
+        .and_then(|props| props.get_mut("name"))
+        .and_then(|name| name.as_object_mut())
+    {
+        name.insert("maxLength".into(), 256.into());
+    }
+    schema
 }
 
 fn default_replicas() -> i32 {
@@ -183,8 +204,9 @@ pub struct AutoscalingSpec {
     pub target_memory_utilization_percentage: i32,
 
     /// Scale-up and scale-down behaviour. Default: up by 100% every 15 s,
-    /// down by 50% every 60 s after a 5-minute stabilization window. A
-    /// direction left out keeps this default.
+    /// down by 50% every 60 s after a 5-minute stabilization window, select
+    /// policy Max. Each field left out (per direction: policies,
+    /// selectPolicy, stabilizationWindowSeconds) keeps this default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
@@ -246,8 +268,12 @@ fn default_connection_limit() -> i32 {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerRef {
-    /// Name of the Secret holding the server's admin credentials.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Secret holding the server's admin credentials (a DNS-1123
+    /// subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -329,11 +355,14 @@ pub struct ExternalJwt {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Secret name (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    /// Key within the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    /// Key within the Secret (letters, digits, '-', '_' and '.').
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -389,10 +418,14 @@ fn default_max_message_bytes() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.ingress) && has(self.gateway))").message("spec.exposure: set either ingress or gateway, not both"))]
 pub struct ExposureSpec {
-    /// Public host name, for example `acme.chat.example.com`.
+    /// Public host name, for example `acme.chat.example.com`: dot-separated
+    /// DNS labels of at most 63 characters, the last starting with a letter
+    /// (Ingress and HTTPRoute refuse IP addresses).
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+        )
     )]
     pub host: String,
 
@@ -415,21 +448,31 @@ pub struct ExposureSpec {
 pub struct TlsSpec {
     /// Secret (type kubernetes.io/tls) with the certificate, in the
     /// ChatTenant's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
 }
 
 /// Ingress settings.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// IngressClass name; the cluster default when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub class_name: Option<String>,
 
     /// Extra annotations for the Ingress. WebSocket-friendly timeouts for
-    /// ingress-nginx are set unless overridden here.
+    /// ingress-nginx are set unless overridden here. Keys are annotation
+    /// keys: `[prefix/]name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("spec.exposure.ingress.annotations: keys must be annotation keys ([prefix/]name, name at most 63 characters of letters, digits, '-', '_' and '.')"))]
+    #[schemars(extend("maxProperties" = 64))]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -446,13 +489,24 @@ pub struct GatewaySpec {
 #[serde(rename_all = "camelCase")]
 pub struct GatewayParentRef {
     /// Gateway name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Gateway namespace; the ChatTenant's namespace when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
     /// Listener name on the Gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub section_name: Option<String>,
 }
 

@@ -12,8 +12,8 @@ use rand::{Rng, distr::Alphanumeric};
 pub use claim::ClaimError;
 pub use ident::{Ident, IdentError};
 pub use provision::{
-    DropOutcome, EnsureOutcome, LoginCheck, PasswordAction, TenantDatabase, check_claim,
-    check_login, drop_tenant, ensure,
+    DropOutcome, EnsureOutcome, LoginCheck, LoginRoleState, PasswordAction, TenantDatabase,
+    check_claim, check_login, classify_login, drop_tenant, ensure,
 };
 pub use server::{ServerConfig, ServerConfigError};
 
@@ -47,6 +47,15 @@ pub enum DatabaseError {
     /// The role or database is not this tenant's to use.
     #[error(transparent)]
     Claim(#[from] ClaimError),
+    /// The tenant role cannot log in for a reason the next reconcile may
+    /// repair or that may pass (an expiry, a missing role, a full server).
+    #[error("role {role} cannot log in: {why}")]
+    Login {
+        /// The role.
+        role: String,
+        /// Why, as the condition says it.
+        why: String,
+    },
     /// A DDL statement failed.
     #[error("{statement}: {source}")]
     Ddl {

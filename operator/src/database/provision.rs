@@ -40,6 +40,12 @@ pub struct RoleRow {
     pub bypassrls: bool,
     /// `rolconnlimit`.
     pub connection_limit: i32,
+    /// `rolvaliduntil` as text (`None`: no expiry). Chorus roles never
+    /// expire: anything but `None` or `infinity` is drift.
+    pub valid_until: Option<String>,
+    /// Whether the role has a password at all (`pg_authid.rolpassword`),
+    /// when the admin may read it (superuser); `None` otherwise.
+    pub has_password: Option<bool>,
     /// The role's comment (the ownership mark).
     pub comment: Option<String>,
 }
@@ -123,9 +129,13 @@ impl Statement {
 /// Whether this run must set the role's password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PasswordAction {
-    /// Leave the password alone (the Secret and the role already agree, or a
-    /// mismatch is reported rather than silently fixed).
-    Keep,
+    /// The Secret's password, which the role should already have: an
+    /// existing role's password is left alone (a mismatch is reported, not
+    /// silently fixed), but a role that does not exist yet is created with
+    /// it, and a role with no password at all gets it. Once the Secret
+    /// exists it is the source of truth, so a crash between writing the
+    /// Secret and `CREATE ROLE` heals on the next run.
+    Keep(String),
     /// Set this password (new Secret, or an explicit rotation request).
     Set(String),
 }
@@ -148,6 +158,12 @@ fn role_drift(role: &RoleRow, limit: i32) -> Vec<String> {
     .filter(|(wrong, _)| *wrong)
     .map(|(_, fix)| fix.to_string())
     .chain((role.connection_limit != limit).then(|| format!("CONNECTION LIMIT {limit}")))
+    .chain(
+        role.valid_until
+            .as_deref()
+            .is_some_and(|v| v != "infinity")
+            .then(|| "VALID UNTIL 'infinity'".to_string()),
+    )
     .collect()
 }
 
@@ -158,9 +174,14 @@ pub fn plan(db: &TenantDatabase, observed: &Observed, password: &PasswordAction)
     let limit = db.connection_limit;
     let mark = quote_literal(&claim_comment(&db.owner));
     let mut out = Vec::new();
-    let verifier = match password {
-        PasswordAction::Set(p) => Some(postgres_protocol::password::scram_sha_256(p.as_bytes())),
-        PasswordAction::Keep => None,
+    let scram = |p: &str| postgres_protocol::password::scram_sha_256(p.as_bytes());
+    let verifier = match (password, &observed.role) {
+        (PasswordAction::Set(p), _) => Some(scram(p)),
+        // The Secret already holds this password: a role created now, or
+        // one with no password at all, gets it.
+        (PasswordAction::Keep(p), None) => Some(scram(p)),
+        (PasswordAction::Keep(p), Some(r)) if r.has_password == Some(false) => Some(scram(p)),
+        (PasswordAction::Keep(_), Some(_)) => None,
     };
     match &observed.role {
         None => {
@@ -262,6 +283,17 @@ async fn connect(
     }
 }
 
+/// The SQL of "does role `r` have a password": `pg_authid` is readable only
+/// by a superuser (a query naming it fails for anyone else, even in a branch
+/// not taken), so otherwise the answer is unknown.
+fn has_password_column(superuser: bool) -> &'static str {
+    if superuser {
+        "(SELECT a.rolpassword IS NOT NULL FROM pg_authid a WHERE a.oid = r.oid)"
+    } else {
+        "NULL::bool"
+    }
+}
+
 /// Reads the catalog rows for the tenant and the admin login.
 pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, DatabaseError> {
     let admin = sqlx::query(
@@ -282,11 +314,15 @@ pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, 
         })
     })()
     .map_err(DatabaseError::query("decoding the admin role"))?;
-    let role = sqlx::query(
+    // Only a superuser may read pg_authid: otherwise whether the role has a
+    // password at all stays unknown (NULL).
+    let role = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
-                rolconnlimit, shobj_description(oid, 'pg_authid') AS comment \
-         FROM pg_roles WHERE rolname = $1",
-    )
+                rolconnlimit, rolvaliduntil::text AS valid_until, {} AS has_password, \
+                shobj_description(oid, 'pg_authid') AS comment \
+         FROM pg_roles r WHERE rolname = $1",
+        has_password_column(admin.superuser)
+    )))
     .bind(name.as_str())
     .fetch_optional(&mut *conn)
     .await
@@ -300,6 +336,8 @@ pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, 
             replication: row.try_get("rolreplication")?,
             bypassrls: row.try_get("rolbypassrls")?,
             connection_limit: row.try_get("rolconnlimit")?,
+            valid_until: row.try_get("valid_until")?,
+            has_password: row.try_get("has_password")?,
             comment: row.try_get("comment")?,
         })
     })
@@ -404,21 +442,133 @@ pub async fn ensure(
     Ok(outcome)
 }
 
-/// Whether the tenant role logs in with `password`.
+/// Whether the tenant role logs in with `password`, and if not, why: the
+/// role's state is read before the password is blamed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginCheck {
     /// The password works (including when every connection the role may
-    /// open is in use: SQLSTATE 53300 comes after authentication).
+    /// open is in use: the role's own limit, SQLSTATE 53300, is checked after
+    /// authentication).
     Ok,
-    /// The server refused the password (SQLSTATE 28P01): the Secret and the
-    /// role disagree.
+    /// The server refused the password (SQLSTATE 28P01) and nothing about
+    /// the role explains it: the Secret and the role disagree.
     PasswordMismatch,
-    /// The server refused the login for another reason (pg_hba.conf, SQLSTATE
-    /// 28000, or the role may not connect to the database, 42501).
+    /// The role's password expired (`VALID UNTIL` in the past).
+    PasswordExpired {
+        /// `rolvaliduntil`.
+        valid_until: String,
+    },
+    /// The role has no password at all.
+    NoPassword,
+    /// The role does not exist.
+    RoleMissing,
+    /// The role has `NOLOGIN`.
+    LoginDisabled,
+    /// The role may not connect to its database (SQLSTATE 42501: it lost
+    /// ownership or CONNECT).
+    NoConnectPrivilege {
+        /// The database's owner now.
+        owner: String,
+    },
+    /// The server has no free connection slot for the role (SQLSTATE 53300
+    /// while the role is below its own limit): pods cannot connect either.
+    ServerFull(String),
+    /// The server refused the login for another reason (pg_hba.conf,
+    /// SQLSTATE 28000).
     Refused(String),
 }
 
-/// Logs in as the tenant role to its database with the Secret's password.
+/// The role's state, read with the admin login after a failed login.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginRoleState {
+    /// `rolcanlogin`.
+    pub can_login: bool,
+    /// `rolconnlimit` (-1: none).
+    pub connection_limit: i32,
+    /// Sessions the role has open now.
+    pub sessions: i64,
+    /// `rolvaliduntil`, when in the past.
+    pub expired: Option<String>,
+    /// Whether the role has a password (`None`: not readable).
+    pub has_password: Option<bool>,
+    /// Whether the role may connect to its database (`None`: no database).
+    pub can_connect: Option<bool>,
+    /// The database's owner.
+    pub owner: Option<String>,
+}
+
+/// Classifies a failed login by SQLSTATE and the role's state (`None`: the
+/// role does not exist), never by message text alone; `message` is only
+/// shown. Pure.
+pub fn classify_login(code: &str, message: &str, role: Option<&LoginRoleState>) -> LoginCheck {
+    let Some(r) = role else {
+        return match code {
+            "53300" => LoginCheck::ServerFull(message.to_string()),
+            _ => LoginCheck::RoleMissing,
+        };
+    };
+    match code {
+        // The role's own limit comes after authentication: the password
+        // works. Anything else with 53300 is the server being full.
+        "53300" if r.connection_limit >= 0 && r.sessions >= i64::from(r.connection_limit) => {
+            LoginCheck::Ok
+        }
+        "53300" => LoginCheck::ServerFull(message.to_string()),
+        _ if !r.can_login => LoginCheck::LoginDisabled,
+        "28P01" => match (&r.expired, r.has_password) {
+            (Some(until), _) => LoginCheck::PasswordExpired {
+                valid_until: until.clone(),
+            },
+            (None, Some(false)) => LoginCheck::NoPassword,
+            _ => LoginCheck::PasswordMismatch,
+        },
+        "42501" if r.can_connect == Some(false) => LoginCheck::NoConnectPrivilege {
+            owner: r.owner.clone().unwrap_or_default(),
+        },
+        _ => LoginCheck::Refused(message.to_string()),
+    }
+}
+
+/// Reads the tenant role's state for [`classify_login`].
+async fn login_role_state(
+    server: &ServerConfig,
+    db: &TenantDatabase,
+) -> Result<Option<LoginRoleState>, DatabaseError> {
+    let mut conn = admin_connection(server).await?;
+    let admin = observe(&mut conn, &db.name).await?.admin;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r.rolcanlogin, r.rolconnlimit, \
+                (SELECT count(*) FROM pg_stat_activity a WHERE a.usename = r.rolname) AS sessions, \
+                CASE WHEN r.rolvaliduntil < now() THEN r.rolvaliduntil::text END AS expired, \
+                {} AS has_password, \
+                (SELECT has_database_privilege(r.oid, d.oid, 'CONNECT') FROM pg_database d WHERE d.datname = $2) AS can_connect, \
+                (SELECT pg_get_userbyid(d.datdba)::text FROM pg_database d WHERE d.datname = $2) AS owner \
+         FROM pg_roles r WHERE r.rolname = $1",
+        has_password_column(admin.superuser)
+    )))
+    .bind(db.name.as_str())
+    .bind(db.name.as_str())
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(DatabaseError::query("reading the tenant role after a failed login"))?;
+    let _ = conn.close().await;
+    row.map(|row| -> Result<LoginRoleState, sqlx::Error> {
+        Ok(LoginRoleState {
+            can_login: row.try_get("rolcanlogin")?,
+            connection_limit: row.try_get("rolconnlimit")?,
+            sessions: row.try_get("sessions")?,
+            expired: row.try_get("expired")?,
+            has_password: row.try_get("has_password")?,
+            can_connect: row.try_get("can_connect")?,
+            owner: row.try_get("owner")?,
+        })
+    })
+    .transpose()
+    .map_err(DatabaseError::query("decoding the tenant role"))
+}
+
+/// Logs in as the tenant role to its database with the Secret's password;
+/// a refusal is explained from the role's state ([`classify_login`]).
 pub async fn check_login(
     server: &ServerConfig,
     db: &TenantDatabase,
@@ -430,15 +580,27 @@ pub async fn check_login(
             let _ = conn.close().await;
             Ok(LoginCheck::Ok)
         }
-        Ok(Err(sqlx::Error::Database(e))) => match e.code().as_deref() {
-            Some("28P01") => Ok(LoginCheck::PasswordMismatch),
-            Some("53300") => Ok(LoginCheck::Ok),
-            Some("28000" | "42501") => Ok(LoginCheck::Refused(e.message().to_string())),
-            _ => Err(DatabaseError::Unreachable {
-                server: format!("{}:{}", server.host, server.port),
-                source: sqlx::Error::Database(e),
-            }),
-        },
+        Ok(Err(sqlx::Error::Database(e)))
+            if matches!(
+                e.code().as_deref(),
+                Some("28P01" | "28000" | "42501" | "53300")
+            ) =>
+        {
+            let code = e.code().unwrap_or_default().to_string();
+            let state = match login_role_state(server, db).await {
+                Ok(state) => state,
+                // The admin cannot get in either: the server is full.
+                Err(_) if code == "53300" => {
+                    return Ok(LoginCheck::ServerFull(e.message().to_string()));
+                }
+                Err(err) => return Err(err),
+            };
+            Ok(classify_login(&code, e.message(), state.as_ref()))
+        }
+        Ok(Err(sqlx::Error::Database(e))) => Err(DatabaseError::Unreachable {
+            server: format!("{}:{}", server.host, server.port),
+            source: sqlx::Error::Database(e),
+        }),
         Ok(Err(source)) => Err(DatabaseError::Unreachable {
             server: format!("{}:{}", server.host, server.port),
             source,
@@ -528,6 +690,8 @@ mod tests {
             replication: false,
             bypassrls: false,
             connection_limit: 50,
+            valid_until: None,
+            has_password: Some(true),
             comment: Some(MARK.into()),
         }
     }
@@ -580,18 +744,22 @@ mod tests {
             },
             ..Observed::default()
         };
-        let fresh = redacted(plan(&tenant(), &observed, &PasswordAction::Keep));
+        let fresh = redacted(plan(
+            &tenant(),
+            &observed,
+            &PasswordAction::Keep("pw".into()),
+        ));
         assert_eq!(fresh[1], "GRANT \"chat_acme\" TO CURRENT_USER");
         assert!(fresh[2].starts_with("CREATE DATABASE"));
         observed.admin.member_of_tenant = true;
         observed.role = healthy().role;
         observed.database = healthy().database;
-        assert!(plan(&tenant(), &observed, &PasswordAction::Keep).is_empty());
+        assert!(plan(&tenant(), &observed, &PasswordAction::Keep("pw".into())).is_empty());
     }
 
     #[test]
     fn provisioned_tenant_plans_nothing() {
-        assert!(plan(&tenant(), &healthy(), &PasswordAction::Keep).is_empty());
+        assert!(plan(&tenant(), &healthy(), &PasswordAction::Keep("pw".into())).is_empty());
         assert_eq!(healthy().check_claim(&tenant()), Ok(()));
     }
 
@@ -609,7 +777,11 @@ mod tests {
             comment: Some(MARK.into()),
         });
         assert_eq!(
-            redacted(plan(&tenant(), &observed, &PasswordAction::Keep)),
+            redacted(plan(
+                &tenant(),
+                &observed,
+                &PasswordAction::Keep("pw".into())
+            )),
             [
                 "ALTER ROLE \"chat_acme\" WITH NOCREATEDB CONNECTION LIMIT 50",
                 "ALTER DATABASE \"chat_acme\" OWNER TO \"chat_acme\"",
@@ -626,7 +798,11 @@ mod tests {
         }
         assert_eq!(observed.check_claim(&tenant()), Ok(()));
         assert_eq!(
-            redacted(plan(&tenant(), &observed, &PasswordAction::Keep)),
+            redacted(plan(
+                &tenant(),
+                &observed,
+                &PasswordAction::Keep("pw".into())
+            )),
             ["COMMENT ON DATABASE \"chat_acme\" IS 'chorus.dev/tenant=tenants/acme'"]
         );
     }
@@ -641,6 +817,144 @@ mod tests {
             observed.check_claim(&tenant()),
             Err(ClaimError::OtherTenant { object: "role", .. })
         ));
+    }
+
+    #[test]
+    fn an_expiry_set_by_hand_is_repaired() {
+        let mut observed = healthy();
+        for until in ["2000-01-01 00:00:00+00", "2999-01-01 00:00:00+00"] {
+            if let Some(r) = observed.role.as_mut() {
+                r.valid_until = Some(until.into());
+            }
+            assert_eq!(
+                redacted(plan(
+                    &tenant(),
+                    &observed,
+                    &PasswordAction::Keep("pw".into())
+                )),
+                ["ALTER ROLE \"chat_acme\" WITH VALID UNTIL 'infinity'"]
+            );
+        }
+        if let Some(r) = observed.role.as_mut() {
+            r.valid_until = Some("infinity".into());
+        }
+        assert!(plan(&tenant(), &observed, &PasswordAction::Keep("pw".into())).is_empty());
+    }
+
+    #[test]
+    fn a_missing_role_is_created_with_the_secrets_password() {
+        // A crash between writing `<name>-db` and CREATE ROLE.
+        let observed = Observed {
+            admin: admin(),
+            ..Observed::default()
+        };
+        let plan = plan(
+            &tenant(),
+            &observed,
+            &PasswordAction::Keep("from-secret".into()),
+        );
+        assert!(plan[0].sql.starts_with("CREATE ROLE"));
+        assert!(
+            plan[0].sql.contains("PASSWORD 'SCRAM-SHA-256$"),
+            "{}",
+            plan[0].redacted
+        );
+    }
+
+    #[test]
+    fn a_role_without_any_password_gets_the_secrets() {
+        let mut observed = healthy();
+        if let Some(r) = observed.role.as_mut() {
+            r.has_password = Some(false);
+        }
+        assert_eq!(
+            redacted(plan(
+                &tenant(),
+                &observed,
+                &PasswordAction::Keep("pw".into())
+            )),
+            ["ALTER ROLE \"chat_acme\" PASSWORD '***'"]
+        );
+        // Unknown (not superuser): left alone.
+        if let Some(r) = observed.role.as_mut() {
+            r.has_password = None;
+        }
+        assert!(plan(&tenant(), &observed, &PasswordAction::Keep("pw".into())).is_empty());
+    }
+
+    #[test]
+    fn failed_logins_are_classified_by_sqlstate_and_role_state() {
+        let ok = LoginRoleState {
+            can_login: true,
+            connection_limit: 5,
+            sessions: 0,
+            expired: None,
+            has_password: Some(true),
+            can_connect: Some(true),
+            owner: Some("chat_acme".into()),
+        };
+        let with = |f: fn(&mut LoginRoleState)| {
+            let mut r = ok.clone();
+            f(&mut r);
+            r
+        };
+        let cases: Vec<(&str, Option<LoginRoleState>, LoginCheck)> = vec![
+            ("28P01", Some(ok.clone()), LoginCheck::PasswordMismatch),
+            (
+                "28P01",
+                Some(with(|r| r.expired = Some("2000-01-01 00:00:00+00".into()))),
+                LoginCheck::PasswordExpired {
+                    valid_until: "2000-01-01 00:00:00+00".into(),
+                },
+            ),
+            (
+                "28P01",
+                Some(with(|r| r.has_password = Some(false))),
+                LoginCheck::NoPassword,
+            ),
+            ("28P01", None, LoginCheck::RoleMissing),
+            (
+                "28000",
+                Some(with(|r| r.can_login = false)),
+                LoginCheck::LoginDisabled,
+            ),
+            ("28000", Some(ok.clone()), LoginCheck::Refused("m".into())),
+            (
+                "42501",
+                Some(with(|r| {
+                    r.can_connect = Some(false);
+                    r.owner = Some("postgres".into());
+                })),
+                LoginCheck::NoConnectPrivilege {
+                    owner: "postgres".into(),
+                },
+            ),
+            // The role's own limit: the password worked.
+            ("53300", Some(with(|r| r.sessions = 5)), LoginCheck::Ok),
+            (
+                "53300",
+                Some(with(|r| r.connection_limit = 0)),
+                LoginCheck::Ok,
+            ),
+            // Below its limit (or unlimited): the server is full.
+            (
+                "53300",
+                Some(ok.clone()),
+                LoginCheck::ServerFull("m".into()),
+            ),
+            (
+                "53300",
+                Some(with(|r| r.connection_limit = -1)),
+                LoginCheck::ServerFull("m".into()),
+            ),
+        ];
+        for (code, state, want) in cases {
+            assert_eq!(
+                classify_login(code, "m", state.as_ref()),
+                want,
+                "{code} {state:?}"
+            );
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl RunningOperator {
         let config = RunConfig {
             settings: Settings {
                 server_namespace: namespace.into(),
-                watch_namespace: Some(namespace.into()),
+                watch_namespaces: vec![namespace.into()],
                 resync,
                 instance,
             },
