@@ -13,7 +13,9 @@
 //!   that revision in `promoteRevision`/`abortRevision` acts on it, so a
 //!   value left in Git never acts on a later release, even of the same image.
 //! - Canary: the candidate gets `ceil(replicas * weight / 100)` pods, the
-//!   weight being `canary.weight` or the last `setWeight` step reached;
+//!   weight being `canary.weight` or the last `setWeight` step reached. By
+//!   replica ratio the stable slot gives up only as many pods as the
+//!   candidate has available;
 //!   BlueGreen: `previewReplicas` behind `<name>-preview`.
 //! - Steps: `setWeight` is done when the candidate's updated pods for that
 //!   weight are available; a timed pause when its time has passed (counted
@@ -567,8 +569,11 @@ pub fn plan(
         }
         (_, RolloutStrategy::Canary) => {
             if ratio {
-                // Pods carry the split: stable shrinks by what the canary takes.
-                let stable = (total - canary_pods).max(if weight < 100 { 1 } else { 0 });
+                // Pods carry the split: stable shrinks by what the canary
+                // takes, but only by candidate pods already available, so a
+                // candidate that does not come up never costs capacity.
+                let taken = canary_pods.min(observed.available.max(0));
+                let stable = (total - taken).max(if weight < 100 { 1 } else { 0 });
                 let all = stable + canary_pods;
                 let eff = if all == 0 {
                     0
@@ -1027,11 +1032,13 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Events(&[("ReleaseStarted", 1)]),
                     Awaiting(true),
                     Settle,
                     Edit(|s| canary(s, V2, 50)),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 2), 40),
+                    Settle,
                     Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
                     Edit(|s| canary(s, V2, 10)),
                     Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
@@ -1043,7 +1050,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Settle,
                     Promote,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1070,7 +1077,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Promote,
                     Settle,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1090,7 +1097,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 50)),
-                    Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 2), 33),
                     Settle,
                     Abort,
                     Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
@@ -1107,7 +1114,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Stall,
                     Promote,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1122,7 +1129,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Promote,
                     Settle,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1147,7 +1154,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Promote,
                     Settle,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1167,7 +1174,7 @@ mod tests {
                         canary(s, V2, 50);
                         s.rollout.promote_revision = revision_of(V2);
                     }),
-                    Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 2), 33),
                     Settle,
                     Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
                 ],
@@ -1177,7 +1184,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Promote,
                     Settle,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
@@ -1190,6 +1197,7 @@ mod tests {
                     Expect(Phase::Idle, (G, V1, 4), (B, V1, 4), 0),
                     Settle,
                     // 0.2.0 again as a 10% canary, promoteRevision still set.
+                    // (blue still has the drained release's pods available)
                     Edit(|s| canary(s, V2, 10)),
                     Expect(Phase::Canary, (G, V1, 3), (B, V2, 1), 25),
                     Release(2, None),
@@ -1207,7 +1215,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Remember,
                     Settle,
                     Edit(|s| canary(s, V3, 25)),
@@ -1224,9 +1232,11 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Settle,
                     Edit(|s| s.runtime.replicas = 8),
+                    Expect(Phase::Canary, (B, V1, 7), (G, V2, 2), 22),
+                    Settle,
                     Expect(Phase::Canary, (B, V1, 6), (G, V2, 2), 25),
                     Settle,
                     Abort,
@@ -1251,10 +1261,10 @@ mod tests {
                             ],
                         )
                     }),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Release(1, Some("1/4")),
                     Awaiting(false),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Release(1, Some("1/4")),
                     Settle,
                     Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
@@ -1263,7 +1273,7 @@ mod tests {
                     Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
                     Release(1, Some("2/4")),
                     Wait(31),
-                    Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 2), 40),
                     Release(1, Some("3/4")),
                     Settle,
                     Expect(Phase::Canary, (B, V1, 2), (G, V2, 2), 50),
@@ -1298,7 +1308,7 @@ mod tests {
                             &[(Some(25), None), (None, Some(None)), (Some(75), None)],
                         )
                     }),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Settle,
                     Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
                     Release(1, Some("2/3")),
@@ -1316,10 +1326,11 @@ mod tests {
                 |s| s.rollout.progress_deadline_seconds = 120,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Stall,
                     Wait(60),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    // No candidate pod available: stable keeps all its pods.
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Wait(61),
                     Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
                     Reason("CandidateUnhealthy"),
@@ -1331,7 +1342,7 @@ mod tests {
                 none,
                 vec![
                     Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
                     Promote,
                     Stall,
                     Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
