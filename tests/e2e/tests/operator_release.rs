@@ -691,3 +691,91 @@ async fn a_candidate_that_never_becomes_ready_aborts_by_itself_under_live_client
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn blue_green_preview_promote_and_rollback_within_the_drain_window() {
+    let env = OperatorEnv::new("release-bg", Duration::from_secs(300))
+        .await
+        .unwrap();
+    env.ready_tenant(
+        "acme",
+        &tenant_extra("{strategy: BlueGreen, blueGreen: {previewReplicas: 1}, drainSeconds: 300}"),
+    )
+    .await
+    .unwrap();
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    let n = clients() / 4;
+    let fleet = Fleet::start(&url, n).await;
+    let cts = env.api::<ChatTenant>();
+    let deps = env.api::<Deployment>();
+
+    // Preview: one candidate pod behind acme-preview, no traffic.
+    merge(
+        &cts,
+        json!({"spec": {"rollout": {"candidate": {"image": V2}}}}),
+    )
+    .await;
+    let preview = wait_status(&cts, "preview pod available", |s| {
+        s.candidate
+            .as_ref()
+            .is_some_and(|c| c.image == V2 && c.available_replicas == 1)
+    })
+    .await;
+    assert_eq!(progressing(&preview).1, "PreviewInProgress");
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
+    let preview_url = reachable_service_url(&env.client, &env.ns, "acme-preview", "http")
+        .await
+        .unwrap();
+    let (status, _) = request("GET", &format!("{preview_url}/"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the preview Service serves the candidate");
+
+    // Promote: green scales to 4, then takes over; blue keeps its 4 pods.
+    decide(&cts, "acme", Decision::Promote).await.unwrap();
+    wait_status(&cts, "cut-over", |s| {
+        progressing(s) == ("False".into(), "Promoted".into())
+    })
+    .await;
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("green"));
+    assert_eq!(
+        (
+            replicas(&deps, "acme-green").await,
+            replicas(&deps, "acme-blue").await
+        ),
+        (4, 4)
+    );
+    // Long enough for reconnecting clients to land on green.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    // Roll back within the window: traffic is on blue again at once.
+    decide(&cts, "acme", Decision::Abort).await.unwrap();
+    let rolled = wait_status(&cts, "rollback", |s| {
+        progressing(s) == ("False".into(), "RolledBack".into())
+    })
+    .await;
+    assert_eq!(rolled.stable.unwrap().slot, "blue");
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
+    assert_eq!(replicas(&deps, "acme-blue").await, 4);
+    assert_eq!(replicas(&deps, "acme-green").await, 0);
+    wait_slot_empty(&env, "green").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let logs = fleet.stop().await;
+    let (acked, reconnects, closes, servers) = verify(&env, &logs).await;
+    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "blue-green traffic");
+    assert!(
+        servers.iter().any(|s| s.starts_with("acme-green-")),
+        "clients reached the new slot after the cut-over: {servers:?}"
+    );
+    let events = env.events("acme").await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "RolledBack" && m.starts_with("release 1: ")),
+        "{events:?}"
+    );
+    env.stop().await;
+}
