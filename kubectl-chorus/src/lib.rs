@@ -4,6 +4,7 @@
 //! kubectl chorus status  TENANT [-n NAMESPACE]   stable, candidate, weight, step, conditions
 //! kubectl chorus promote TENANT [-n NAMESPACE]   spec.rollout.promoteRevision := status.release.revision
 //! kubectl chorus abort   TENANT [-n NAMESPACE]   spec.rollout.abortRevision   := status.release.revision
+//! kubectl chorus retry   TENANT [-n NAMESPACE]   spec.rollout.candidate.attempt += 1 (after an abort)
 //! ```
 //!
 //! It reads the ChatTenant's status and patches only the spec fields an SRE
@@ -58,6 +59,12 @@ pub enum Command {
         /// ChatTenant name.
         tenant: String,
     },
+    /// Start a new release of the aborted candidate (increments
+    /// spec.rollout.candidate.attempt).
+    Retry {
+        /// ChatTenant name.
+        tenant: String,
+    },
 }
 
 impl Command {
@@ -66,7 +73,8 @@ impl Command {
         match self {
             Command::Status { tenant }
             | Command::Promote { tenant }
-            | Command::Abort { tenant } => tenant,
+            | Command::Abort { tenant }
+            | Command::Retry { tenant } => tenant,
         }
     }
 }
@@ -100,6 +108,16 @@ pub enum PluginError {
         state: &'static str,
         /// What to do instead.
         hint: &'static str,
+    },
+    /// Retry asked while the release is not aborted.
+    #[error("release {number} of {tenant} is {state:?}, not aborted: nothing to retry")]
+    NotAborted {
+        /// ChatTenant name.
+        tenant: String,
+        /// Release number.
+        number: i64,
+        /// Its state.
+        state: ReleaseState,
     },
     /// The apiserver refused or failed.
     #[error("{0}")]
@@ -183,6 +201,45 @@ pub async fn decide(
             "chattenant/{name}: release {number} ({revision}) aborted: spec.rollout.abortRevision={revision}"
         ),
     })
+}
+
+/// The merge patch that starts a new release of the same candidate image,
+/// or why there is nothing to retry.
+pub fn retry_patch(ct: &ChatTenant) -> Result<Value, PluginError> {
+    let name = ct.metadata.name.clone().unwrap_or_default();
+    let rel = open_release(ct).ok_or_else(|| PluginError::NoRelease(name.clone()))?;
+    if rel.state != ReleaseState::Aborted {
+        return Err(PluginError::NotAborted {
+            tenant: name,
+            number: rel.number,
+            state: rel.state,
+        });
+    }
+    let attempt = ct
+        .spec
+        .rollout
+        .candidate
+        .as_ref()
+        .and_then(|c| c.attempt)
+        .unwrap_or(0);
+    Ok(json!({"spec": {"rollout": {"candidate": {"attempt": attempt + 1}}}}))
+}
+
+/// Starts a new release of the aborted candidate; returns a line for the
+/// user.
+pub async fn retry(api: &Api<ChatTenant>, name: &str) -> Result<String, PluginError> {
+    let ct = get(api, name).await?;
+    let patch = retry_patch(&ct)?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).validation_strict(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(format!(
+        "chattenant/{name}: new release of the candidate requested: spec.rollout.candidate.attempt={}",
+        patch["spec"]["rollout"]["candidate"]["attempt"]
+    ))
 }
 
 async fn get(api: &Api<ChatTenant>, name: &str) -> Result<ChatTenant, PluginError> {
@@ -277,6 +334,7 @@ pub async fn run(client: Client, cli: &Cli) -> Result<String, PluginError> {
         Command::Status { .. } => Ok(render_status(&get(&api, name).await?)),
         Command::Promote { .. } => decide(&api, name, Decision::Promote).await,
         Command::Abort { .. } => decide(&api, name, Decision::Abort).await,
+        Command::Retry { .. } => retry(&api, name).await,
     }
 }
 
@@ -378,6 +436,37 @@ mod tests {
         assert!(matches!(
             target_revision(&tenant(None), Decision::Abort),
             Err(PluginError::NoRelease(_))
+        ));
+    }
+
+    #[test]
+    fn retry_bumps_the_attempt_of_an_aborted_release_only() {
+        let mut ct = tenant(Some(release(ReleaseState::Aborted, false)));
+        assert!(matches!(
+            Cli::try_parse_from(["kubectl-chorus", "retry", "acme"])
+                .unwrap()
+                .command,
+            Command::Retry { .. }
+        ));
+        ct.spec.rollout.candidate = Some(chorus_operator::crd::Candidate {
+            image: "ghcr.io/chorus-dev/chat-runtime:0.2.0".into(),
+            attempt: None,
+        });
+        assert_eq!(
+            retry_patch(&ct).unwrap(),
+            json!({"spec": {"rollout": {"candidate": {"attempt": 1}}}})
+        );
+        if let Some(c) = ct.spec.rollout.candidate.as_mut() {
+            c.attempt = Some(4);
+        }
+        assert_eq!(
+            retry_patch(&ct).unwrap()["spec"]["rollout"]["candidate"]["attempt"],
+            5
+        );
+        let running = tenant(Some(release(ReleaseState::Progressing, false)));
+        assert!(matches!(
+            retry_patch(&running),
+            Err(PluginError::NotAborted { .. })
         ));
     }
 

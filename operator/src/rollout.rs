@@ -34,8 +34,10 @@
 //! - Before the cut-over, a candidate short of available updated pods for
 //!   `progressDeadlineSeconds`, or with a pod restarted more than
 //!   `maxRestarts` times, aborts by itself (`CandidateUnhealthy`).
-//! - An aborted release stays aborted; start another by changing or
-//!   re-adding the candidate.
+//! - An aborted release stays aborted; start another by changing the
+//!   candidate's image or `attempt`, or by removing and re-adding it.
+//! - The progress deadline counts from the last progress: it restarts each
+//!   time one more updated candidate pod is available.
 
 use sha2::{Digest, Sha256};
 
@@ -268,6 +270,7 @@ fn weight_at(steps: &[CanaryStep], upto: usize) -> i32 {
 fn clear_timers(rel: &mut ReleaseStatus) {
     rel.pause_until = None;
     rel.unavailable_since = None;
+    rel.available_at_progress = None;
 }
 
 /// Decides the layout. `now` is seconds since the epoch.
@@ -343,13 +346,14 @@ pub fn plan(
         });
     };
 
-    // Which release: the open one of this image, or a new one.
+    // Which release: the open one of this image and attempt, or a new one.
     let steps: &[CanaryStep] = match (r.strategy, r.canary.as_ref()) {
         (RolloutStrategy::Canary, Some(c)) => &c.steps,
         _ => &[],
     };
-    let mut rel = match prev_release.filter(|p| p.closed_at.is_none() && p.image == candidate.image)
-    {
+    let mut rel = match prev_release.filter(|p| {
+        p.closed_at.is_none() && p.image == candidate.image && p.attempt == candidate.attempt
+    }) {
         Some(open) => open.clone(),
         None => {
             let number = prev_release.map_or(0, |p| p.number) + 1;
@@ -358,6 +362,7 @@ pub fn plan(
                 number,
                 revision: release_revision(uid, number, &candidate.image),
                 image: candidate.image.clone(),
+                attempt: candidate.attempt,
                 started_at: format_time(now),
                 state: ReleaseState::Progressing,
                 current_step_index: (!steps.is_empty()).then_some(0),
@@ -508,10 +513,23 @@ pub fn plan(
         (_, RolloutStrategy::BlueGreen) => preview,
     };
     let ready = observed.ready(&candidate.image, target);
+    // The progress clock: restarted whenever one more updated pod of the
+    // candidate is available, as a Deployment's progress deadline does.
+    let available_updated = if observed.image.as_deref() == Some(candidate.image.as_str()) {
+        observed.available.min(observed.updated).max(0)
+    } else {
+        0
+    };
     if ready {
         rel.unavailable_since = None;
-    } else if rel.unavailable_since.is_none() {
+        rel.available_at_progress = None;
+    } else if rel.unavailable_since.is_none()
+        || rel
+            .available_at_progress
+            .is_some_and(|before| available_updated > before)
+    {
         rel.unavailable_since = Some(format_time(now));
+        rel.available_at_progress = Some(available_updated);
     }
 
     // Health: a candidate that does not come up aborts by itself.
@@ -848,6 +866,8 @@ mod tests {
         /// The candidate's Deployment reports available pods of an older
         /// template only (its rollout has not finished).
         OnlyOldPodsAvailable,
+        /// One more of the candidate's updated pods is available.
+        OneMoreAvailable,
         /// The clock moves.
         Wait(i64),
         /// A reconcile, then: phase, stable (slot, image, replicas), other
@@ -874,6 +894,7 @@ mod tests {
     fn canary(spec: &mut ChatTenantSpec, image: &str, weight: i32) {
         spec.rollout.candidate = Some(crate::crd::Candidate {
             image: image.into(),
+            attempt: None,
         });
         spec.rollout.canary = Some(crate::crd::CanarySpec {
             weight: Some(weight),
@@ -884,6 +905,7 @@ mod tests {
     fn steps(spec: &mut ChatTenantSpec, image: &str, list: &[(Option<i32>, Option<Option<i64>>)]) {
         spec.rollout.candidate = Some(crate::crd::Candidate {
             image: image.into(),
+            attempt: None,
         });
         spec.rollout.canary = Some(crate::crd::CanarySpec {
             weight: None,
@@ -947,6 +969,14 @@ mod tests {
                     d.replicas = d.spec_replicas + 1;
                     d.updated = 1;
                     d.available = d.spec_replicas;
+                }
+                OneMoreAvailable => {
+                    let d = sim.candidate();
+                    d.available += 1;
+                    if let Some(p) = d.pods.iter_mut().find(|p| !p.ready) {
+                        p.ready = true;
+                        p.problem = None;
+                    }
                 }
                 Wait(s) => sim.now += s,
                 Expect(phase, (ss, si, sr), (os, oi, or), w) => {
@@ -1359,7 +1389,10 @@ mod tests {
                 |s| s.rollout.strategy = RolloutStrategy::BlueGreen,
                 vec![
                     Edit(|s| {
-                        s.rollout.candidate = Some(crate::crd::Candidate { image: V2.into() })
+                        s.rollout.candidate = Some(crate::crd::Candidate {
+                            image: V2.into(),
+                            attempt: None,
+                        })
                     }),
                     Expect(Phase::Preview, (B, V1, 4), (G, V2, 1), 0),
                     Awaiting(true),
@@ -1373,6 +1406,33 @@ mod tests {
                     Abort,
                     Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
                     Reason("RolledBack"),
+                ],
+            ),
+            (
+                "a slow but progressing candidate is not aborted; attempt retries an aborted release",
+                |s| s.rollout.progress_deadline_seconds = 100,
+                vec![
+                    Edit(|s| canary(s, V2, 100)),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 4), 50),
+                    Stall,
+                    Wait(90),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 4), 50),
+                    OneMoreAvailable,
+                    Wait(90),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 4), 57),
+                    Wait(90),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 4), 57),
+                    Wait(11),
+                    Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
+                    Reason("CandidateUnhealthy"),
+                    Edit(|s| {
+                        if let Some(c) = s.rollout.candidate.as_mut() {
+                            c.attempt = Some(1);
+                        }
+                    }),
+                    // (the aborted pods' Deployment still reports one available)
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 4), 57),
+                    Release(2, None),
                 ],
             ),
             (
@@ -1432,6 +1492,9 @@ mod tests {
                 },
             ];
         }
+        // One pod came up: progress, the clock restarts.
+        sim.now += 29;
+        assert_eq!(sim.reconcile().phase, Phase::Canary);
         sim.now += 31;
         let p = sim.reconcile();
         assert_eq!(p.phase, Phase::Aborted);

@@ -434,6 +434,7 @@ mod tests {
         let (_, plan) = tenant_and_plan(|ct| {
             ct.spec.rollout.candidate = Some(Candidate {
                 image: "ghcr.io/chorus-dev/chat-runtime:0.2.0".into(),
+                attempt: None,
             });
         });
         let events = rollout_events(None, &plan);

@@ -584,8 +584,9 @@ pub struct RolloutSpec {
     pub drain_seconds: i64,
 
     /// Seconds the candidate may be short of available updated pods (for the
-    /// size it is asked to have) before the release aborts by itself with
-    /// reason `CandidateUnhealthy`.
+    /// size it is asked to have) without progress before the release aborts
+    /// by itself with reason `CandidateUnhealthy`. Each additional available
+    /// updated pod counts as progress and restarts the clock.
     #[serde(default = "default_progress_deadline_seconds")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: i64,
@@ -640,6 +641,12 @@ pub struct Candidate {
     /// Container image of the candidate runtime.
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+
+    /// Changing it starts a new release of the same image (for example to
+    /// try again after an abort; `kubectl chorus retry` increments it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub attempt: Option<i64>,
 }
 
 /// Canary settings: a fixed `weight`, or `steps` the operator walks through.

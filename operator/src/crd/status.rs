@@ -158,6 +158,9 @@ pub struct ReleaseStatus {
     pub revision: String,
     /// Candidate image.
     pub image: String,
+    /// `spec.rollout.candidate.attempt` of this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
     /// RFC 3339 time the release started.
     pub started_at: String,
     /// Where it stands.
@@ -184,10 +187,14 @@ pub struct ReleaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_until: Option<String>,
     /// RFC 3339 time since which the candidate has been short of available
-    /// updated pods; the release aborts at this plus
+    /// updated pods without progress; the release aborts at this plus
     /// `progressDeadlineSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable_since: Option<String>,
+    /// Available updated candidate pods when `unavailableSince` was set; one
+    /// more restarts the clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at_progress: Option<i32>,
     /// RFC 3339 time of the cut-over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut_over_at: Option<String>,
