@@ -779,3 +779,45 @@ async fn blue_green_preview_promote_and_rollback_within_the_drain_window() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn an_abort_wins_over_a_promotion_waiting_for_pods_that_never_come() {
+    let env = OperatorEnv::new("release-abort", Duration::from_secs(300))
+        .await
+        .unwrap();
+    env.ready_tenant("acme", &tenant_extra("{drainSeconds: 20}"))
+        .await
+        .unwrap();
+    let cts = env.api::<ChatTenant>();
+    let deps = env.api::<Deployment>();
+    merge(
+        &cts,
+        json!({"spec": {"rollout": {"candidate": {"image": NEVER_READY}, "canary": {"weight": 25}}}}),
+    )
+    .await;
+    wait_status(&cts, "canary started", |s| {
+        s.release.is_some() && progressing(s).1 == "CanaryInProgress"
+    })
+    .await;
+    decide(&cts, "acme", Decision::Promote).await.unwrap();
+    wait_status(&cts, "promoting", |s| progressing(s).1 == "Promoting").await;
+    wait_for("candidate scaled to 4", T, || {
+        let deps = deps.clone();
+        async move { (replicas(&deps, "acme-green").await == 4).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // Both fields now name the same release: the abort wins.
+    decide(&cts, "acme", Decision::Abort).await.unwrap();
+    let st = wait_status(&cts, "aborted", |s| {
+        progressing(s) == ("False".into(), "Aborted".into())
+    })
+    .await;
+    assert_eq!(st.traffic.unwrap().canary_weight, 0);
+    assert_eq!(st.stable.unwrap().slot, "blue");
+    assert_eq!(replicas(&deps, "acme-green").await, 0);
+    assert_eq!(replicas(&deps, "acme-blue").await, 4);
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
+    wait_slot_empty(&env, "green").await;
+    env.stop().await;
+}
