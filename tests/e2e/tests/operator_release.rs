@@ -28,7 +28,7 @@ use std::{
 
 use chorus_e2e::{
     chat::{ChatSocket, Closed, reachable_service_url, request, signup},
-    operator::{OperatorEnv, TEST_RESOURCES, condition, secret_text},
+    operator::{OperatorEnv, condition, secret_text},
     wait_for,
 };
 use chorus_operator::crd::{ChatTenant, ChatTenantStatus};
@@ -100,6 +100,24 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("{what}: {last}");
+}
+
+/// POST with a bearer token; a non-200 answer is an error (retried by the
+/// caller: kube-proxy may briefly refuse while it reprograms rules).
+async fn post(
+    url: &str,
+    path: String,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> chorus_e2e::Result<serde_json::Value> {
+    let (status, answer) = request("POST", &format!("{url}{path}"), Some(token), body).await?;
+    if status == 200 {
+        Ok(answer)
+    } else {
+        Err(chorus_e2e::HarnessError::Manifest(format!(
+            "POST {path}: HTTP {status} {answer}"
+        )))
+    }
 }
 
 /// Connects and subscribes (resuming from `last` when `epoch` is known).
@@ -249,7 +267,7 @@ impl Fleet {
                 let user = format!("user{i}");
                 async move { retry("signup", || signup(&url, &user)).await }
             })
-            .buffered(8)
+            .buffered(4)
             .collect()
             .await;
         let groups: Vec<Vec<usize>> = (0..n)
@@ -261,26 +279,22 @@ impl Fleet {
                 let (url, tokens) = (url.to_string(), tokens.clone());
                 async move {
                     let owner = &tokens[members[0]];
-                    let (status, room) = request(
-                        "POST",
-                        &format!("{url}/api/v1/rooms"),
-                        Some(owner),
-                        Some(json!({"name": format!("room{}", members[0]), "kind": "public"})),
-                    )
-                    .await
-                    .unwrap();
-                    assert_eq!(status, 200, "{room}");
+                    let body = json!({"name": format!("room{}", members[0]), "kind": "public"});
+                    let room = retry("create a room", || {
+                        post(&url, "/api/v1/rooms".into(), owner, Some(body.clone()))
+                    })
+                    .await;
                     let room = room["room"]["id"].as_i64().unwrap();
                     for m in &members[1..] {
-                        let (status, body) = request(
-                            "POST",
-                            &format!("{url}/api/v1/rooms/{room}/join"),
-                            Some(&tokens[*m]),
-                            None,
-                        )
-                        .await
-                        .unwrap();
-                        assert_eq!(status, 200, "{body}");
+                        retry("join a room", || {
+                            post(
+                                &url,
+                                format!("/api/v1/rooms/{room}/join"),
+                                &tokens[*m],
+                                None,
+                            )
+                        })
+                        .await;
                     }
                     (members, room)
                 }
@@ -335,10 +349,13 @@ impl Fleet {
 /// every client saw every acknowledged message of its room exactly once.
 /// Returns (acknowledged messages, reconnects, 4000 closes, servers).
 async fn verify(env: &OperatorEnv, logs: &[Log]) -> (usize, usize, usize, BTreeSet<String>) {
-    let uri = secret_text(&env.client, &env.ns, "acme-db", "uri")
+    // As the admin: the tenant's own role may have all its connections in
+    // use by the pods.
+    let db = secret_text(&env.client, &env.ns, "acme-db", "dbname")
         .await
         .unwrap()
         .unwrap();
+    let uri = chorus_e2e::with_database(&chorus_e2e::database_admin_url().unwrap(), &db);
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&uri)
         .await
         .unwrap();
@@ -457,10 +474,49 @@ async fn serving_slot(env: &OperatorEnv) -> Option<String> {
         .cloned()
 }
 
+/// Raises the role's connection limit to 200 and waits until PostgreSQL has
+/// it. With the default 50, four pods (pool 16 each) plus a candidate slot
+/// exhaust the role under load; the runtime then fails its epoch query and
+/// sends `epoch_changed` to resuming clients (a runtime issue, outside the
+/// rollout under test).
+async fn raise_connection_limit(env: &OperatorEnv) {
+    env.api::<ChatTenant>()
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"database": {"connectionLimit": 200}}})),
+        )
+        .await
+        .unwrap();
+    let db = secret_text(&env.client, &env.ns, "acme-db", "dbname")
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = chorus_e2e::database_admin_url().unwrap();
+    wait_for("connection limit 200", T, || {
+        let (admin, db) = (admin.clone(), db.clone());
+        async move {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                .await
+                .ok()?;
+            let (limit,): (i32,) =
+                sqlx::query_as("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1")
+                    .bind(&db)
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok()?;
+            (limit == 200).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
 fn tenant_extra(rollout: &str) -> String {
-    // Grace 25 s: a drained pod closes its sockets over 10 s.
+    // Grace 25 s: a drained pod closes its sockets over 10 s. 512Mi: the
+    // fleet's signups hash passwords (argon2) several at a time.
     format!(
-        "  runtime: {{image: \"{V1}\", replicas: 4, terminationGracePeriodSeconds: 25, resources: {TEST_RESOURCES}}}\n  rollout: {rollout}"
+        "  runtime: {{image: \"{V1}\", replicas: 4, terminationGracePeriodSeconds: 25, resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{memory: 512Mi}}}}}}\n  rollout: {rollout}"
     )
 }
 
@@ -472,6 +528,7 @@ async fn canary_steps_promote_and_an_aborted_release_under_live_clients() {
     env.ready_tenant("acme", &tenant_extra("{drainSeconds: 20}"))
         .await
         .unwrap();
+    raise_connection_limit(&env).await;
     let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
@@ -626,6 +683,7 @@ async fn a_candidate_that_never_becomes_ready_aborts_by_itself_under_live_client
     )
     .await
     .unwrap();
+    raise_connection_limit(&env).await;
     let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
@@ -703,6 +761,7 @@ async fn blue_green_preview_promote_and_rollback_within_the_drain_window() {
     )
     .await
     .unwrap();
+    raise_connection_limit(&env).await;
     let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
