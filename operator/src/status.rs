@@ -10,10 +10,10 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    crd::{ChatTenant, ChatTenantStatus, DatabaseStatus, DrainStatus, SlotStatus, TrafficStatus},
+    crd::{ChatTenant, ChatTenantStatus, DatabaseStatus, SlotStatus, TrafficStatus},
     model::Tenant,
     names::{FIELD_MANAGER, db_secret_name, selector_string, slot_selector, tenant_selector},
-    rollout::{Phase, Plan},
+    rollout::{self, Phase, Plan},
 };
 
 /// Condition types, in the order `kubectl describe` shows them.
@@ -200,33 +200,46 @@ pub fn compute(
     );
 
     let rolling = obs.stable.rolling || obs.other.rolling;
+    let revision = plan.candidate_revision().unwrap_or_default().to_string();
+    let release = plan.release.as_ref();
+    let number = release.map_or(0, |r| r.number);
+    let step = release
+        .and_then(|r| r.step.as_deref())
+        .map(|s| format!(", step {s}"))
+        .unwrap_or_default();
+    let pause = release
+        .and_then(|r| r.pause_until.as_deref())
+        .map(|u| format!(", paused until {u}"))
+        .unwrap_or_default();
     let (progressing, reason, message) = match plan.phase {
         Phase::Canary => (
             true,
             "CanaryInProgress",
             format!(
-                "candidate {} at {}% of traffic ({}); promote with spec.rollout.promoteRevision: {}",
+                "release {number}: candidate {} at {}% of traffic ({}){step}{pause}; {}",
                 plan.other.image,
                 plan.canary_weight,
                 plan.provider.as_str(),
-                plan.candidate_revision.clone().unwrap_or_default()
+                if plan.awaiting_promotion {
+                    format!("promote with spec.rollout.promoteRevision: {revision}")
+                } else {
+                    format!("abort with spec.rollout.abortRevision: {revision}")
+                }
             ),
         ),
         Phase::Preview => (
             true,
             "PreviewInProgress",
             format!(
-                "candidate {} runs behind Service {}-preview; promote with spec.rollout.promoteRevision: {}",
-                plan.other.image,
-                t.name,
-                plan.candidate_revision.clone().unwrap_or_default()
+                "release {number}: candidate {} runs behind Service {}-preview; promote with spec.rollout.promoteRevision: {revision}",
+                plan.other.image, t.name,
             ),
         ),
         Phase::Promoting => (
             true,
             "Promoting",
             format!(
-                "scaling candidate to {} pods before the cut-over ({} available)",
+                "release {number}: scaling candidate to {} pods before the cut-over ({} available)",
                 plan.other.replicas, obs.other.available
             ),
         ),
@@ -234,19 +247,37 @@ pub fn compute(
             false,
             "Promoted",
             format!(
-                "{} is stable in slot {}; set spec.runtime.image to it and remove spec.rollout.candidate",
+                "release {number}: {} is stable in slot {}{}; set spec.runtime.image to it and remove spec.rollout.candidate",
                 plan.stable.image,
-                plan.stable.slot.as_str()
+                plan.stable.slot.as_str(),
+                plan.draining
+                    .as_ref()
+                    .map(|d| format!(
+                        "; slot {} drains until {} (abortRevision {revision} rolls back until then)",
+                        d.slot, d.until
+                    ))
+                    .unwrap_or_default()
             ),
         ),
-        Phase::Aborted => (
-            false,
-            "Aborted",
-            format!(
-                "candidate {} was aborted and scaled to zero; all traffic is on {}",
-                plan.other.image, plan.stable.image
-            ),
-        ),
+        Phase::Aborted => {
+            let why = release.and_then(|r| r.reason.as_deref());
+            let reason = match why {
+                Some(rollout::CANDIDATE_UNHEALTHY) => rollout::CANDIDATE_UNHEALTHY,
+                Some(rollout::ROLLED_BACK) => rollout::ROLLED_BACK,
+                _ => "Aborted",
+            };
+            (
+                false,
+                reason,
+                format!(
+                    "release {number}: {}; all traffic is on {}; start another release by changing or re-adding spec.rollout.candidate",
+                    release
+                        .and_then(|r| r.message.clone())
+                        .unwrap_or_else(|| format!("candidate {} was aborted and scaled to zero", plan.other.image)),
+                    plan.stable.image
+                ),
+            )
+        }
         Phase::Idle if rolling => (true, "RollingUpdate", "pods are being replaced".to_string()),
         Phase::Idle => (false, "Complete", "all objects match the spec".to_string()),
     };
@@ -260,7 +291,7 @@ pub fn compute(
         now,
     );
 
-    let awaiting = matches!(plan.phase, Phase::Canary | Phase::Preview);
+    let awaiting = plan.awaiting_promotion;
     set_condition(
         &mut c,
         types::AWAITING_PROMOTION,
@@ -271,10 +302,7 @@ pub fn compute(
             "NoReleaseWaiting"
         },
         if awaiting {
-            format!(
-                "set spec.rollout.promoteRevision (or abortRevision) to {}",
-                plan.candidate_revision.clone().unwrap_or_default()
-            )
+            format!("set spec.rollout.promoteRevision (or abortRevision) to {revision}")
         } else {
             "no release is waiting for promotion".to_string()
         },
@@ -349,7 +377,7 @@ pub fn compute(
     });
     s.candidate = match plan.phase {
         Phase::Canary | Phase::Preview | Phase::Promoting | Phase::Aborted => Some(SlotStatus {
-            revision: plan.other.revision.clone(),
+            revision: revision.clone(),
             image: plan.other.image.clone(),
             slot: plan.other.slot.as_str().to_string(),
             replicas: plan.other.replicas,
@@ -357,12 +385,8 @@ pub fn compute(
         }),
         Phase::Idle | Phase::Promoted => None,
     };
-    s.draining = plan.draining_until.as_ref().map(|until| DrainStatus {
-        slot: plan.other.slot.as_str().to_string(),
-        image: plan.other.image.clone(),
-        replicas: plan.other.replicas,
-        until: until.clone(),
-    });
+    s.draining = plan.draining.clone();
+    s.release = plan.release.clone();
     s.traffic = Some(TrafficStatus {
         canary_weight: plan.canary_weight,
         stable_weight: 100 - plan.canary_weight,

@@ -67,7 +67,13 @@ pub(crate) mod tests {
         let mut ct = sample();
         f(&mut ct);
         let t = validate(&ct).unwrap();
-        let p = plan(&t, ct.status.as_ref(), SlotObservation::default(), false, 0);
+        let p = plan(
+            &t,
+            ct.status.as_ref(),
+            &SlotObservation::default(),
+            false,
+            0,
+        );
         (t, p)
     }
 

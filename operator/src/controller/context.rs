@@ -97,7 +97,7 @@ impl Context {
             type_: event.type_(),
             reason: reason.into(),
             note: Some(truncate(event.note(), 1000)),
-            action: "Reconcile".into(),
+            action: event.action(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &ct.object_ref(&())).await {

@@ -5,20 +5,22 @@
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Secret},
+    core::v1::{ConfigMap, Pod, Secret},
 };
-use kube::{Api, ResourceExt};
+use kube::{Api, ResourceExt, api::ListParams};
 
 use super::Context;
 use crate::{
+    build::deployment::CONTAINER,
     crd::ChatTenant,
     database::{ServerConfig, ServerConfigError},
     error::{Error, Result},
     model::{Slot, Tenant},
     names::{
         AUTH_KEY_ANNOTATION, DATABASE_URI_ANNOTATION, ENV_REFS_ANNOTATION, key_checksum,
-        secret_value, slot_name,
+        secret_value, selector_string, slot_name, slot_selector,
     },
+    rollout::{PodObservation, SlotObservation},
     status::{DeploymentObservation, Problem},
     validate::InvalidSpec,
 };
@@ -139,6 +141,8 @@ pub(super) async fn gateway(ctx: &Context, t: &Tenant) -> Gateway {
 pub(super) struct Slots {
     blue: DeploymentObservation,
     green: DeploymentObservation,
+    blue_detail: SlotObservation,
+    green_detail: SlotObservation,
     /// The `chorus.dev/auth-key-checksum` the running pods have.
     pub(super) running_key_hash: Option<String>,
     /// The `chorus.dev/database-uri-checksum` the running pods have.
@@ -153,6 +157,14 @@ impl Slots {
         match slot {
             Slot::Blue => self.blue,
             Slot::Green => self.green,
+        }
+    }
+
+    /// What the rollout state machine reads of `slot`.
+    pub(super) fn detail(&self, slot: Slot) -> &SlotObservation {
+        match slot {
+            Slot::Blue => &self.blue_detail,
+            Slot::Green => &self.green_detail,
         }
     }
 }
@@ -178,14 +190,111 @@ pub(super) async fn observe_deployments(ctx: &Context, t: &Tenant) -> Result<Slo
             slots.running_env_refs_hash = slots
                 .running_env_refs_hash
                 .or_else(|| running(ENV_REFS_ANNOTATION));
+            let detail = observe_detail(&d);
             let observed = observe(d);
             match slot {
-                Slot::Blue => slots.blue = observed,
-                Slot::Green => slots.green = observed,
+                Slot::Blue => (slots.blue, slots.blue_detail) = (observed, detail),
+                Slot::Green => (slots.green, slots.green_detail) = (observed, detail),
             }
         }
     }
+    // While a release is in flight, the candidate slot's pods: their
+    // restarts and why they do not serve decide an automatic abort.
+    if t.spec.rollout.candidate.is_some() {
+        let other = t.stable_slot.other();
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &t.namespace);
+        let selector = selector_string(&slot_selector(t, other));
+        // Best effort: without the pods (no RBAC to list them, a transient
+        // error) the release still aborts on its progress deadline, only
+        // without naming them or counting restarts.
+        let observed: Vec<PodObservation> = match pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(list) => list.items.iter().map(observe_pod).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, slot = other.as_str(), "cannot list the candidate's pods");
+                Vec::new()
+            }
+        };
+        match other {
+            Slot::Blue => slots.blue_detail.pods = observed,
+            Slot::Green => slots.green_detail.pods = observed,
+        }
+    }
     Ok(slots)
+}
+
+/// What the rollout reads of one Deployment. Pure.
+fn observe_detail(d: &Deployment) -> SlotObservation {
+    let spec = d.spec.as_ref();
+    let st = d.status.clone().unwrap_or_default();
+    SlotObservation {
+        image: spec
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
+            .and_then(|c| c.image.clone()),
+        spec_replicas: spec.and_then(|s| s.replicas).unwrap_or(0),
+        caught_up: st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0),
+        replicas: st.replicas.unwrap_or(0),
+        updated: st.updated_replicas.unwrap_or(0),
+        available: st.available_replicas.unwrap_or(0),
+        pods: Vec::new(),
+    }
+}
+
+/// What the rollout reads of one pod: readiness, restarts and the cause
+/// when it does not serve. Pure.
+fn observe_pod(p: &Pod) -> PodObservation {
+    let status = p.status.clone().unwrap_or_default();
+    let container = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == CONTAINER);
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let image = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let problem = container.as_ref().and_then(|c| {
+        let state = c.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+            return Some(w.reason.clone().unwrap_or_else(|| "waiting".into()));
+        }
+        if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+            return Some(format!("terminated, exit code {}", t.exit_code));
+        }
+        if !c.ready {
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .map(|t| {
+                    format!(
+                        ", last exit code {} ({})",
+                        t.exit_code,
+                        t.reason.as_deref().unwrap_or("terminated")
+                    )
+                })
+                .unwrap_or_default();
+            return Some(format!("running, not ready{last}"));
+        }
+        None
+    });
+    PodObservation {
+        name: p.name_any(),
+        image,
+        ready,
+        restarts: container.map_or(0, |c| c.restart_count),
+        problem: problem.or_else(|| (!ready).then(|| "not ready".to_string())),
+    }
 }
 
 /// What one Deployment reports. Pure.

@@ -6,9 +6,8 @@
 use kube::runtime::events::EventType;
 
 use crate::{
-    crd::ChatTenantStatus,
-    rollout::{Phase, Plan},
-    status,
+    crd::{ChatTenantStatus, ReleaseState},
+    rollout::{self, Phase, Plan},
 };
 
 /// One Event about a ChatTenant.
@@ -84,8 +83,10 @@ pub enum Event {
         /// Text.
         message: String,
     },
-    /// A release was promoted.
+    /// A release was promoted (the cut-over happened).
     Promoted {
+        /// Release number.
+        number: i64,
         /// Image now stable.
         image: String,
         /// Its slot.
@@ -95,21 +96,48 @@ pub enum Event {
         /// Until when, or `now`.
         until: String,
     },
-    /// A release was aborted.
+    /// A release was aborted by `abortRevision`.
     Aborted {
-        /// The aborted image.
-        candidate: String,
-        /// The stable image.
-        stable: String,
+        /// Release number.
+        number: i64,
+        /// What happened.
+        message: String,
+    },
+    /// A release aborted by itself: its candidate did not come up.
+    CandidateUnhealthy {
+        /// Release number.
+        number: i64,
+        /// The pods and the cause.
+        message: String,
+    },
+    /// A promoted release was rolled back within the drain window.
+    RolledBack {
+        /// Release number.
+        number: i64,
+        /// What happened.
+        message: String,
     },
     /// A release started.
     ReleaseStarted {
+        /// Release number.
+        number: i64,
         /// The candidate image.
         candidate: String,
         /// Its revision.
         revision: String,
         /// Its slot.
         slot: &'static str,
+        /// The open release it replaces, if any.
+        supersedes: Option<i64>,
+    },
+    /// A canary step began.
+    CanaryStep {
+        /// Release number.
+        number: i64,
+        /// `2/4` or `done`.
+        step: String,
+        /// Traffic weight now.
+        weight: i32,
     },
     /// Deletion with `reclaimPolicy: Retain`.
     DatabaseRetained {
@@ -143,6 +171,8 @@ impl Event {
             | Event::PasswordReset { .. }
             | Event::PasswordMismatch { .. }
             | Event::Aborted { .. }
+            | Event::CandidateUnhealthy { .. }
+            | Event::RolledBack { .. }
             | Event::DatabaseLeftAlone { .. }
             | Event::DeletionBlocked { .. } => EventType::Warning,
             _ => EventType::Normal,
@@ -167,10 +197,28 @@ impl Event {
             Event::Promoted { .. } => "Promoted",
             Event::Aborted { .. } => "Aborted",
             Event::ReleaseStarted { .. } => "ReleaseStarted",
+            Event::CandidateUnhealthy { .. } => "CandidateUnhealthy",
+            Event::RolledBack { .. } => "RolledBack",
+            Event::CanaryStep { .. } => "CanaryStep",
             Event::DatabaseRetained { .. } => "DatabaseRetained",
             Event::DatabaseLeftAlone { .. } => "DatabaseLeftAlone",
             Event::DatabaseDropped { .. } => "DatabaseDropped",
             Event::DeletionBlocked { .. } => "DeletionBlocked",
+        }
+    }
+
+    /// The Event's action. The recorder folds Events with the same type,
+    /// reason and action into one series (keeping the first text), so each
+    /// release (and each of its steps) has its own action.
+    pub fn action(&self) -> String {
+        match self {
+            Event::Promoted { number, .. }
+            | Event::Aborted { number, .. }
+            | Event::CandidateUnhealthy { number, .. }
+            | Event::RolledBack { number, .. }
+            | Event::ReleaseStarted { number, .. } => format!("Release{number}"),
+            Event::CanaryStep { number, step, .. } => format!("Release{number}Step{step}"),
+            _ => "Reconcile".into(),
         }
     }
 
@@ -210,21 +258,34 @@ impl Event {
                 format!("repaired drift: {}", statements.join("; "))
             }
             Event::Promoted {
+                number,
                 image,
                 slot,
                 draining,
                 until,
             } => format!(
-                "{image} is now stable in slot {slot}; slot {draining} drains until {until}"
+                "release {number}: {image} is now stable in slot {slot}; slot {draining} drains until {until}"
             ),
-            Event::Aborted { candidate, stable } => {
-                format!("candidate {candidate} aborted; all traffic on {stable}")
-            }
+            Event::Aborted { number, message }
+            | Event::CandidateUnhealthy { number, message }
+            | Event::RolledBack { number, message } => format!("release {number}: {message}"),
             Event::ReleaseStarted {
+                number,
                 candidate,
                 revision,
                 slot,
-            } => format!("candidate {candidate} (revision {revision}) runs in slot {slot}"),
+                supersedes,
+            } => format!(
+                "release {number}: candidate {candidate} (revision {revision}) runs in slot {slot}{}",
+                supersedes
+                    .map(|n| format!("; it supersedes release {n}"))
+                    .unwrap_or_default()
+            ),
+            Event::CanaryStep {
+                number,
+                step,
+                weight,
+            } => format!("release {number}: step {step}, candidate at {weight}% of traffic"),
             Event::DatabaseRetained { database } => {
                 format!("reclaimPolicy Retain: database and role {database} are kept")
             }
@@ -238,39 +299,60 @@ impl Event {
     }
 }
 
-/// The release events of one reconcile: a cut-over, a new abort, a new
-/// candidate. Pure: compares the plan with the last status.
+/// The release events of one reconcile: a new release, a step, a cut-over,
+/// an abort. Pure: compares the release in the plan with the one in the
+/// last status, so each happens once per release.
 pub fn rollout_events(old: Option<&ChatTenantStatus>, plan: &Plan) -> Vec<Event> {
     let mut events = Vec::new();
-    if plan.cut_over {
+    let Some(new) = plan.release.as_ref() else {
+        return events;
+    };
+    let before = old
+        .and_then(|s| s.release.as_ref())
+        .filter(|o| o.number == new.number);
+    if before.is_none() && new.closed_at.is_none() {
+        let supersedes = old
+            .and_then(|s| s.release.as_ref())
+            .filter(|o| o.closed_at.is_none())
+            .map(|o| o.number);
+        events.push(Event::ReleaseStarted {
+            number: new.number,
+            candidate: new.image.clone(),
+            revision: new.revision.clone(),
+            slot: plan.other.slot.as_str(),
+            supersedes,
+        });
+    }
+    let state_changed = before.is_none_or(|o| o.state != new.state);
+    if new.step.is_some()
+        && before.is_none_or(|o| o.step != new.step)
+        && matches!(plan.phase, Phase::Canary | Phase::Promoting)
+    {
+        events.push(Event::CanaryStep {
+            number: new.number,
+            step: new.step.clone().unwrap_or_default(),
+            weight: plan.canary_weight,
+        });
+    }
+    if state_changed && new.state == ReleaseState::Promoted && plan.cut_over {
         events.push(Event::Promoted {
+            number: new.number,
             image: plan.stable.image.clone(),
             slot: plan.stable.slot.as_str(),
             draining: plan.other.slot.as_str(),
-            until: plan.draining_until.clone().unwrap_or_else(|| "now".into()),
+            until: plan
+                .draining
+                .as_ref()
+                .map_or_else(|| "now".into(), |d| d.until.clone()),
         });
     }
-    let was_aborted = old
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == status::types::PROGRESSING)
-        })
-        .is_some_and(|c| c.reason == "Aborted");
-    if plan.phase == Phase::Aborted && !was_aborted {
-        events.push(Event::Aborted {
-            candidate: plan.other.image.clone(),
-            stable: plan.stable.image.clone(),
-        });
-    }
-    let old_candidate = old.and_then(|s| s.candidate.as_ref());
-    if matches!(plan.phase, Phase::Canary | Phase::Preview)
-        && old_candidate.is_none_or(|c| Some(&c.revision) != plan.candidate_revision.as_ref())
-    {
-        events.push(Event::ReleaseStarted {
-            candidate: plan.other.image.clone(),
-            revision: plan.candidate_revision.clone().unwrap_or_default(),
-            slot: plan.other.slot.as_str(),
+    if state_changed && new.state == ReleaseState::Aborted {
+        let number = new.number;
+        let message = new.message.clone().unwrap_or_default();
+        events.push(match new.reason.as_deref() {
+            Some(rollout::CANDIDATE_UNHEALTHY) => Event::CandidateUnhealthy { number, message },
+            Some(rollout::ROLLED_BACK) => Event::RolledBack { number, message },
+            _ => Event::Aborted { number, message },
         });
     }
     events
@@ -293,7 +375,7 @@ mod tests {
     use super::*;
     use crate::{
         build::tests::tenant_and_plan,
-        crd::{Candidate, ChatTenantStatus, SlotStatus},
+        crd::{Candidate, ChatTenantStatus},
     };
 
     #[test]
@@ -352,24 +434,54 @@ mod tests {
         let (_, plan) = tenant_and_plan(|ct| {
             ct.spec.rollout.candidate = Some(Candidate {
                 image: "ghcr.io/chorus-dev/chat-runtime:0.2.0".into(),
+                attempt: None,
             });
         });
         let events = rollout_events(None, &plan);
         assert!(
-            matches!(&events[..], [Event::ReleaseStarted { slot: "green", .. }]),
+            matches!(
+                &events[..],
+                [Event::ReleaseStarted {
+                    slot: "green",
+                    number: 1,
+                    ..
+                }]
+            ),
             "{events:?}"
         );
         let old = ChatTenantStatus {
-            candidate: Some(SlotStatus {
-                revision: plan.candidate_revision.clone().unwrap_or_default(),
-                image: plan.other.image.clone(),
-                slot: "green".into(),
-                replicas: 1,
-                available_replicas: 0,
-            }),
+            release: plan.release.clone(),
             ..ChatTenantStatus::default()
         };
         assert_eq!(rollout_events(Some(&old), &plan), []);
+    }
+
+    #[test]
+    fn each_release_has_its_own_event_key_and_text() {
+        let started = |number| Event::ReleaseStarted {
+            number,
+            candidate: "img:0.2.0".into(),
+            revision: format!("rev{number}"),
+            slot: "green",
+            supersedes: None,
+        };
+        assert_ne!(started(1).action(), started(2).action());
+        assert_ne!(started(1).note(), started(2).note());
+        assert!(started(2).note().starts_with("release 2: "));
+        let step = |step: &str| Event::CanaryStep {
+            number: 1,
+            step: step.into(),
+            weight: 25,
+        };
+        assert_ne!(step("1/2").action(), step("2/2").action());
+        assert!(
+            Event::CandidateUnhealthy {
+                number: 3,
+                message: "m".into()
+            }
+            .type_()
+                == EventType::Warning
+        );
     }
 
     #[test]

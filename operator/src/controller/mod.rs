@@ -50,7 +50,7 @@ use crate::{
     build::{Inputs, build_children},
     crd::ChatTenant,
     error::{Error, Result},
-    rollout::{self, Phase, Plan, SlotObservation},
+    rollout::{self, Phase, Plan},
     status::{self, Observations, Problem},
     validate::{InvalidSpec, validate},
 };
@@ -160,13 +160,10 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
             slots.running_env_refs_hash.clone()
         }
     };
-    let other = SlotObservation {
-        available: slots.get(t.stable_slot.other()).available,
-    };
     let plan = rollout::plan(
         &t,
         old,
-        other,
+        slots.detail(t.stable_slot.other()),
         gateway.use_routes,
         jiff::Timestamp::now().as_second(),
     );
@@ -271,16 +268,21 @@ async fn invalid_spec(
     Ok(Action::await_change())
 }
 
-/// When to look again after a successful reconcile: the resync, sooner while
-/// promoting (every 5 s) or when a drain ends. Pure.
+/// When to look again after a successful reconcile: the resync; sooner
+/// while a release is in flight (every 5 s while promoting, every
+/// [`rollout::POLL_SECONDS`] otherwise) and just after a pause, a drain or a
+/// progress deadline ends. Pure.
 fn next_requeue(resync: Duration, plan: &Plan, now: i64) -> Duration {
     let mut next = resync;
     if plan.phase == Phase::Promoting {
         next = next.min(Duration::from_secs(5));
     }
-    if let Some(until) = plan.draining_until.as_deref().and_then(rollout::parse_time) {
-        let left = until - now;
-        next = next.min(Duration::from_secs(left.clamp(1, i64::MAX) as u64 + 1));
+    if plan.poll {
+        next = next.min(Duration::from_secs(rollout::POLL_SECONDS.unsigned_abs()));
+    }
+    if let Some(at) = plan.wake_at {
+        let left = (at - now).clamp(0, i64::MAX).unsigned_abs();
+        next = next.min(Duration::from_secs(left + 1));
     }
     next
 }
@@ -295,11 +297,11 @@ mod tests {
         let (_, mut plan) = tenant_and_plan(|_| {});
         let resync = Duration::from_secs(300);
         assert_eq!(next_requeue(resync, &plan, 0), resync);
-        plan.draining_until = Some(rollout::format_time(100));
+        plan.wake_at = Some(100);
         assert_eq!(next_requeue(resync, &plan, 40), Duration::from_secs(61));
-        assert_eq!(next_requeue(resync, &plan, 500), Duration::from_secs(2));
+        assert_eq!(next_requeue(resync, &plan, 500), Duration::from_secs(1));
         plan.phase = Phase::Promoting;
-        plan.draining_until = None;
+        plan.wake_at = None;
         assert_eq!(next_requeue(resync, &plan, 0), Duration::from_secs(5));
     }
 }

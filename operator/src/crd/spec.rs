@@ -44,6 +44,7 @@ use super::status::ChatTenantStatus;
     printcolumn(name = "Stable", type_ = "string", json_path = ".status.stable.image"),
     printcolumn(name = "Candidate", type_ = "string", json_path = ".status.candidate.image"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.traffic.canaryWeight"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.release.step"),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -596,6 +597,8 @@ pub struct RolloutSpec {
 
     /// The release in flight: present from the start of a release until it is
     /// promoted (then move the image to `spec.runtime.image`) or aborted.
+    /// Each appearance of a candidate (or a change of its image) starts a new
+    /// release with its own number and revision (`status.release`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<Candidate>,
 
@@ -607,23 +610,46 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenSpec>,
 
-    /// Promotes the candidate when equal to `status.candidate.revision`. A
-    /// value naming another revision does nothing, so a stale value left in
-    /// Git can never promote the next release.
+    /// Promotes the release whose revision it equals
+    /// (`status.candidate.revision`, also `status.release.revision`). Each
+    /// release has its own revision, so a value left in Git never acts on a
+    /// later release, even one of the same image. With canary steps it
+    /// approves the release: indefinite pauses stop waiting, the remaining
+    /// steps run, then the candidate is promoted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 64))]
     pub promote_revision: String,
 
-    /// Aborts the candidate when equal to `status.candidate.revision`.
+    /// Aborts the release whose revision it equals. Before the cut-over it
+    /// always wins over `promoteRevision`: all traffic to stable, the
+    /// candidate at zero. After the cut-over, while the previous slot still
+    /// drains (`drainSeconds`), it rolls back: traffic returns to the previous
+    /// slot at once.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 64))]
     pub abort_revision: String,
 
     /// Seconds the previous slot keeps running after a cut-over, so its
-    /// WebSocket clients drain to the new slot.
+    /// WebSocket clients drain to the new slot; also the rollback window.
+    /// Measured from the cut-over with the value in the spec now: lowering it
+    /// shortens a drain in progress.
     #[serde(default = "default_drain_seconds")]
     #[schemars(range(min = 0, max = 86400))]
     pub drain_seconds: i64,
+
+    /// Seconds the candidate may be short of available updated pods (for the
+    /// size it is asked to have) without progress before the release aborts
+    /// by itself with reason `CandidateUnhealthy`. Each additional available
+    /// updated pod counts as progress and restarts the clock.
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i64,
+
+    /// A candidate pod whose container restarted more than this many times
+    /// aborts the release by itself (reason `CandidateUnhealthy`).
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_restarts: i32,
 }
 
 impl Default for RolloutSpec {
@@ -636,12 +662,20 @@ impl Default for RolloutSpec {
             promote_revision: String::new(),
             abort_revision: String::new(),
             drain_seconds: default_drain_seconds(),
+            progress_deadline_seconds: default_progress_deadline_seconds(),
+            max_restarts: default_max_restarts(),
         }
     }
 }
 
 fn default_drain_seconds() -> i64 {
     600
+}
+fn default_progress_deadline_seconds() -> i64 {
+    600
+}
+fn default_max_restarts() -> i32 {
+    3
 }
 
 /// Rollout strategy.
@@ -661,16 +695,61 @@ pub struct Candidate {
     /// Container image of the candidate runtime.
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+
+    /// Changing it starts a new release of the same image (for example to
+    /// try again after an abort; `kubectl chorus retry` increments it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub attempt: Option<i64>,
 }
 
-/// Canary settings.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Canary settings: a fixed `weight`, or `steps` the operator walks through.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.weight) || !has(self.steps) || size(self.steps) == 0").message("spec.rollout.canary: set either weight or steps, not both"))]
 pub struct CanarySpec {
     /// Percent of new connections sent to the candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub weight: Option<i32>,
+
+    /// Steps of each release, in order. `setWeight` moves traffic and waits
+    /// until the candidate's updated pods for that weight are available;
+    /// `pause` waits `durationSeconds`, or without it until
+    /// `promoteRevision` names the release. After the last step the
+    /// candidate is promoted. Changing the list during a release keeps the
+    /// current step index (clamped to the new length, so removing the
+    /// remaining steps promotes); a timed pause counts from when its step
+    /// began, with the duration now in the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub steps: Vec<CanaryStep>,
+}
+
+/// One canary step: exactly one of `setWeight` or `pause`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) == 1").message("spec.rollout.canary.steps[]: set exactly one of setWeight or pause"))]
+pub struct CanaryStep {
+    /// Percent of new connections sent to the candidate from this step on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub set_weight: Option<i32>,
+
+    /// Wait: `{durationSeconds: N}`, or `{}` to wait for `promoteRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+}
+
+/// A pause step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// Seconds to wait; without it the release waits for
+    /// `spec.rollout.promoteRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub duration_seconds: Option<i64>,
 }
 
 /// Blue-green settings.

@@ -46,6 +46,12 @@ pub struct ChatTenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<DrainStatus>,
 
+    /// The current (or last) release: its number and revision, where it
+    /// stands, its step and timers. The operator's only memory of a release:
+    /// a restarted operator continues from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseStatus>,
+
     /// How traffic is split between the slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficStatus>,
@@ -106,7 +112,7 @@ pub struct DatabaseStatus {
 }
 
 /// A slot kept running after a cut-over.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainStatus {
     /// `blue` or `green`.
@@ -115,6 +121,85 @@ pub struct DrainStatus {
     pub image: String,
     /// Replicas it keeps until `until`.
     pub replicas: i32,
-    /// RFC 3339 time after which it is scaled to zero.
+    /// RFC 3339 time of the cut-over that started the drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// RFC 3339 time after which it is scaled to zero: `since` plus the
+    /// current `spec.rollout.drainSeconds`.
     pub until: String,
+}
+
+/// Where a release stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReleaseState {
+    /// The candidate runs (canary steps, weight or preview).
+    #[default]
+    Progressing,
+    /// Promotion started: the candidate scales to full size before the
+    /// cut-over.
+    Promoting,
+    /// The candidate became stable (cut-over done).
+    Promoted,
+    /// Aborted by `abortRevision`, by the operator (`CandidateUnhealthy`) or
+    /// rolled back after the cut-over (`RolledBack`).
+    Aborted,
+}
+
+/// One release: `spec.rollout.candidate` from its appearance until it is
+/// removed or replaced.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// Release number on this tenant, counting from 1.
+    pub number: i64,
+    /// Identity of this release: what `promoteRevision` and `abortRevision`
+    /// must equal. Derived from the candidate image and the release number,
+    /// so a later release of the same image has another revision.
+    pub revision: String,
+    /// Candidate image.
+    pub image: String,
+    /// `spec.rollout.candidate.attempt` of this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
+    /// RFC 3339 time the release started.
+    pub started_at: String,
+    /// Where it stands.
+    pub state: ReleaseState,
+    /// CamelCase reason of the last state change (`AbortRequested`,
+    /// `CandidateUnhealthy`, `RolledBack`, `PromoteRequested`, `StepsDone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, with figures (for an automatic abort: the pods and
+    /// the cause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Index of the current canary step (0-based); equal to the number of
+    /// steps once they are done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// The step for people: `2/4` (1-based), `done` after the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// RFC 3339 time the current step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// RFC 3339 time a timed pause ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_until: Option<String>,
+    /// RFC 3339 time since which the candidate has been short of available
+    /// updated pods without progress; the release aborts at this plus
+    /// `progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_since: Option<String>,
+    /// Available updated candidate pods when `unavailableSince` was set; one
+    /// more restarts the clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at_progress: Option<i32>,
+    /// RFC 3339 time of the cut-over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_over_at: Option<String>,
+    /// RFC 3339 time the candidate left the spec (or was replaced); a
+    /// closed release never acts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
 }

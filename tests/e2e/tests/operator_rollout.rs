@@ -106,7 +106,12 @@ async fn canary_promote_drain_and_abort_by_revision() {
         .unwrap();
     let status = ct.status.clone().unwrap();
     let rev = status.candidate.as_ref().unwrap().revision.clone();
-    assert_eq!(rev, revision_of(NEW));
+    assert_eq!(
+        rev,
+        status.release.as_ref().unwrap().revision,
+        "the release's own revision"
+    );
+    assert_ne!(rev, revision_of(NEW), "not a hash of the image alone");
     let traffic = status.traffic.unwrap();
     assert_eq!(
         (traffic.canary_weight, traffic.provider.as_str()),
@@ -213,9 +218,18 @@ async fn canary_promote_drain_and_abort_by_revision() {
     )
     .await;
     wait_deployment(&deps, "acme-blue", third, 2).await;
+    let third_rev = wait_for("release of 0.3.0 in status", T, || {
+        let api = cts.clone();
+        async move {
+            let r = api.get("acme").await.ok()?.status?.release?;
+            (r.image == third).then_some(r.revision)
+        }
+    })
+    .await
+    .unwrap();
     merge(
         &cts,
-        json!({"spec": {"rollout": {"abortRevision": revision_of(third)}}}),
+        json!({"spec": {"rollout": {"abortRevision": third_rev}}}),
     )
     .await;
     let aborted = wait_condition(
