@@ -687,7 +687,7 @@ async fn a_candidate_that_never_becomes_ready_aborts_by_itself_under_live_client
     let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
-    let n = clients() / 2;
+    let n = clients();
     let fleet = Fleet::start(&url, n).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cts = env.api::<ChatTenant>();
