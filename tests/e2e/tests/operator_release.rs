@@ -880,3 +880,53 @@ async fn an_abort_wins_over_a_promotion_waiting_for_pods_that_never_come() {
     wait_slot_empty(&env, "green").await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn canary_steps_are_checked_at_admission() {
+    let client = chorus_e2e::admin_client().await.unwrap();
+    chorus_e2e::operator::install_crd(&client).await.unwrap();
+    let api: Api<ChatTenant> = Api::namespaced(client, "default");
+    let refused = |rollout: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let ct: ChatTenant = serde_json::from_value(json!({
+                "apiVersion": "chorus.dev/v1alpha1", "kind": "ChatTenant",
+                "metadata": {"name": "steps-check"},
+                "spec": {"tenantId": "steps", "runtime": {"image": V1},
+                    "database": {"serverRef": {"name": "pg"}, "name": "chat_steps"},
+                    "rollout": rollout}
+            }))
+            .unwrap();
+            let params = kube::api::PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match api.create(&params, &ct).await {
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        }
+    };
+    let both = refused(json!({"candidate": {"image": V2},
+        "canary": {"steps": [{"setWeight": 10, "pause": {}}]}}))
+    .await;
+    assert!(
+        both.as_deref()
+            .is_some_and(|e| e.contains("set exactly one of setWeight or pause")),
+        "{both:?}"
+    );
+    let mixed = refused(json!({"candidate": {"image": V2},
+        "canary": {"weight": 10, "steps": [{"setWeight": 10}]}}))
+    .await;
+    assert!(
+        mixed
+            .as_deref()
+            .is_some_and(|e| e.contains("set either weight or steps")),
+        "{mixed:?}"
+    );
+    let fine = refused(json!({"candidate": {"image": V2, "attempt": 2},
+        "progressDeadlineSeconds": 60, "maxRestarts": 1,
+        "canary": {"steps": [{"setWeight": 10}, {"pause": {"durationSeconds": 30}}, {"pause": {}}]}}))
+    .await;
+    assert_eq!(fine, None);
+}
