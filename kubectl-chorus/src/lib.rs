@@ -29,7 +29,7 @@ pub const FIELD_MANAGER: &str = "kubectl-chorus";
 #[derive(Debug, Parser, PartialEq, Eq)]
 #[command(
     name = "kubectl-chorus",
-    about = "Chorus releases: status, promote, abort"
+    about = "Chorus releases: status, promote, abort, retry"
 )]
 pub struct Cli {
     /// Namespace of the ChatTenant (default: the kubeconfig context's).

@@ -687,7 +687,7 @@ async fn a_candidate_that_never_becomes_ready_aborts_by_itself_under_live_client
     let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
         .await
         .unwrap();
-    let n = clients() / 2;
+    let n = clients();
     let fleet = Fleet::start(&url, n).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cts = env.api::<ChatTenant>();
@@ -879,4 +879,54 @@ async fn an_abort_wins_over_a_promotion_waiting_for_pods_that_never_come() {
     assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
     wait_slot_empty(&env, "green").await;
     env.stop().await;
+}
+
+#[tokio::test]
+async fn canary_steps_are_checked_at_admission() {
+    let client = chorus_e2e::admin_client().await.unwrap();
+    chorus_e2e::operator::install_crd(&client).await.unwrap();
+    let api: Api<ChatTenant> = Api::namespaced(client, "default");
+    let refused = |rollout: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let ct: ChatTenant = serde_json::from_value(json!({
+                "apiVersion": "chorus.dev/v1alpha1", "kind": "ChatTenant",
+                "metadata": {"name": "steps-check"},
+                "spec": {"tenantId": "steps", "runtime": {"image": V1},
+                    "database": {"serverRef": {"name": "pg"}, "name": "chat_steps"},
+                    "rollout": rollout}
+            }))
+            .unwrap();
+            let params = kube::api::PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match api.create(&params, &ct).await {
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        }
+    };
+    let both = refused(json!({"candidate": {"image": V2},
+        "canary": {"steps": [{"setWeight": 10, "pause": {}}]}}))
+    .await;
+    assert!(
+        both.as_deref()
+            .is_some_and(|e| e.contains("set exactly one of setWeight or pause")),
+        "{both:?}"
+    );
+    let mixed = refused(json!({"candidate": {"image": V2},
+        "canary": {"weight": 10, "steps": [{"setWeight": 10}]}}))
+    .await;
+    assert!(
+        mixed
+            .as_deref()
+            .is_some_and(|e| e.contains("set either weight or steps")),
+        "{mixed:?}"
+    );
+    let fine = refused(json!({"candidate": {"image": V2, "attempt": 2},
+        "progressDeadlineSeconds": 60, "maxRestarts": 1,
+        "canary": {"steps": [{"setWeight": 10}, {"pause": {"durationSeconds": 30}}, {"pause": {}}]}}))
+    .await;
+    assert_eq!(fine, None);
 }

@@ -100,10 +100,21 @@ async fn canary_promote_drain_and_abort_by_revision() {
     )
     .await;
     wait_deployment(&deps, "acme-green", NEW, 1).await;
+    // Stable gives up its pod once the candidate's is available; the status
+    // written in that reconcile shows the effective 25%.
     wait_deployment(&deps, "acme-blue", OLD, 3).await;
-    let ct = wait_condition(&client, &ns, "acme", "AwaitingPromotion", "True", None, T)
-        .await
-        .unwrap();
+    let ct = wait_for("AwaitingPromotion at an effective 25%", T, || {
+        let api = cts.clone();
+        async move {
+            let ct = api.get("acme").await.ok()?;
+            let st = ct.status.as_ref()?;
+            (condition(&ct, "AwaitingPromotion")?.status == "True"
+                && st.traffic.as_ref()?.canary_weight == 25)
+                .then_some(ct)
+        }
+    })
+    .await
+    .unwrap();
     let status = ct.status.clone().unwrap();
     let rev = status.candidate.as_ref().unwrap().revision.clone();
     assert_eq!(
