@@ -19,6 +19,23 @@ pub use crate::protocol::{RoomId, Seq, UserId};
 /// The migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The timeline part of the epoch: the timeline id, or `None` when the role
+/// may not read it (SQLSTATE 42501: `pg_control_checkpoint()` needs
+/// superuser or pg_monitor), which never changes while the role's grants do
+/// not. Any other error (a pool timeout under load, a dropped connection) is
+/// returned, so the caller keeps the epoch it has: leaving the timeline out
+/// on a transient error changed the epoch and sent every client a spurious
+/// `epoch_changed` reload.
+pub fn timeline_or_not_permitted(
+    result: Result<(i32,), sqlx::Error>,
+) -> Result<Option<i32>, sqlx::Error> {
+    match result {
+        Ok((t,)) => Ok(Some(t)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The advisory lock key sqlx's PostgreSQL migrator takes for a database:
 /// `0x3d32ad9e * crc32(name)` (CRC-32/ISO-HDLC), as in sqlx-postgres 0.9
 /// `migrate.rs` (`generate_lock_id`).
@@ -169,15 +186,15 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
-        let timeline: Option<(i32,)> =
-            sqlx::query_as("SELECT timeline_id FROM pg_control_checkpoint()")
+        let timeline = timeline_or_not_permitted(
+            sqlx::query_as::<_, (i32,)>("SELECT timeline_id FROM pg_control_checkpoint()")
                 .fetch_one(&self.pool)
-                .await
-                .ok();
+                .await,
+        )?;
         let mut h = Sha256::new();
         h.update(instance.as_bytes());
         h.update(oid.to_be_bytes());
-        if let Some((t,)) = timeline {
+        if let Some(t) = timeline {
             h.update(t.to_be_bytes());
         }
         Ok(h.finalize()
@@ -235,4 +252,16 @@ pub(crate) async fn append_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_transient_error_reading_the_timeline_is_an_error_not_a_new_epoch() {
+        assert_eq!(
+            super::timeline_or_not_permitted(Ok((3,))).ok(),
+            Some(Some(3))
+        );
+        assert!(super::timeline_or_not_permitted(Err(sqlx::Error::PoolTimedOut)).is_err());
+    }
 }
