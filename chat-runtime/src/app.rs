@@ -76,9 +76,26 @@ pub fn app(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
+    let metrics = state.metrics.clone();
     security_headers(router)
         .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            count_response,
+        ))
         .with_state(state)
+}
+
+/// Counts every public response by status class
+/// (`chat_http_responses_total`).
+async fn count_response(
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<crate::metrics::Metrics>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(req).await;
+    metrics.http_response(response.status().as_u16());
+    response
 }
 
 /// The web client's Content-Security-Policy: its own script, style and
@@ -305,6 +322,24 @@ mod tests {
         let (status, headers, body) = call(app(builtin()), req).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         api_error(status, &headers, &body, "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn responses_are_counted_by_status_class() {
+        let state = builtin();
+        let metrics = state.metrics.clone();
+        let router = app(state);
+        call(router.clone(), get("/api/v1/nope")).await;
+        call(router.clone(), get("/api/v1/me")).await;
+        call(router, get("/app.js")).await;
+        let text = metrics.render();
+        for want in [
+            "chat_http_responses_total{status_class=\"4xx\"} 2",
+            "chat_http_responses_total{status_class=\"2xx\"} 1",
+            "chat_http_responses_total{status_class=\"5xx\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 //! adapters only decode, call and encode. Reads are here too, so an adapter
 //! never reaches past the service into the store.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::oneshot;
 
@@ -18,7 +18,7 @@ use crate::{
     committer::Committer,
     config::Limits,
     hub::{Hub, RoomPresence},
-    metrics::Metrics,
+    metrics::{Metrics, SendErrorReason},
     protocol::ErrorCode,
     ratelimit::RateLimiter,
     store::{
@@ -55,12 +55,32 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// The `chat_send_errors_total` reason of a failed send.
+    pub fn send_error_reason(&self) -> SendErrorReason {
+        match self {
+            ChatError::RateLimited { .. } => SendErrorReason::RateLimited,
+            ChatError::Rejected(_) => SendErrorReason::Rejected,
+            ChatError::Store(e) => store_error_reason(e),
+        }
+    }
+
     /// The error code (frames use it as is, REST through
     /// [`ErrorCode::for_rest`]).
     pub fn code(&self) -> ErrorCode {
         match self {
             ChatError::RateLimited { .. } => ErrorCode::RateLimited,
             ChatError::Rejected(e) | ChatError::Store(e) => e.code(),
+        }
+    }
+}
+
+/// The `chat_send_errors_total` reason of a send the store failed.
+fn store_error_reason(e: &StoreError) -> SendErrorReason {
+    match e {
+        StoreError::Db(_) => SendErrorReason::Database,
+        StoreError::Invalid(_) => SendErrorReason::Rejected,
+        StoreError::NotFound(_) | StoreError::Forbidden(_) | StoreError::Conflict(_) => {
+            SendErrorReason::Refused
         }
     }
 }
@@ -85,17 +105,30 @@ pub struct PendingSend {
     reply: oneshot::Receiver<StoreResult<SendAck>>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    started: Instant,
 }
 
 impl PendingSend {
     /// Waits for the commit; a new message is counted and published, a
-    /// retried one (`duplicate`) only counted.
+    /// retried one (`duplicate`) only counted. Either way the time since
+    /// [`Chat::submit`] goes to `chat_send_ack_seconds`; a failure is
+    /// counted in `chat_send_errors_total`.
     pub async fn ack(self) -> StoreResult<SendAck> {
-        let ack = self.reply.await.unwrap_or_else(|_| {
-            Err(StoreError::Invalid(
-                "the send was dropped; retry with the same client_msg_id".into(),
-            ))
-        })?;
+        let ack = match self.reply.await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) => {
+                self.metrics.send_failed(store_error_reason(&e));
+                return Err(e);
+            }
+            Err(_) => {
+                self.metrics.send_failed(SendErrorReason::Internal);
+                return Err(StoreError::Invalid(
+                    "the send was dropped; retry with the same client_msg_id".into(),
+                ));
+            }
+        };
+        self.metrics
+            .send_acked(self.started.elapsed().as_secs_f64());
         if ack.duplicate {
             self.metrics.duplicate_sends.inc();
         } else {
@@ -131,12 +164,30 @@ impl Chat {
     // ---- messages ----
 
     /// Rate-limits, validates and queues a send (no await: queue order is
-    /// seq order).
+    /// seq order). A refusal is counted in `chat_send_errors_total`.
     pub fn submit(
         &self,
         user: &User,
         room: RoomId,
         message: NewMessage,
+    ) -> Result<PendingSend, ChatError> {
+        let started = Instant::now();
+        self.queue(user, room, message, started).inspect_err(|e| {
+            let reason = match e {
+                // The only refusal of the queue: the room's queue is full.
+                ChatError::Store(_) => SendErrorReason::Overloaded,
+                other => other.send_error_reason(),
+            };
+            self.metrics.send_failed(reason);
+        })
+    }
+
+    fn queue(
+        &self,
+        user: &User,
+        room: RoomId,
+        message: NewMessage,
+        started: Instant,
     ) -> Result<PendingSend, ChatError> {
         if let Err(retry_after_ms) = self.limiter.check(user.id) {
             self.metrics.rate_limited.inc();
@@ -152,6 +203,7 @@ impl Chat {
             reply,
             hub: self.hub.clone(),
             metrics: self.metrics.clone(),
+            started,
         })
     }
 

@@ -565,3 +565,101 @@ async fn header_of(url: &str, request_id: Option<&str>, name: &str) -> Option<St
     let (_, response, _) = request("GET", url, &headers, None).await;
     response.get(name).map(|v| v.to_str().unwrap().to_string())
 }
+
+/// The figures a release analysis reads: acks timed, failed sends by
+/// reason, WebSocket ends by class, responses by status class. The database
+/// failure is real: a second replica on the same (migrated) database with
+/// a read-only session (`PGOPTIONS=-c default_transaction_read_only=on`)
+/// starts, and PostgreSQL refuses its writes.
+#[tokio::test]
+async fn send_metrics_count_acks_failures_and_closes() {
+    let db = fresh_db().await;
+    let r = Replica::start(&db).await;
+    let alice = signup(&r.http, "alice").await;
+    let room = public_room(&r.http, &alice, "general").await;
+    let value = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    };
+
+    let mut ws = Ws::connect(&r.ws, &alice).await;
+    ws.subscribe(room, None).await;
+    ws.send(json!({"type": "send", "id": "1", "room": room, "client_msg_id": "m1", "body": "hi"}))
+        .await;
+    ws.expect("ack", T, |f| f["type"] == "ack").await;
+    let too_long = "x".repeat(ws.hello["max_message_bytes"].as_u64().unwrap() as usize + 1);
+    ws.send(
+        json!({"type": "send", "id": "2", "room": room, "client_msg_id": "m2", "body": too_long}),
+    )
+    .await;
+    ws.expect("error", T, |f| f["type"] == "error" && f["id"] == "2")
+        .await;
+    ws.ws.close(None).await.unwrap();
+    drop(ws);
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = get_text(&format!("{}/metrics", r.admin)).await;
+        if value(&text, "chat_websocket_closes_total{class=\"normal\"}") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(value(&text, "chat_send_ack_seconds_count"), 1.0);
+    assert_eq!(
+        value(&text, "chat_send_errors_total{reason=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "chat_send_errors_total{reason=\"database\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&text, "chat_websocket_closes_total{class=\"normal\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "chat_websocket_closes_total{class=\"abnormal\"}"),
+        0.0
+    );
+    assert!(value(&text, "chat_http_responses_total{status_class=\"2xx\"}") >= 2.0);
+    assert_eq!(
+        value(&text, "chat_http_responses_total{status_class=\"1xx\"}"),
+        1.0
+    );
+
+    let ro = Replica::start_with(
+        &db,
+        ReplicaOpts {
+            env: vec![("PGOPTIONS", "-c default_transaction_read_only=on".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ws = Ws::connect(&ro.ws, &alice).await;
+    ws.subscribe(room, None).await;
+    ws.send(json!({"type": "send", "id": "3", "room": room, "client_msg_id": "m3", "body": "hi"}))
+        .await;
+    let err = ws
+        .expect("error", T, |f| f["type"] == "error" && f["id"] == "3")
+        .await;
+    assert_eq!(err["code"], "internal", "{err}");
+    let (status, body) = http(
+        "POST",
+        &format!("{}/api/v1/rooms/{room}/messages", ro.http),
+        Some(&alice),
+        Some(json!({"client_msg_id": "m4", "body": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    let text = get_text(&format!("{}/metrics", ro.admin)).await;
+    assert_eq!(
+        value(&text, "chat_send_errors_total{reason=\"database\"}"),
+        2.0
+    );
+    assert_eq!(value(&text, "chat_send_ack_seconds_count"), 0.0);
+    assert_eq!(
+        value(&text, "chat_http_responses_total{status_class=\"5xx\"}"),
+        1.0
+    );
+}

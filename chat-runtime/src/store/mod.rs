@@ -85,6 +85,36 @@ impl StoreError {
 /// Result alias.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// In a read-only session: `Ok` when every migration of [`MIGRATOR`] is
+/// applied, else an error naming the first missing one and the fix.
+async fn applied_read_only(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+    let applied: std::collections::HashSet<i64> = applied.into_iter().map(|(v,)| v).collect();
+    match MIGRATOR
+        .iter()
+        .find(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+    {
+        None => {
+            tracing::warn!(
+                "the database session is read-only: migrations are all applied, so the replica starts; writes will fail"
+            );
+            Ok(())
+        }
+        Some(m) => Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Configuration(
+            format!(
+                "the database session is read-only and migration {} ({}) is not applied: start a replica with a writable session first",
+                m.version, m.description
+            )
+            .into(),
+        ))),
+    }
+}
+
 /// Refuses text PostgreSQL cannot store: the NUL character (U+0000) is not
 /// allowed in `text` or `jsonb` values. The error names the field, so the
 /// request fails alone instead of failing the transaction it would join.
@@ -143,8 +173,20 @@ impl Store {
     /// are expand-only (docs/runtime.md, "Schema changes"), so a pod of the
     /// previous release restarting during a rollout or after a rollback
     /// serves against the newer schema instead of refusing to start.
+    ///
+    /// A read-only session (`default_transaction_read_only`, a hot standby)
+    /// cannot take part: there it only checks that every migration this
+    /// binary knows is applied, so the replica starts, serves reads and
+    /// fails writes (counted as `chat_send_errors_total{reason="database"}`).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         let mut conn = self.pool.acquire().await?;
+        let (read_only,): (String,) =
+            sqlx::query_as("SELECT current_setting('transaction_read_only')")
+                .fetch_one(&mut *conn)
+                .await?;
+        if read_only == "on" {
+            return applied_read_only(&mut conn).await;
+        }
         let (database,): (String,) = sqlx::query_as("SELECT current_database()")
             .fetch_one(&mut *conn)
             .await?;

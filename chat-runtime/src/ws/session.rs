@@ -25,6 +25,7 @@ use crate::{
         SessionId, Status,
         outbox::{Item, Outbox, SubscribeRequest},
     },
+    metrics::CloseClass,
     protocol::{
         ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close, decode, encode, scan_id,
     },
@@ -84,6 +85,11 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     let mut silent = false;
     let mut expired = false;
     let mut ended: Option<WriterEnd> = None;
+    // How the reader stopped: a close frame from the client, a frame over
+    // the limit, or a stream that failed or ended without a close frame.
+    let mut peer_closed = false;
+    let mut too_large = false;
+    let mut dropped = false;
     // The token's lifetime is the connection's: at `exp` it closes with 4001.
     let expiry = tokio::time::sleep(until_unix(principal.exp));
     tokio::pin!(expiry);
@@ -95,13 +101,17 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                     Some(Err(e)) if e.to_string().contains("too long") => {
                         // Above the frame limit: say so with 1009, then close.
                         state.metrics.bad_frames.inc();
+                        too_large = true;
                         outbox.push(Item::Close(close::TOO_LARGE, format!(
                             "frame too large: the limit is {} bytes",
                             state.request_limit()
                         )));
                         break;
                     }
-                    _ => break,
+                    _ => {
+                        dropped = true;
+                        break;
+                    }
                 };
                 last_seen = Instant::now();
                 match msg {
@@ -116,7 +126,10 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                         let id = scan_id(&String::from_utf8_lossy(&bytes));
                         outbox.push(Item::Reply(encode(&ServerFrame::error(id.as_deref(), ErrorCode::BadFrame, "binary frames are not supported: send JSON text frames"))));
                     }
-                    Message::Close(_) => break,
+                    Message::Close(_) => {
+                        peer_closed = true;
+                        break;
+                    }
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
@@ -172,6 +185,17 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     if !matches!(reason, "closed" | "token expired") {
         state.metrics.slow_disconnects.inc();
     }
+    let class = if reason != "closed" && reason != "token expired" || too_large {
+        CloseClass::Client
+    } else if peer_closed || expired {
+        CloseClass::Normal
+    } else if dropped || ended == Some(WriterEnd::PeerGone) {
+        CloseClass::Abnormal
+    } else {
+        // The server closed with a close frame (drain, reconnect).
+        CloseClass::Normal
+    };
+    state.metrics.websocket_closed(class);
     state.metrics.connections.dec();
     tracing::info!(user = principal.user.id, reason, "websocket closed");
 }
