@@ -312,6 +312,26 @@ pub fn render_status(ct: &ChatTenant) -> String {
             "draining", d.slot, d.image, d.replicas, d.until
         ));
     }
+    if let Some(a) = &s.analysis {
+        let figure = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.4}{unit}"));
+        out.push_str(&format!(
+            "  {:<10}release {} {} at {}: error ratio {}, ack p99 {} (stable {}), {} events; {} passes / {} failures in a row{}\n",
+            "analysis",
+            a.release,
+            a.phase,
+            a.at,
+            figure(a.error_ratio, ""),
+            figure(a.ack_p99_seconds, "s"),
+            figure(a.stable_ack_p99_seconds, "s"),
+            a.samples,
+            a.consecutive_passes,
+            a.consecutive_failures,
+            a.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
     out.push_str("  conditions:\n");
     for c in &s.conditions {
         out.push_str(&format!(
@@ -485,5 +505,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("candidate -"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_the_last_analysis() {
+        let mut ct = tenant(Some(release(ReleaseState::Progressing, false)));
+        if let Some(s) = ct.status.as_mut() {
+            s.analysis = Some(chorus_operator::crd::AnalysisStatus {
+                release: 3,
+                phase: "Fail".into(),
+                message: Some("error ratio 0.9000 above maxErrorRatio 0.05".into()),
+                error_ratio: Some(0.9),
+                ack_p99_seconds: Some(0.0123),
+                stable_ack_p99_seconds: None,
+                samples: 120,
+                at: "2026-01-01T00:01:00Z".into(),
+                consecutive_failures: 1,
+                consecutive_passes: 0,
+            });
+        }
+        let text = render_status(&ct);
+        assert!(
+            text.contains("analysis  release 3 Fail at 2026-01-01T00:01:00Z: error ratio 0.9000, ack p99 0.0123s (stable -), 120 events; 0 passes / 1 failures in a row: error ratio 0.9000 above"),
+            "{text}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The reconcile pipeline reads top to bottom:
 //! [`crd`] (types) -> [`validate`] (pure, gives a [`model::Tenant`]) ->
-//! [`rollout`] (pure plan of the two slots) -> [`build`] (pure, one file per
+//! [`rollout`] (pure plan of the two slots; [`analysis`] judges a
+//! release from the runtime's metrics) -> [`build`] (pure, one file per
 //! child kind) -> [`apply`] (server-side apply, orphan deletion) ->
 //! [`status`] (conditions). [`children`] is the one list of child kinds that
 //! apply, prune and the watches follow; [`names`] holds the names, labels and
@@ -14,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod apply;
 pub mod build;
 pub mod children;

@@ -34,6 +34,13 @@
 //! - Before the cut-over, a candidate short of available updated pods for
 //!   `progressDeadlineSeconds`, or with a pod restarted more than
 //!   `maxRestarts` times, aborts by itself (`CandidateUnhealthy`).
+//! - With `spec.rollout.analysis`, each judgement of the candidate's
+//!   metrics (made by the controller, [`crate::analysis`]) extends a run of
+//!   passes or failures in `status.analysis`; `failureLimit` failures in a
+//!   row abort the release (`AnalysisFailed`) before the cut-over, and
+//!   after it, within the rollback window, roll it back at once. An
+//!   `analysis` step is done after its `passes` passing intervals in a row
+//!   (counted from the step's start).
 //! - An aborted release stays aborted; start another by changing the
 //!   candidate's image or `attempt`, or by removing and re-adding it.
 //! - The progress deadline counts from the last progress: it restarts each
@@ -42,9 +49,10 @@
 use sha2::{Digest, Sha256};
 
 use crate::{
+    analysis::{Judgement, advance},
     crd::{
-        CanaryStep, ChatTenantStatus, DrainStatus, PauseStep, ReleaseState, ReleaseStatus,
-        RolloutStrategy,
+        AnalysisStatus, CanaryStep, ChatTenantStatus, DrainStatus, PauseStep, ReleaseState,
+        ReleaseStatus, RolloutStrategy,
     },
     model::{Slot, Tenant},
     validate::revision_of,
@@ -56,6 +64,9 @@ pub const ABORT_REQUESTED: &str = "AbortRequested";
 pub const CANDIDATE_UNHEALTHY: &str = "CandidateUnhealthy";
 /// `status.release.reason` of an abort after the cut-over.
 pub const ROLLED_BACK: &str = "RolledBack";
+/// `status.release.reason` of an abort (or a rollback after the cut-over)
+/// by a failing analysis.
+pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
 /// `status.release.reason` of a promotion by `promoteRevision`.
 pub const PROMOTE_REQUESTED: &str = "PromoteRequested";
 /// `status.release.reason` of a promotion at the end of the steps.
@@ -126,7 +137,7 @@ impl Provider {
 }
 
 /// The decided layout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// The stable slot.
     pub stable: SlotSpec,
@@ -154,6 +165,9 @@ pub struct Plan {
     pub wake_at: Option<i64>,
     /// A release is in flight: look again every [`POLL_SECONDS`].
     pub poll: bool,
+    /// `status.analysis`: the last judgement and the runs of passes and
+    /// failures.
+    pub analysis: Option<AnalysisStatus>,
 }
 
 impl Plan {
@@ -273,13 +287,16 @@ fn clear_timers(rel: &mut ReleaseStatus) {
     rel.available_at_progress = None;
 }
 
-/// Decides the layout. `now` is seconds since the epoch.
+/// Decides the layout. `now` is seconds since the epoch; `judgement` is
+/// the analysis of an interval that ended now (see [`crate::analysis`]),
+/// if one did.
 pub fn plan(
     t: &Tenant,
     status: Option<&ChatTenantStatus>,
     observed: &SlotObservation,
     gateway: bool,
     now: i64,
+    judgement: Option<&Judgement>,
 ) -> Plan {
     let spec = &t.spec;
     let r = &spec.rollout;
@@ -301,7 +318,8 @@ pub fn plan(
         .map_or(spec.runtime.image.as_str(), |s| s.image.as_str())
         .to_string();
 
-    let base = Plan {
+    let prev_analysis = status.and_then(|s| s.analysis.as_ref());
+    let mut base = Plan {
         stable: slot_spec(stable_slot, &spec.runtime.image, total),
         other: slot_spec(other_slot, &spec.runtime.image, 0),
         phase: Phase::Idle,
@@ -314,6 +332,7 @@ pub fn plan(
         awaiting_promotion: false,
         wake_at: None,
         poll: false,
+        analysis: prev_analysis.cloned(),
     };
     let with_drain = |mut p: Plan| -> Plan {
         if let Some(d) = &drain {
@@ -374,6 +393,27 @@ pub fn plan(
     let rev = rel.revision.clone();
     let abort_asked = r.abort_revision == rev;
     let promote_asked = r.promote_revision == rev;
+    // The analysis: this interval's judgement extends the runs of the open
+    // release (the controller judges only while one is measured).
+    let mut analysis = match (judgement, &r.analysis, rel.state) {
+        (Some(j), Some(_), ReleaseState::Progressing | ReleaseState::Promoting)
+        | (Some(j), Some(_), ReleaseState::Promoted) => {
+            Some(advance(prev_analysis, rel.number, j, now))
+        }
+        _ => prev_analysis.cloned(),
+    };
+    let analysis_failure = r.analysis.as_ref().and_then(|a| {
+        let s = analysis.as_ref().filter(|s| s.release == rel.number)?;
+        (s.consecutive_failures >= a.failure_limit).then(|| {
+            format!(
+                "analysis failed {} intervals in a row (failureLimit {}): {}",
+                s.consecutive_failures,
+                a.failure_limit,
+                s.message.as_deref().unwrap_or_default()
+            )
+        })
+    });
+    base.analysis = analysis.clone();
 
     let aborted = |rel: ReleaseStatus| Plan {
         stable: slot_spec(stable_slot, &stable_image, total),
@@ -386,13 +426,20 @@ pub fn plan(
     match rel.state {
         ReleaseState::Aborted => return aborted(rel),
         ReleaseState::Promoted => {
-            if abort_asked && let Some(d) = &drain {
+            if let Some(d) = drain
+                .as_ref()
+                .filter(|_| abort_asked || analysis_failure.is_some())
+            {
                 // Rollback window: the old slot still has its pods, so
                 // traffic goes back to it at once.
+                let (reason, why) = match &analysis_failure {
+                    Some(failure) if !abort_asked => (ANALYSIS_FAILED, failure.clone()),
+                    _ => (ROLLED_BACK, format!("abortRevision {rev}")),
+                };
                 rel.state = ReleaseState::Aborted;
-                rel.reason = Some(ROLLED_BACK.into());
+                rel.reason = Some(reason.into());
                 rel.message = Some(format!(
-                    "abortRevision {rev} after the cut-over, within the rollback window: {} in slot {} is stable again; {} in slot {} goes to zero",
+                    "{why} after the cut-over, within the rollback window: {} in slot {} is stable again; {} in slot {} goes to zero",
                     d.image,
                     other_slot.as_str(),
                     candidate.image,
@@ -410,6 +457,8 @@ pub fn plan(
                 stable: slot_spec(stable_slot, &candidate.image, total),
                 phase: Phase::Promoted,
                 release: Some(rel),
+                // The analysis goes on in the rollback window.
+                poll: r.analysis.is_some() && drain.is_some(),
                 ..base
             });
         }
@@ -422,6 +471,16 @@ pub fn plan(
         rel.reason = Some(ABORT_REQUESTED.into());
         rel.message = Some(format!(
             "abortRevision {rev}: candidate {} is at zero; all traffic is on {stable_image}",
+            candidate.image
+        ));
+        clear_timers(&mut rel);
+        return aborted(rel);
+    }
+    if let Some(failure) = analysis_failure {
+        rel.state = ReleaseState::Aborted;
+        rel.reason = Some(ANALYSIS_FAILED.into());
+        rel.message = Some(format!(
+            "{failure}; candidate {} is at zero; all traffic is on {stable_image}",
             candidate.image
         ));
         clear_timers(&mut rel);
@@ -473,6 +532,11 @@ pub fn plan(
                         awaiting = !promote_asked;
                         promote_asked
                     }
+                    CanaryStep {
+                        analysis: Some(a), ..
+                    } => analysis.as_ref().is_some_and(|s| {
+                        s.release == rel.number && s.consecutive_passes >= a.passes
+                    }),
                     // Neither field (refused at admission): nothing to do.
                     CanaryStep { .. } => true,
                 };
@@ -481,6 +545,12 @@ pub fn plan(
                 }
                 idx += 1;
                 started = now;
+                // An analysis step counts its passes from its start.
+                if steps.get(idx).is_some_and(|s| s.analysis.is_some())
+                    && let Some(a) = analysis.as_mut()
+                {
+                    a.consecutive_passes = 0;
+                }
             }
             if idx >= len {
                 rel.state = ReleaseState::Promoting;
@@ -563,6 +633,8 @@ pub fn plan(
             phase: Phase::Promoted,
             release: Some(rel),
             cut_over: true,
+            poll: r.analysis.is_some() && draining.is_some(),
+            analysis,
             wake_at: draining.as_ref().and_then(|d| parse_time(&d.until)),
             draining,
             ..base
@@ -616,6 +688,7 @@ pub fn plan(
         awaiting_promotion: awaiting,
         wake_at,
         poll: true,
+        analysis,
         ..base
     }
 }
@@ -710,6 +783,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        analysis::Verdict,
         controller::events::{Event, rollout_events},
         crd::{CanaryStep, ChatTenant, ChatTenantSpec, PauseStep},
         status::{self, DatabaseState, DeploymentObservation, Observations},
@@ -730,6 +804,8 @@ mod tests {
         gateway: bool,
         events: Vec<Event>,
         remembered: String,
+        /// The analysis judgement the next reconcile gets.
+        judgement: Option<Judgement>,
     }
 
     fn dep(s: &mut Sim, slot: Slot) -> &mut SlotObservation {
@@ -749,6 +825,7 @@ mod tests {
                 gateway: false,
                 events: Vec::new(),
                 remembered: String::new(),
+                judgement: None,
             };
             s.reconcile();
             s.settle();
@@ -763,7 +840,15 @@ mod tests {
                 serde_json::from_value(serde_json::to_value(&self.ct).unwrap()).unwrap();
             let t = validate(&stored).unwrap();
             let other = dep(self, t.stable_slot.other()).clone();
-            let p = plan(&t, stored.status.as_ref(), &other, self.gateway, self.now);
+            let judgement = self.judgement.take();
+            let p = plan(
+                &t,
+                stored.status.as_ref(),
+                &other,
+                self.gateway,
+                self.now,
+                judgement.as_ref(),
+            );
             let observe = |d: &SlotObservation| DeploymentObservation {
                 available: d.available,
                 rolling: !d.caught_up,
@@ -888,6 +973,10 @@ mod tests {
         Draining(Option<i64>),
         /// AwaitingPromotion.
         Awaiting(bool),
+        /// The next reconcile gets an analysis judgement with this verdict.
+        Judge(Verdict),
+        /// `status.analysis`: (consecutive passes, failures).
+        Runs(i32, i32),
     }
     use Op::*;
 
@@ -916,6 +1005,7 @@ mod tests {
                     pause: p.map(|d| PauseStep {
                         duration_seconds: d,
                     }),
+                    analysis: None,
                 })
                 .collect(),
         });
@@ -1038,6 +1128,24 @@ mod tests {
                     let d = sim.ct.status.as_ref().unwrap().draining.clone();
                     let left = d.map(|d| parse_time(&d.until).unwrap() - sim.now);
                     assert_eq!(left, *want, "{at}: draining");
+                }
+                Judge(verdict) => {
+                    sim.judgement = Some(Judgement {
+                        verdict: *verdict,
+                        message: format!("judged {}", verdict.as_str()),
+                        error_ratio: Some(0.5),
+                        ack_p99: None,
+                        stable_ack_p99: None,
+                        samples: 100,
+                    });
+                }
+                Runs(passes, failures) => {
+                    let a = sim.ct.status.as_ref().unwrap().analysis.clone().unwrap();
+                    assert_eq!(
+                        (a.consecutive_passes, a.consecutive_failures),
+                        (*passes, *failures),
+                        "{at}: analysis {a:#?}"
+                    );
                 }
                 Awaiting(want) => {
                     assert_eq!(
@@ -1433,6 +1541,135 @@ mod tests {
                     // (the aborted pods' Deployment still reports one available)
                     Expect(Phase::Canary, (B, V1, 3), (G, V2, 4), 57),
                     Release(2, None),
+                ],
+            ),
+            (
+                "analysis: failing intervals in a row abort the canary; inconclusive ones change nothing",
+                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                vec![
+                    Edit(|s| canary(s, V2, 25)),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Settle,
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Runs(0, 1),
+                    Judge(Verdict::Inconclusive),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Runs(0, 1),
+                    Judge(Verdict::Pass),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Runs(1, 0),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
+                    Reason("AnalysisFailed"),
+                    Events(&[("ReleaseStarted", 1), ("AnalysisFailed", 1)]),
+                    // Further judgements of the aborted release change nothing.
+                    Judge(Verdict::Pass),
+                    Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
+                    Events(&[]),
+                ],
+            ),
+            (
+                "analysis failing while promoting aborts before the cut-over",
+                |s| {
+                    s.rollout.analysis = Some(crate::crd::AnalysisSpec {
+                        failure_limit: 1,
+                        ..Default::default()
+                    })
+                },
+                vec![
+                    Edit(|s| canary(s, V2, 25)),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Promote,
+                    Stall,
+                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
+                    Reason("AnalysisFailed"),
+                ],
+            ),
+            (
+                "analysis step: waits for passes counted from its start, then the steps go on",
+                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                vec![
+                    Edit(|s| {
+                        steps(s, V2, &[(Some(25), None), (None, None), (Some(50), None)]);
+                        if let Some(c) = s.rollout.canary.as_mut() {
+                            c.steps[1].analysis = Some(crate::crd::AnalysisStep { passes: 2 });
+                        }
+                    }),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Release(1, Some("1/3")),
+                    // A pass before the analysis step does not count for it.
+                    Judge(Verdict::Pass),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Runs(1, 0),
+                    Settle,
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Release(1, Some("2/3")),
+                    Runs(0, 0),
+                    Judge(Verdict::Pass),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Release(1, Some("2/3")),
+                    Judge(Verdict::Inconclusive),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 1), 25),
+                    Release(1, Some("2/3")),
+                    Judge(Verdict::Pass),
+                    Expect(Phase::Canary, (B, V1, 3), (G, V2, 2), 40),
+                    Release(1, Some("3/3")),
+                    Settle,
+                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
+                    Settle,
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                ],
+            ),
+            (
+                "analysis failing in the rollback window rolls back at once; after it, nothing",
+                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                vec![
+                    Edit(|s| canary(s, V2, 25)),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Promote,
+                    Settle,
+                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
+                    Settle,
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
+                    Reason("AnalysisFailed"),
+                    Events(&[
+                        ("ReleaseStarted", 1),
+                        ("Promoted", 1),
+                        ("AnalysisFailed", 1),
+                    ]),
+                    Edit(|s| {
+                        s.rollout.candidate = None;
+                        s.rollout.canary = None;
+                    }),
+                    Expect(Phase::Idle, (B, V1, 4), (G, V1, 0), 0),
+                ],
+            ),
+            (
+                "analysis failures after the rollback window do nothing",
+                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                vec![
+                    Edit(|s| canary(s, V2, 25)),
+                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+                    Promote,
+                    Settle,
+                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
+                    Settle,
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                    Wait(301),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
+                    Judge(Verdict::Fail),
+                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
+                    Reason("Promoted"),
                 ],
             ),
             (

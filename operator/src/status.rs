@@ -264,6 +264,7 @@ pub fn compute(
             let reason = match why {
                 Some(rollout::CANDIDATE_UNHEALTHY) => rollout::CANDIDATE_UNHEALTHY,
                 Some(rollout::ROLLED_BACK) => rollout::ROLLED_BACK,
+                Some(rollout::ANALYSIS_FAILED) => rollout::ANALYSIS_FAILED,
                 _ => "Aborted",
             };
             (
@@ -387,6 +388,7 @@ pub fn compute(
     };
     s.draining = plan.draining.clone();
     s.release = plan.release.clone();
+    s.analysis = plan.analysis.clone();
     s.traffic = Some(TrafficStatus {
         canary_weight: plan.canary_weight,
         stable_weight: 100 - plan.canary_weight,

@@ -73,6 +73,7 @@ pub(crate) mod tests {
             &SlotObservation::default(),
             false,
             0,
+            None,
         );
         (t, p)
     }

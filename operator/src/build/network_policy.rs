@@ -1,6 +1,9 @@
 //! NetworkPolicies `<name>-default-deny` and `<name>-allow`: nothing reaches
 //! or leaves the runtime pods except chat traffic from the named namespaces,
 //! metrics scrapes, DNS and the database server (plus listed egress CIDRs).
+//! With `spec.rollout.analysis`, the operator's own pods (label
+//! `app.kubernetes.io/name: chorus-operator`, any namespace) may scrape the
+//! admin port too: the release analysis reads `/metrics` by pod IP.
 
 use std::net::IpAddr;
 
@@ -21,6 +24,9 @@ use crate::{
     model::Tenant,
     names::{labels, tenant_selector},
 };
+
+/// The label of the operator's pods (the chart's `chorus.labels`).
+pub const OPERATOR_LABEL: (&str, &str) = ("app.kubernetes.io/name", "chorus-operator");
 
 fn tcp(port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
@@ -77,6 +83,22 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
     if !np.allow_metrics_from.is_empty() {
         ingress.push(NetworkPolicyIngressRule {
             from: Some(np.allow_metrics_from.iter().map(namespace_peer).collect()),
+            ports: Some(vec![tcp(ADMIN_PORT)]),
+        });
+    }
+
+    if t.spec.rollout.analysis.is_some() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(
+                        [(OPERATOR_LABEL.0.to_string(), OPERATOR_LABEL.1.to_string())].into(),
+                    ),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
             ports: Some(vec![tcp(ADMIN_PORT)]),
         });
     }
@@ -185,6 +207,12 @@ mod tests {
         );
         let egress = allow.egress.as_ref().unwrap();
         assert_eq!(egress.len(), 3, "dns, database, extra cidr");
+        // No analysis: the operator does not scrape.
+        assert!(
+            ingress
+                .iter()
+                .all(|r| r.from.as_ref().unwrap()[0].pod_selector.is_none())
+        );
         let db = &egress[1];
         assert_eq!(
             db.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr,
@@ -193,6 +221,31 @@ mod tests {
         assert_eq!(
             db.ports.as_ref().unwrap()[0].port,
             Some(IntOrString::Int(5432))
+        );
+    }
+
+    #[test]
+    fn the_operator_may_scrape_when_analysis_is_on() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
+            ct.spec.rollout.analysis = Some(crate::crd::AnalysisSpec::default());
+        });
+        let nps = build_network_policies(&t, &inputs(&plan));
+        let ingress = nps[1].spec.as_ref().unwrap().ingress.clone().unwrap();
+        assert_eq!(ingress.len(), 1);
+        let peer = &ingress[0].from.as_ref().unwrap()[0];
+        assert_eq!(peer.namespace_selector, Some(LabelSelector::default()));
+        let labels = peer
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .clone()
+            .unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "chorus-operator");
+        assert_eq!(
+            ingress[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(9090))
         );
     }
 }

@@ -54,6 +54,8 @@ pub struct Context {
     recorder: Recorder,
     gateway_cache: Mutex<Option<(Instant, bool)>>,
     failures: Mutex<HashMap<ObjectRef<ChatTenant>, u32>>,
+    /// The release analysis' last scrapes.
+    pub(super) scrapes: super::analysis::Scrapes,
 }
 
 impl Context {
@@ -86,6 +88,7 @@ impl Context {
             recorder,
             gateway_cache: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            scrapes: super::analysis::Scrapes::default(),
         }
     }
 

@@ -110,6 +110,14 @@ pub enum Event {
         /// The pods and the cause.
         message: String,
     },
+    /// A release aborted (or, after the cut-over, rolled back) by itself:
+    /// its analysis failed `failureLimit` intervals in a row.
+    AnalysisFailed {
+        /// Release number.
+        number: i64,
+        /// The figures and thresholds.
+        message: String,
+    },
     /// A promoted release was rolled back within the drain window.
     RolledBack {
         /// Release number.
@@ -172,6 +180,7 @@ impl Event {
             | Event::PasswordMismatch { .. }
             | Event::Aborted { .. }
             | Event::CandidateUnhealthy { .. }
+            | Event::AnalysisFailed { .. }
             | Event::RolledBack { .. }
             | Event::DatabaseLeftAlone { .. }
             | Event::DeletionBlocked { .. } => EventType::Warning,
@@ -198,6 +207,7 @@ impl Event {
             Event::Aborted { .. } => "Aborted",
             Event::ReleaseStarted { .. } => "ReleaseStarted",
             Event::CandidateUnhealthy { .. } => "CandidateUnhealthy",
+            Event::AnalysisFailed { .. } => "AnalysisFailed",
             Event::RolledBack { .. } => "RolledBack",
             Event::CanaryStep { .. } => "CanaryStep",
             Event::DatabaseRetained { .. } => "DatabaseRetained",
@@ -215,6 +225,7 @@ impl Event {
             Event::Promoted { number, .. }
             | Event::Aborted { number, .. }
             | Event::CandidateUnhealthy { number, .. }
+            | Event::AnalysisFailed { number, .. }
             | Event::RolledBack { number, .. }
             | Event::ReleaseStarted { number, .. } => format!("Release{number}"),
             Event::CanaryStep { number, step, .. } => format!("Release{number}Step{step}"),
@@ -268,6 +279,7 @@ impl Event {
             ),
             Event::Aborted { number, message }
             | Event::CandidateUnhealthy { number, message }
+            | Event::AnalysisFailed { number, message }
             | Event::RolledBack { number, message } => format!("release {number}: {message}"),
             Event::ReleaseStarted {
                 number,
@@ -351,6 +363,7 @@ pub fn rollout_events(old: Option<&ChatTenantStatus>, plan: &Plan) -> Vec<Event>
         let message = new.message.clone().unwrap_or_default();
         events.push(match new.reason.as_deref() {
             Some(rollout::CANDIDATE_UNHEALTHY) => Event::CandidateUnhealthy { number, message },
+            Some(rollout::ANALYSIS_FAILED) => Event::AnalysisFailed { number, message },
             Some(rollout::ROLLED_BACK) => Event::RolledBack { number, message },
             _ => Event::Aborted { number, message },
         });

@@ -6,7 +6,8 @@
 //!    `spec.suspend` stops here with a status that says why;
 //! 3. [`database`]: role, database and `<name>-db`;
 //! 4. [`auth`]: the key the pods authenticate with;
-//! 5. plan, build, apply (pure [`crate::rollout`] and [`crate::build`], then
+//! 5. [`analysis`]: scrape the release's pods and judge an interval;
+//!    plan, build, apply (pure [`crate::rollout`] and [`crate::build`], then
 //!    [`crate::apply`] over the one list of kinds in [`crate::children`]);
 //! 6. status ([`crate::status`], written only when it changed) and
 //!    [`events`].
@@ -31,6 +32,7 @@ use kube::{
 };
 use tracing::Instrument;
 
+mod analysis;
 mod auth;
 mod cleanup;
 mod context;
@@ -160,12 +162,18 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
             slots.running_env_refs_hash.clone()
         }
     };
+    // The release analysis: a judgement when an interval ended.
+    let judgement = ctx
+        .scrapes
+        .judge(ctx, &t, old, jiff::Timestamp::now().as_second())
+        .await;
     let plan = rollout::plan(
         &t,
         old,
         slots.detail(t.stable_slot.other()),
         gateway.use_routes,
         jiff::Timestamp::now().as_second(),
+        judgement.as_ref(),
     );
     let inputs = Inputs {
         plan: &plan,

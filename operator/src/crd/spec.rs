@@ -589,6 +589,7 @@ fn default_max_unavailable() -> i32 {
 #[x_kube(validation = Rule::new("!has(self.canary) || self.strategy == 'Canary'").message("spec.rollout.canary is only valid with strategy Canary"))]
 #[x_kube(validation = Rule::new("!has(self.blueGreen) || self.strategy == 'BlueGreen'").message("spec.rollout.blueGreen is only valid with strategy BlueGreen"))]
 #[x_kube(validation = Rule::new("has(self.candidate) || !has(self.canary) || !has(self.canary.weight) || self.canary.weight == 0").message("spec.rollout.canary.weight needs spec.rollout.candidate: set the candidate image first"))]
+#[x_kube(validation = Rule::new("has(self.analysis) || !has(self.canary) || !has(self.canary.steps) || self.canary.steps.all(s, !has(s.analysis))").message("spec.rollout.canary.steps[].analysis needs spec.rollout.analysis (its thresholds and interval)"))]
 pub struct RolloutSpec {
     /// `Canary` (default) shifts traffic by weight; `BlueGreen` runs the
     /// candidate behind the preview Service until promoted.
@@ -650,6 +651,88 @@ pub struct RolloutSpec {
     #[serde(default = "default_max_restarts")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_restarts: i32,
+
+    /// Analysis from the runtime's own metrics: every `intervalSeconds` the
+    /// operator scrapes `/metrics` of the candidate's and the stable slot's
+    /// pods and judges the candidate over that interval; `failureLimit`
+    /// failing intervals in a row abort the release (reason
+    /// `AnalysisFailed`), before the cut-over and, after it, within the
+    /// rollback window (`drainSeconds`). Without it, nothing is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// Thresholds of the release analysis (docs/operations.md, "Analysis").
+/// Figures are over one interval: the difference of two scrapes of every
+/// pod of a slot (counters are cumulative; a restarted pod counts from 0).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.maxAckP99Seconds) || self.maxAckP99Seconds > 0.0").message("spec.rollout.analysis.maxAckP99Seconds must be above 0 (seconds)"))]
+#[x_kube(validation = Rule::new("!has(self.maxAckP99Ratio) || self.maxAckP99Ratio >= 1.0").message("spec.rollout.analysis.maxAckP99Ratio must be at least 1 (the candidate's p99 over the stable slot's)"))]
+pub struct AnalysisSpec {
+    /// Seconds between two judgements (the measuring window).
+    #[serde(default = "default_analysis_interval_seconds")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub interval_seconds: i64,
+
+    /// Largest share of failed events of the candidate in an interval, 0 to
+    /// 1: (server-fault send errors + HTTP 5xx + abnormal WebSocket closes)
+    /// over (sends + HTTP responses + WebSocket closes).
+    #[serde(default = "default_max_error_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_ratio: f64,
+
+    /// Largest p99 of the candidate's send→ack latency, in seconds
+    /// (`chat_send_ack_seconds`); checked when it acked at least
+    /// `minSamples` sends in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 60.0))]
+    pub max_ack_p99_seconds: Option<f64>,
+
+    /// Largest ratio of the candidate's send→ack p99 to the stable slot's
+    /// over the same interval; checked when both acked at least
+    /// `minSamples` sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000.0))]
+    pub max_ack_p99_ratio: Option<f64>,
+
+    /// Fewest events (sends, HTTP responses, WebSocket closes) of the
+    /// candidate in an interval for a judgement; fewer is inconclusive
+    /// (neither passes nor fails).
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_samples: i64,
+
+    /// Failing intervals in a row that abort the release.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: i32,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            interval_seconds: default_analysis_interval_seconds(),
+            max_error_ratio: default_max_error_ratio(),
+            max_ack_p99_seconds: None,
+            max_ack_p99_ratio: None,
+            min_samples: default_min_samples(),
+            failure_limit: default_failure_limit(),
+        }
+    }
+}
+
+fn default_analysis_interval_seconds() -> i64 {
+    30
+}
+fn default_max_error_ratio() -> f64 {
+    0.05
+}
+fn default_min_samples() -> i64 {
+    20
+}
+fn default_failure_limit() -> i32 {
+    2
 }
 
 impl Default for RolloutSpec {
@@ -664,6 +747,7 @@ impl Default for RolloutSpec {
             drain_seconds: default_drain_seconds(),
             progress_deadline_seconds: default_progress_deadline_seconds(),
             max_restarts: default_max_restarts(),
+            analysis: None,
         }
     }
 }
@@ -729,7 +813,7 @@ pub struct CanarySpec {
 /// One canary step: exactly one of `setWeight` or `pause`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) == 1").message("spec.rollout.canary.steps[]: set exactly one of setWeight or pause"))]
+#[x_kube(validation = Rule::new("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1").message("spec.rollout.canary.steps[]: set exactly one of setWeight, pause or analysis"))]
 pub struct CanaryStep {
     /// Percent of new connections sent to the candidate from this step on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -739,6 +823,25 @@ pub struct CanaryStep {
     /// Wait: `{durationSeconds: N}`, or `{}` to wait for `promoteRevision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseStep>,
+
+    /// Wait for `passes` passing analysis intervals in a row, counted from
+    /// this step's start (needs `spec.rollout.analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
+}
+
+/// An analysis step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStep {
+    /// Passing intervals in a row needed to go on.
+    #[serde(default = "default_analysis_passes")]
+    #[schemars(range(min = 1, max = 100))]
+    pub passes: i32,
+}
+
+fn default_analysis_passes() -> i32 {
+    1
 }
 
 /// A pause step.

@@ -52,6 +52,11 @@ pub struct ChatTenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<ReleaseStatus>,
 
+    /// The last judgement of the release analysis
+    /// (`spec.rollout.analysis`) and the run of passes or failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+
     /// How traffic is split between the slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficStatus>,
@@ -202,4 +207,40 @@ pub struct ReleaseStatus {
     /// closed release never acts again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
+}
+
+/// One judgement of the release analysis (docs/operations.md, "Analysis").
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// `status.release.number` it belongs to.
+    pub release: i64,
+    /// `Pass`, `Fail` or `Inconclusive` (too few events, nothing scraped),
+    /// or `Pending` before the first interval ends.
+    pub phase: String,
+    /// What was measured and against which threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Failed events over events of the candidate, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio: Option<f64>,
+    /// p99 of the candidate's send→ack latency in seconds (from the
+    /// `chat_send_ack_seconds` buckets; absent without acked sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_p99_seconds: Option<f64>,
+    /// The same p99 of the stable slot over the same interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_ack_p99_seconds: Option<f64>,
+    /// Events of the candidate in the interval (sends, HTTP responses,
+    /// WebSocket closes).
+    #[serde(default)]
+    pub samples: i64,
+    /// RFC 3339 time of the judgement.
+    pub at: String,
+    /// Failing intervals in a row.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    /// Passing intervals in a row (reset when an analysis step begins).
+    #[serde(default)]
+    pub consecutive_passes: i32,
 }
