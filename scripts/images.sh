@@ -4,6 +4,9 @@
 #   $CHORUS_CACHE/images/chat-runtime.tar     ghcr.io/chorus-dev/chat-runtime:0.1.0, and the
 #                                             same build as :0.2.0 and :0.3.0, so releases
 #                                             (canary, blue-green) can be tried on the local node
+#   $CHORUS_CACHE/images/chat-runtime-read-only.tar  localhost/chorus/chat-runtime-read-only:0.1.0:
+#                                             the same binary with PGOPTIONS making its database
+#                                             session read-only (a release whose sends fail)
 #   $CHORUS_CACHE/images/chorus-operator.tar  ghcr.io/chorus-dev/chorus-operator:0.1.0
 #
 # Each image holds the binary, the shared libraries `ldd` names, and
@@ -43,6 +46,13 @@ rootfs "$rel/chat-runtime" "$work/runtime"
 "$CP_BIN/chorus-image" --rootfs "$work/runtime" --out "$out/chat-runtime.tar" \
   --tag ghcr.io/chorus-dev/chat-runtime:0.1.0 --tag ghcr.io/chorus-dev/chat-runtime:0.2.0 \
   --tag ghcr.io/chorus-dev/chat-runtime:0.3.0 \
+  --entrypoint /usr/local/bin/chat-runtime --cmd serve --user 65532:65532 --port 8080 --port 9090
+# The same binary with a read-only database session baked into the image
+# (PGOPTIONS): it starts, serves reads, and PostgreSQL refuses its writes.
+# The release analysis e2e uses it as a candidate that really fails sends.
+"$CP_BIN/chorus-image" --rootfs "$work/runtime" --out "$out/chat-runtime-read-only.tar" \
+  --tag localhost/chorus/chat-runtime-read-only:0.1.0 \
+  --env "PGOPTIONS=-c default_transaction_read_only=on" \
   --entrypoint /usr/local/bin/chat-runtime --cmd serve --user 65532:65532 --port 8080 --port 9090
 rootfs "$rel/chorus-operator" "$work/operator"
 "$CP_BIN/chorus-image" --rootfs "$work/operator" --tag ghcr.io/chorus-dev/chorus-operator:0.1.0 \

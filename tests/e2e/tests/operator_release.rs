@@ -8,7 +8,12 @@
 //!   through `kubectl chorus promote`'s code path, cuts over and drains;
 //!   then a second release at 50% is aborted through `kubectl chorus abort`;
 //! - a candidate that never becomes ready (`localhost/chorus/pause:3.10`:
-//!   it never listens, so its probes fail) aborts by itself.
+//!   it never listens, so its probes fail) aborts by itself;
+//! - a candidate whose database session is read-only
+//!   (`localhost/chorus/chat-runtime-read-only:0.1.0`, scripts/images.sh):
+//!   ready, but PostgreSQL refuses its writes, so its sends really fail and
+//!   its analysis aborts it (`AnalysisFailed`); and a healthy candidate
+//!   whose analysis passes walks an analysis step to promotion.
 //!
 //! At the end every acknowledged message is in the database exactly once at
 //! its acknowledged seq, and every client saw every acknowledged message of
@@ -51,6 +56,9 @@ const V2: &str = "ghcr.io/chorus-dev/chat-runtime:0.2.0";
 const V3: &str = "ghcr.io/chorus-dev/chat-runtime:0.3.0";
 /// Exists on the node, never listens: probes fail, the pod never is ready.
 const NEVER_READY: &str = "localhost/chorus/pause:3.10";
+/// The runtime with `PGOPTIONS=-c default_transaction_read_only=on` in its
+/// image: it starts and is ready, and every write fails in PostgreSQL.
+const READ_ONLY: &str = "localhost/chorus/chat-runtime-read-only:0.1.0";
 const ROOM_SIZE: usize = 5;
 
 fn clients() -> usize {
@@ -203,10 +211,13 @@ async fn client(
         }
         let mut reconnect = false;
         if now >= next_churn && pending.is_none() {
-            // Clients come and go: reconnect (through the Service, to any
-            // pod it selects now) and resume.
+            // Clients come and go (closing as a browser does): reconnect
+            // (through the Service, to any pod it selects now) and resume.
             next_churn = now + Duration::from_secs(20 + jitter(i, 2, 20));
-            reconnect = true;
+            socket.close().await;
+            log.reconnects += 1;
+            socket = subscribe(&url, &token, room, &mut epoch, last, &mut log).await;
+            continue;
         } else {
             match socket.next_frame(Duration::from_millis(200)).await {
                 Ok(v) => match v["type"].as_str() {
@@ -253,6 +264,7 @@ async fn client(
             }
         }
     }
+    socket.close().await;
     log
 }
 
@@ -912,7 +924,7 @@ async fn canary_steps_are_checked_at_admission() {
     .await;
     assert!(
         both.as_deref()
-            .is_some_and(|e| e.contains("set exactly one of setWeight or pause")),
+            .is_some_and(|e| e.contains("set exactly one of setWeight, pause or analysis")),
         "{both:?}"
     );
     let mixed = refused(json!({"candidate": {"image": V2},
@@ -929,4 +941,230 @@ async fn canary_steps_are_checked_at_admission() {
         "canary": {"steps": [{"setWeight": 10}, {"pause": {"durationSeconds": 30}}, {"pause": {}}]}}))
     .await;
     assert_eq!(fine, None);
+    // Analysis: its steps need its thresholds; each threshold names itself.
+    let step_alone = refused(json!({"candidate": {"image": V2},
+        "canary": {"steps": [{"setWeight": 10}, {"analysis": {"passes": 2}}]}}))
+    .await;
+    assert!(
+        step_alone.as_deref().is_some_and(
+            |e| e.contains("spec.rollout.canary.steps[].analysis needs spec.rollout.analysis")
+        ),
+        "{step_alone:?}"
+    );
+    for (analysis, field) in [
+        (json!({"maxErrorRatio": 1.5}), "maxErrorRatio"),
+        (json!({"intervalSeconds": 1}), "intervalSeconds"),
+        (
+            json!({"maxAckP99Seconds": 0}),
+            "spec.rollout.analysis.maxAckP99Seconds must be above 0",
+        ),
+        (
+            json!({"maxAckP99Ratio": 0.5}),
+            "spec.rollout.analysis.maxAckP99Ratio must be at least 1",
+        ),
+        (json!({"failureLimit": 0}), "failureLimit"),
+    ] {
+        let bad = refused(json!({"candidate": {"image": V2}, "analysis": analysis})).await;
+        assert!(
+            bad.as_deref().is_some_and(|e| e.contains(field)),
+            "{analysis}: {bad:?}"
+        );
+    }
+    let analysed = refused(json!({"candidate": {"image": V2},
+        "analysis": {"intervalSeconds": 10, "maxErrorRatio": 0.01, "maxAckP99Seconds": 0.25,
+            "maxAckP99Ratio": 2, "minSamples": 50, "failureLimit": 3},
+        "canary": {"steps": [{"setWeight": 10}, {"analysis": {}}, {"analysis": {"passes": 3}}]}}))
+    .await;
+    assert_eq!(analysed, None);
+}
+
+/// Analysis every 10 s (the operator looks every 10 s); two failing
+/// intervals abort.
+const ANALYSIS: &str =
+    "analysis: {intervalSeconds: 10, maxErrorRatio: 0.05, minSamples: 20, failureLimit: 2}";
+
+#[tokio::test]
+async fn a_candidate_whose_sends_fail_is_aborted_by_its_analysis_under_live_clients() {
+    let env = OperatorEnv::new("release-analysis", Duration::from_secs(300))
+        .await
+        .unwrap();
+    env.ready_tenant(
+        "acme",
+        &tenant_extra(&format!("{{drainSeconds: 20, {ANALYSIS}}}")),
+    )
+    .await
+    .unwrap();
+    raise_connection_limit(&env).await;
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    let n = clients();
+    let fleet = Fleet::start(&url, n).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cts = env.api::<ChatTenant>();
+    let deps = env.api::<Deployment>();
+
+    merge(
+        &cts,
+        json!({"spec": {"rollout": {"candidate": {"image": READ_ONLY}, "canary": {"weight": 50}}}}),
+    )
+    .await;
+    // The candidate comes up (its probes pass: reads work) and takes
+    // reconnecting clients, whose sends fail.
+    wait_for("the candidate's pods available", T, || {
+        let deps = deps.clone();
+        async move {
+            let d = deps.get("acme-green").await.ok()?;
+            (d.status?.available_replicas.unwrap_or(0) >= 2).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let st = wait_status(&cts, "the end of the release", |s| {
+        matches!(
+            progressing(s).1.as_str(),
+            "AnalysisFailed" | "CandidateUnhealthy" | "Aborted" | "Promoted"
+        )
+    })
+    .await;
+    assert_eq!(
+        progressing(&st),
+        ("False".into(), "AnalysisFailed".into()),
+        "{st:#?}"
+    );
+    let analysis = st.analysis.clone().unwrap();
+    assert_eq!(analysis.phase, "Fail", "{analysis:#?}");
+    assert!(analysis.consecutive_failures >= 2, "{analysis:#?}");
+    assert!(
+        analysis.error_ratio.unwrap() > 0.05 && analysis.samples >= 20,
+        "{analysis:#?}"
+    );
+    let ct = cts.get("acme").await.unwrap();
+    let message = condition(&ct, "Progressing").unwrap().message;
+    assert!(
+        message.contains("analysis failed 2 intervals in a row (failureLimit 2)")
+            && message.contains("failed sends")
+            && message.contains("maxErrorRatio 0.05"),
+        "{message}"
+    );
+    assert!(
+        kubectl_chorus::render_status(&ct).contains("analysis  release 1 Fail"),
+        "{}",
+        kubectl_chorus::render_status(&ct)
+    );
+    assert_eq!(st.traffic.unwrap().canary_weight, 0);
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
+    assert_eq!(replicas(&deps, "acme-green").await, 0);
+    assert_eq!(replicas(&deps, "acme-blue").await, 4);
+    let events = env.events("acme").await.unwrap();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|(r, _)| r == "AnalysisFailed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert!(
+        failed[0].1.contains("error ratio") && failed[0].1.contains("failed sends"),
+        "the Event carries the figures: {}",
+        failed[0].1
+    );
+    tracing::info!(analysis = ?analysis, "aborted by analysis");
+    wait_slot_empty(&env, "green").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let logs = fleet.stop().await;
+    let (acked, reconnects, closes, _) = verify(&env, &logs).await;
+    tracing::info!(
+        clients = n,
+        acked,
+        reconnects,
+        closes_4000 = closes,
+        "analysis abort traffic"
+    );
+    assert!(
+        acked > n * 5,
+        "{acked} messages acknowledged by {n} clients"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_passing_analysis_step_lets_a_canary_promote_under_live_clients() {
+    let env = OperatorEnv::new("release-analysis-ok", Duration::from_secs(300))
+        .await
+        .unwrap();
+    env.ready_tenant(
+        "acme",
+        &tenant_extra(&format!("{{drainSeconds: 30, {ANALYSIS}}}")),
+    )
+    .await
+    .unwrap();
+    raise_connection_limit(&env).await;
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    let n = clients();
+    let fleet = Fleet::start(&url, n).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cts = env.api::<ChatTenant>();
+
+    merge(
+        &cts,
+        json!({"spec": {"rollout": {"candidate": {"image": V2}, "canary": {"steps": [
+            {"setWeight": 50}, {"analysis": {"passes": 2}}
+        ]}}}}),
+    )
+    .await;
+    let st = wait_status(&cts, "the analysis step", |s| {
+        s.release.as_ref().and_then(|r| r.step.as_deref()) == Some("2/2")
+    })
+    .await;
+    assert_eq!(progressing(&st).1, "CanaryInProgress");
+    let st = wait_status(&cts, "the end of the release", |s| {
+        matches!(
+            progressing(s).1.as_str(),
+            "AnalysisFailed" | "CandidateUnhealthy" | "Aborted" | "Promoted"
+        )
+    })
+    .await;
+    assert_eq!(progressing(&st).1, "Promoted", "{st:#?}");
+    let analysis = st.analysis.clone().unwrap();
+    assert_eq!(analysis.phase, "Pass", "{analysis:#?}");
+    assert!(analysis.consecutive_passes >= 2, "{analysis:#?}");
+    assert!(
+        analysis.error_ratio.unwrap() <= 0.05 && analysis.samples >= 20,
+        "{analysis:#?}"
+    );
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("green"));
+    // The rollback window: still measured, still passing.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let st = cts.get("acme").await.unwrap().status.unwrap();
+    assert_eq!(progressing(&st).1, "Promoted", "{st:#?}");
+    let events = env.events("acme").await.unwrap();
+    assert!(
+        events.iter().all(|(r, _)| r != "AnalysisFailed"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|(r, _)| r == "Promoted"), "{events:?}");
+    tracing::info!(analysis = ?st.analysis, "promoted after a passing analysis");
+    merge(
+        &cts,
+        json!({"spec": {"runtime": {"image": V2}, "rollout": {"candidate": null, "canary": null}}}),
+    )
+    .await;
+    wait_slot_empty(&env, "blue").await;
+
+    let logs = fleet.stop().await;
+    let (acked, reconnects, closes, _) = verify(&env, &logs).await;
+    tracing::info!(
+        clients = n,
+        acked,
+        reconnects,
+        closes_4000 = closes,
+        "analysis promotion traffic"
+    );
+    assert!(
+        acked > n * 5,
+        "{acked} messages acknowledged by {n} clients"
+    );
+    env.stop().await;
 }
