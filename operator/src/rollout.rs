@@ -395,9 +395,8 @@ pub fn plan(
     let promote_asked = r.promote_revision == rev;
     // The analysis: this interval's judgement extends the runs of the open
     // release (the controller judges only while one is measured).
-    let mut analysis = match (judgement, &r.analysis, rel.state) {
-        (Some(j), Some(_), ReleaseState::Progressing | ReleaseState::Promoting)
-        | (Some(j), Some(_), ReleaseState::Promoted) => {
+    let mut analysis = match (judgement, &r.analysis) {
+        (Some(j), Some(_)) if rel.state != ReleaseState::Aborted => {
             Some(advance(prev_analysis, rel.number, j, now))
         }
         _ => prev_analysis.cloned(),
