@@ -12,7 +12,8 @@
 //! - a candidate whose database session is read-only
 //!   (`localhost/chorus/chat-runtime-read-only:0.1.0`, scripts/images.sh):
 //!   ready, but PostgreSQL refuses its writes, so its sends really fail and
-//!   its analysis aborts it (`AnalysisFailed`); and a healthy candidate
+//!   its analysis aborts it (`AnalysisFailed`), as a canary and, promoted
+//!   by blue-green, within the rollback window; and a healthy candidate
 //!   whose analysis passes walks an analysis step to promotion.
 //!
 //! At the end every acknowledged message is in the database exactly once at
@@ -1161,6 +1162,94 @@ async fn a_passing_analysis_step_lets_a_canary_promote_under_live_clients() {
         reconnects,
         closes_4000 = closes,
         "analysis promotion traffic"
+    );
+    assert!(
+        acked > n * 5,
+        "{acked} messages acknowledged by {n} clients"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_promoted_release_whose_sends_fail_rolls_back_by_its_analysis_within_the_window() {
+    let env = OperatorEnv::new("release-analysis-bg", Duration::from_secs(300))
+        .await
+        .unwrap();
+    env.ready_tenant(
+        "acme",
+        &tenant_extra(&format!(
+            "{{strategy: BlueGreen, blueGreen: {{previewReplicas: 1}}, drainSeconds: 300, {ANALYSIS}}}"
+        )),
+    )
+    .await
+    .unwrap();
+    raise_connection_limit(&env).await;
+    let url = reachable_service_url(&env.client, &env.ns, "acme", "http")
+        .await
+        .unwrap();
+    let n = clients() / 2;
+    let fleet = Fleet::start(&url, n).await;
+    let cts = env.api::<ChatTenant>();
+    let deps = env.api::<Deployment>();
+
+    // The preview takes no traffic: its intervals are inconclusive.
+    merge(
+        &cts,
+        json!({"spec": {"rollout": {"candidate": {"image": READ_ONLY}}}}),
+    )
+    .await;
+    wait_status(&cts, "preview pod available", |s| {
+        s.candidate
+            .as_ref()
+            .is_some_and(|c| c.image == READ_ONLY && c.available_replicas == 1)
+    })
+    .await;
+    decide(&cts, "acme", Decision::Promote).await.unwrap();
+    wait_status(&cts, "cut-over", |s| {
+        progressing(s) == ("False".into(), "Promoted".into())
+    })
+    .await;
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("green"));
+    // Reconnecting clients land on green and their sends fail; the
+    // analysis moves traffic back to blue, which still has its pods.
+    let st = wait_status(&cts, "the end of the rollback window", |s| {
+        progressing(s).1 != "Promoted"
+    })
+    .await;
+    assert_eq!(
+        progressing(&st),
+        ("False".into(), "AnalysisFailed".into()),
+        "{st:#?}"
+    );
+    let message = condition(&cts.get("acme").await.unwrap(), "Progressing")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("analysis failed 2 intervals in a row")
+            && message.contains("after the cut-over, within the rollback window"),
+        "{message}"
+    );
+    assert_eq!(st.stable.clone().unwrap().slot, "blue");
+    assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
+    assert_eq!(replicas(&deps, "acme-blue").await, 4);
+    assert_eq!(replicas(&deps, "acme-green").await, 0);
+    tracing::info!(analysis = ?st.analysis, "rolled back by analysis");
+    let events = env.events("acme").await.unwrap();
+    assert!(events.iter().any(|(r, _)| r == "Promoted"), "{events:?}");
+    assert_eq!(
+        events.iter().filter(|(r, _)| r == "AnalysisFailed").count(),
+        1,
+        "{events:?}"
+    );
+    wait_slot_empty(&env, "green").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let logs = fleet.stop().await;
+    let (acked, reconnects, closes, servers) = verify(&env, &logs).await;
+    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "analysis rollback traffic");
+    assert!(
+        servers.iter().any(|s| s.starts_with("acme-green-")),
+        "clients reached the new slot after the cut-over: {servers:?}"
     );
     assert!(
         acked > n * 5,
