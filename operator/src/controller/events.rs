@@ -160,6 +160,17 @@ pub enum Event {
         /// Text.
         message: String,
     },
+    /// A backup Job completed (`message` is also `status.backup.message`).
+    BackupSucceeded {
+        /// Text.
+        message: String,
+    },
+    /// A backup Job failed or cannot run (`message` is also the
+    /// `BackupHealthy` condition's).
+    BackupFailed {
+        /// Text.
+        message: String,
+    },
 }
 
 impl Event {
@@ -174,7 +185,8 @@ impl Event {
             | Event::CandidateUnhealthy { .. }
             | Event::RolledBack { .. }
             | Event::DatabaseLeftAlone { .. }
-            | Event::DeletionBlocked { .. } => EventType::Warning,
+            | Event::DeletionBlocked { .. }
+            | Event::BackupFailed { .. } => EventType::Warning,
             _ => EventType::Normal,
         }
     }
@@ -204,6 +216,8 @@ impl Event {
             Event::DatabaseLeftAlone { .. } => "DatabaseLeftAlone",
             Event::DatabaseDropped { .. } => "DatabaseDropped",
             Event::DeletionBlocked { .. } => "DeletionBlocked",
+            Event::BackupSucceeded { .. } => "BackupSucceeded",
+            Event::BackupFailed { .. } => "BackupFailed",
         }
     }
 
@@ -228,7 +242,9 @@ impl Event {
             Event::Suspended { message }
             | Event::InvalidSpec { message }
             | Event::PasswordMismatch { message }
-            | Event::DeletionBlocked { message } => message.clone(),
+            | Event::DeletionBlocked { message }
+            | Event::BackupSucceeded { message }
+            | Event::BackupFailed { message } => message.clone(),
             Event::ChildDeleted { child } => {
                 format!("deleted {child}: the spec no longer asks for it")
             }

@@ -32,6 +32,7 @@ use kube::{
 use tracing::Instrument;
 
 mod auth;
+mod backup;
 mod cleanup;
 mod context;
 mod database;
@@ -198,7 +199,16 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         }
     }
 
-    // 5. Status and events.
+    // 5. Backups: the CronJob's finished Jobs.
+    let backups = match backup::observe(ctx, &t).await {
+        Ok(obs) => obs,
+        Err(e) => {
+            first_error.get_or_insert(e);
+            None
+        }
+    };
+
+    // 6. Status and events.
     let obs = Observations {
         database,
         stable: slots.get(plan.stable.slot),
@@ -207,9 +217,16 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         password_changed_at,
         rotation_request_handled,
     };
-    let new = status::compute(old, &t, &plan, &obs, &now);
+    let mut new = status::compute(old, &t, &plan, &obs, &now);
+    if backups.is_some() || t.spec.backup.is_none() {
+        backup::apply(&mut new, &t, backups.as_ref(), &now);
+    }
     ctx.write_status(api, &ct, &new).await?;
-    for event in events::rollout_events(old, &plan) {
+    let backup_events = backup::events(old, &new);
+    for event in events::rollout_events(old, &plan)
+        .into_iter()
+        .chain(backup_events)
+    {
         ctx.publish(&ct, event).await;
     }
 
