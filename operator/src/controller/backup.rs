@@ -304,18 +304,24 @@ pub fn events(old: Option<&ChatTenantStatus>, new: &ChatTenantStatus) -> Vec<Eve
     {
         out.push(Event::BackupSucceeded {
             message: b.message.clone().unwrap_or_default(),
+            at: b.last_successful_time.clone().unwrap_or_default(),
         });
     }
     let now = cond(new);
     let before = old.and_then(cond);
     let new_failure = b.last_failure_time.is_some()
         && was.and_then(|w| w.last_failure_time.as_ref()) != b.last_failure_time.as_ref();
-    if let Some((status, _)) = &now
+    if let Some((status, reason)) = &now
         && status == "False"
         && (before != now || new_failure)
     {
+        let cause = match (reason.as_str(), &b.last_failure_time) {
+            ("BackupFailed", Some(at)) => at.clone(),
+            _ => reason.clone(),
+        };
         out.push(Event::BackupFailed {
             message: b.message.clone().unwrap_or_default(),
+            cause,
         });
     }
     out

@@ -164,12 +164,17 @@ pub enum Event {
     BackupSucceeded {
         /// Text.
         message: String,
+        /// Its completion time (one Event series per backup).
+        at: String,
     },
     /// A backup Job failed or cannot run (`message` is also the
     /// `BackupHealthy` condition's).
     BackupFailed {
         /// Text.
         message: String,
+        /// The failure time, or the condition's reason when no Job failed
+        /// (one Event series per failure).
+        cause: String,
     },
 }
 
@@ -232,6 +237,8 @@ impl Event {
             | Event::RolledBack { number, .. }
             | Event::ReleaseStarted { number, .. } => format!("Release{number}"),
             Event::CanaryStep { number, step, .. } => format!("Release{number}Step{step}"),
+            Event::BackupSucceeded { at, .. } => format!("Backup{at}"),
+            Event::BackupFailed { cause, .. } => format!("Backup{cause}"),
             _ => "Reconcile".into(),
         }
     }
@@ -243,8 +250,8 @@ impl Event {
             | Event::InvalidSpec { message }
             | Event::PasswordMismatch { message }
             | Event::DeletionBlocked { message }
-            | Event::BackupSucceeded { message }
-            | Event::BackupFailed { message } => message.clone(),
+            | Event::BackupSucceeded { message, .. }
+            | Event::BackupFailed { message, .. } => message.clone(),
             Event::ChildDeleted { child } => {
                 format!("deleted {child}: the spec no longer asks for it")
             }

@@ -30,13 +30,13 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(180);
 
-/// A directory on the node (this machine) writable by the Job's user, a
-/// PersistentVolume on it pinned to the real node, and claim `claim` bound
-/// to it. The local cluster has no provisioner: users need a StorageClass.
-async fn host_claim(env: &OperatorEnv, claim: &str) -> (PathBuf, String) {
+/// A directory on the node (this machine) with `mode` (0o777: writable by
+/// the Job's user), a PersistentVolume on it pinned to the real node, and
+/// claim `claim` bound to it. The local cluster has no provisioner: users need a StorageClass.
+async fn host_claim(env: &OperatorEnv, claim: &str, mode: u32) -> (PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("chorus-backups-{}", env.ns));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
     let pv_name = format!("{}-{claim}", env.ns);
     let pv: PersistentVolume = serde_json::from_value(json!({
         "metadata": {"name": pv_name},
@@ -181,7 +181,7 @@ async fn backups_run_on_the_node_and_a_dump_restores_deleted_messages() {
     let env = OperatorEnv::new("bk", Duration::from_secs(300))
         .await
         .unwrap();
-    let (dir, pv) = host_claim(&env, "dumps").await;
+    let (dir, pv) = host_claim(&env, "dumps", 0o777).await;
     // A schedule that does not fire during the test: Jobs are started from
     // the CronJob by hand, so "the last dump" is known.
     let spec = "  backup: {schedule: \"0 0 1 1 *\", retention: {count: 2}, destination: {persistentVolumeClaim: {claimName: dumps}}}";
@@ -448,5 +448,41 @@ async fn a_missing_claim_sets_the_condition_and_an_event() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("spec.backup.retention"), "{err}");
+
+    // The claim appears, but user 65532 cannot write to it: the Job fails
+    // (Job controller: BackoffLimitExceeded) and the condition quotes the
+    // script's error from the pod's termination message.
+    let (dir, pv) = host_claim(&env, "nowhere", 0o755).await;
+    env.wait_condition("beta", "BackupHealthy", "Unknown", Some("NoBackupYet"))
+        .await
+        .unwrap();
+    let cj = wait_present(&env.api::<CronJob>(), "beta").await.unwrap();
+    run_job_from(&env, &cj, "beta-manual-1").await;
+    let ct = env
+        .wait_condition("beta", "BackupHealthy", "False", Some("BackupFailed"))
+        .await
+        .unwrap();
+    let b = ct.status.unwrap().backup.unwrap();
+    let msg = b.message.unwrap();
+    assert!(
+        msg.contains("beta-manual-1") && msg.contains("Permission denied"),
+        "{msg}"
+    );
+    assert!(b.last_failure_time.is_some() && b.last_successful_time.is_none());
+    wait_for("a BackupFailed Event for the Job", T, || {
+        let env = &env;
+        async move {
+            let e = env.events("beta").await.ok()?;
+            e.iter()
+                .any(|(r, m)| r == "BackupFailed" && m.contains("beta-manual-1"))
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
     env.stop().await;
+    let _ = Api::<PersistentVolume>::all(chorus_e2e::admin_client().await.unwrap())
+        .delete(&pv, &DeleteParams::default())
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
