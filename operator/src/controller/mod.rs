@@ -77,7 +77,10 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
     finalizer(&api, FINALIZER, ct, |event| async {
         match event {
             Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
-            Finalizer::Cleanup(ct) => cleanup::cleanup(ct, &ctx, &api).await,
+            Finalizer::Cleanup(ct) => {
+                ctx.metrics.tenants.forget(&ns, &ct.name_any());
+                cleanup::cleanup(ct, &ctx, &api).await
+            }
         }
     })
     .instrument(span)
@@ -222,6 +225,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         backup::apply(&mut new, &t, backups.as_ref(), &now);
     }
     ctx.write_status(api, &ct, &new).await?;
+    ctx.metrics.tenants.observe(&t, &new);
     let backup_events = backup::events(old, &new);
     for event in events::rollout_events(old, &plan)
         .into_iter()
