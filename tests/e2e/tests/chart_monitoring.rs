@@ -253,3 +253,71 @@ fn every_metric_in_a_rule_or_panel_exists() {
         assert!(doc.contains(base), "docs/metrics.md does not list {base}");
     }
 }
+
+/// Every key path of values.yaml (maps are walked; lists and empty maps are
+/// leaves).
+fn value_keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, child) in m {
+            let key = format!("{prefix}{}", k.as_str().unwrap());
+            match child {
+                serde_yaml::Value::Mapping(c) if !c.is_empty() && key != "resources" => {
+                    value_keys(child, &format!("{key}."), out)
+                }
+                _ => out.push(key),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chart_readme_covers_every_value_and_the_schema_refuses_bad_ones() {
+    let dir = repo_root().join("charts/chorus-operator");
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+    let mut keys = Vec::new();
+    value_keys(&values, "", &mut keys);
+    assert!(keys.len() > 30, "{keys:?}");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| !readme.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "charts/chorus-operator/README.md misses {missing:?}"
+    );
+
+    // values.schema.json: helm refuses bad values, naming them.
+    let helm = tool("helm").unwrap();
+    let chart = chart();
+    for (set, says) in [
+        ("replicaCount=-1", "/replicaCount"),
+        ("replicaCont=2", "replicaCont"),
+        (
+            "monitoring.podMonitor.interval=soon",
+            "/monitoring/podMonitor/interval",
+        ),
+        (
+            "databaseServers[0].name=pg,databaseServers[0].host=h",
+            "password",
+        ),
+    ] {
+        let err = run(
+            &helm,
+            &[
+                "template",
+                "x",
+                &chart,
+                "--kube-version",
+                "1.36.3",
+                "--set",
+                set,
+            ],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(says), "--set {set}: {err}");
+    }
+}
