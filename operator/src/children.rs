@@ -27,6 +27,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::CronJob,
         core::v1::{Secret, Service},
         networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
@@ -57,6 +58,7 @@ impl ChildKind for PodDisruptionBudget {}
 impl ChildKind for NetworkPolicy {}
 impl ChildKind for HorizontalPodAutoscaler {}
 impl ChildKind for Ingress {}
+impl ChildKind for CronJob {}
 impl ChildKind for Secret {
     const PRUNED: bool = false;
 }
@@ -89,6 +91,8 @@ pub struct Children {
     pub(crate) ingress: Option<Ingress>,
     /// `<name>` when exposed through a gateway.
     pub(crate) http_route: Option<DynamicObject>,
+    /// `<name>`, the backup CronJob, when `spec.backup` is set.
+    pub(crate) backup: Option<CronJob>,
 }
 
 impl Children {
@@ -101,6 +105,7 @@ impl Children {
             .kind(&self.network_policies)
             .kind(self.hpa.as_slice())
             .kind(self.ingress.as_slice())
+            .kind(self.backup.as_slice())
             .kind::<Secret>(&[])
             .http_route(self.http_route.as_ref())
     }
@@ -139,6 +144,7 @@ pub(crate) mod tests {
                 "NetworkPolicy/0+",
                 "HorizontalPodAutoscaler/0+",
                 "Ingress/0+",
+                "CronJob/0+",
                 "Secret/0",
                 "HTTPRoute/0",
             ]

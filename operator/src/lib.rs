@@ -30,6 +30,7 @@ pub mod rollout;
 pub mod runner;
 pub mod status;
 pub mod telemetry;
+pub mod tenant_metrics;
 pub mod validate;
 
 #[cfg(test)]

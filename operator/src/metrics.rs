@@ -30,6 +30,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// `chorus_leader` (1 while this replica holds the lease).
     pub leader: Gauge,
+    /// `chorus_tenant_*{namespace,tenant}`.
+    pub tenants: crate::tenant_metrics::TenantMetrics,
 }
 
 impl Default for Metrics {
@@ -71,6 +73,8 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let tenants = crate::tenant_metrics::TenantMetrics::default();
+        tenants.register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -79,6 +83,7 @@ impl Default for Metrics {
             ddl_statements,
             status_writes,
             leader,
+            tenants,
         }
     }
 }

@@ -43,6 +43,11 @@ pub enum InvalidSpec {
         /// What it must be, and why.
         rule: &'static str,
     },
+    /// `spec.backup.schedule` does not parse as a cron schedule.
+    #[error(
+        "spec.backup.schedule: {0:?} is not a cron schedule of 5 fields (minute hour day-of-month month day-of-week) such as '0 3 * * *', nor @hourly/@daily/@weekly/@monthly/@yearly: {1}"
+    )]
+    BackupSchedule(String, String),
     /// A CIDR that does not parse.
     #[error("spec.networkPolicy.allowEgressTo[{0}].cidr: {1:?} is not a CIDR such as 10.0.0.0/16")]
     Cidr(usize, String),
@@ -71,6 +76,9 @@ pub fn validate(ct: &ChatTenant) -> Result<Tenant, InvalidSpec> {
             a.max_replicas,
         ));
     }
+    if let Some(b) = &spec.backup {
+        check_schedule(&b.schedule)?;
+    }
     if let Some(np) = &spec.network_policy {
         for (i, peer) in np.allow_egress_to.iter().enumerate() {
             if !is_cidr(&peer.cidr) {
@@ -98,6 +106,21 @@ pub fn validate(ct: &ChatTenant) -> Result<Tenant, InvalidSpec> {
         owner,
         stable_slot,
     })
+}
+
+/// Checks `spec.backup.schedule` as the CronJob controller reads it: five
+/// fields or a predefined `@` schedule (seconds and years are refused here
+/// though `croner` parses them: Kubernetes does not).
+fn check_schedule(schedule: &str) -> Result<(), InvalidSpec> {
+    let err = |why: &str| InvalidSpec::BackupSchedule(schedule.to_string(), why.to_string());
+    let fields = schedule.split_whitespace().count();
+    if !schedule.starts_with('@') && fields != 5 {
+        return Err(err(&format!("it has {fields} fields")));
+    }
+    schedule
+        .parse::<croner::Cron>()
+        .map(|_| ())
+        .map_err(|e| err(&e.to_string()))
 }
 
 /// A short, stable identifier of a runtime version: the first 10 hex digits
@@ -391,6 +414,42 @@ spec:
         let mut ct = sample();
         ct.spec.database.name = "x\"; DROP ROLE postgres; --".into();
         assert!(matches!(validate(&ct), Err(InvalidSpec::DatabaseName(_))));
+    }
+
+    #[test]
+    fn backup_schedules_are_cron_schedules_of_five_fields() {
+        let with = |schedule: &str| {
+            let mut ct = sample();
+            ct.spec.backup = Some(
+                serde_json::from_value(serde_json::json!({
+                    "schedule": schedule,
+                    "retention": {"count": 3},
+                    "destination": {"persistentVolumeClaim": {"claimName": "b"}},
+                }))
+                .unwrap(),
+            );
+            validate(&ct).map(|_| ())
+        };
+        for ok in ["*/5 * * * *", "0 3 * * MON-FRI", "@daily", "30 2 1,15 * *"] {
+            assert_eq!(with(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "61 * * * *",
+            "* * * *",
+            "0 0 3 * * *",
+            "x * * * *",
+            "0 25 * * *",
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                matches!(err, InvalidSpec::BackupSchedule(..)),
+                "{bad}: {err}"
+            );
+            assert!(
+                err.to_string().starts_with("spec.backup.schedule: "),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -61,7 +61,8 @@ rules:
     resources: ["deployments"]
     verbs: ["get", "list", "watch", "create", "patch", "delete"]
   # Read-only: a release in flight reads its candidate pods (restarts, why
-  # they are not ready) to abort a candidate that does not come up.
+  # they are not ready) to abort a candidate that does not come up; backups
+  # read their Job's pod (the dump's size in its termination message).
   - apiGroups: [""]
     resources: ["pods"]
     verbs: ["get", "list"]
@@ -85,6 +86,17 @@ rules:
   - apiGroups: ["networking.k8s.io"]
     resources: ["networkpolicies", "ingresses"]
     verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  # spec.backup: the CronJob is a child; its Jobs (and their pods, above)
+  # are read for status.backup; the claim is checked before a Job waits on it.
+  - apiGroups: ["batch"]
+    resources: ["cronjobs"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["batch"]
+    resources: ["jobs"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: [""]
+    resources: ["persistentvolumeclaims"]
+    verbs: ["get"]
   - apiGroups: ["gateway.networking.k8s.io"]
     resources: ["httproutes"]
     verbs: ["get", "list", "create", "patch", "delete"]

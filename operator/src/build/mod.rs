@@ -2,6 +2,7 @@
 //! Nothing here talks to the apiserver or the database. [`build_children`]
 //! fills [`Children`], whose kinds are listed once in [`crate::children`].
 
+pub mod backup;
 pub mod deployment;
 pub mod hpa;
 pub mod http_route;
@@ -50,6 +51,7 @@ pub fn build_children(t: &Tenant, inputs: &Inputs) -> Children {
         network_policies: network_policy::build_network_policies(t, inputs),
         ingress: ingress::build_ingress(t),
         http_route: http_route::build_http_route(t, plan),
+        backup: backup::build_backup(t),
     }
 }
 

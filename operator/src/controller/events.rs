@@ -168,6 +168,22 @@ pub enum Event {
         /// Text.
         message: String,
     },
+    /// A backup Job completed (`message` is also `status.backup.message`).
+    BackupSucceeded {
+        /// Text.
+        message: String,
+        /// Its completion time (one Event series per backup).
+        at: String,
+    },
+    /// A backup Job failed or cannot run (`message` is also the
+    /// `BackupHealthy` condition's).
+    BackupFailed {
+        /// Text.
+        message: String,
+        /// The failure time, or the condition's reason when no Job failed
+        /// (one Event series per failure).
+        cause: String,
+    },
 }
 
 impl Event {
@@ -183,7 +199,8 @@ impl Event {
             | Event::AnalysisFailed { .. }
             | Event::RolledBack { .. }
             | Event::DatabaseLeftAlone { .. }
-            | Event::DeletionBlocked { .. } => EventType::Warning,
+            | Event::DeletionBlocked { .. }
+            | Event::BackupFailed { .. } => EventType::Warning,
             _ => EventType::Normal,
         }
     }
@@ -214,6 +231,8 @@ impl Event {
             Event::DatabaseLeftAlone { .. } => "DatabaseLeftAlone",
             Event::DatabaseDropped { .. } => "DatabaseDropped",
             Event::DeletionBlocked { .. } => "DeletionBlocked",
+            Event::BackupSucceeded { .. } => "BackupSucceeded",
+            Event::BackupFailed { .. } => "BackupFailed",
         }
     }
 
@@ -229,6 +248,8 @@ impl Event {
             | Event::RolledBack { number, .. }
             | Event::ReleaseStarted { number, .. } => format!("Release{number}"),
             Event::CanaryStep { number, step, .. } => format!("Release{number}Step{step}"),
+            Event::BackupSucceeded { at, .. } => format!("Backup{at}"),
+            Event::BackupFailed { cause, .. } => format!("Backup{cause}"),
             _ => "Reconcile".into(),
         }
     }
@@ -239,7 +260,9 @@ impl Event {
             Event::Suspended { message }
             | Event::InvalidSpec { message }
             | Event::PasswordMismatch { message }
-            | Event::DeletionBlocked { message } => message.clone(),
+            | Event::DeletionBlocked { message }
+            | Event::BackupSucceeded { message, .. }
+            | Event::BackupFailed { message, .. } => message.clone(),
             Event::ChildDeleted { child } => {
                 format!("deleted {child}: the spec no longer asks for it")
             }

@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 mod analysis;
 mod auth;
+mod backup;
 mod cleanup;
 mod context;
 mod database;
@@ -78,7 +79,10 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
     finalizer(&api, FINALIZER, ct, |event| async {
         match event {
             Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
-            Finalizer::Cleanup(ct) => cleanup::cleanup(ct, &ctx, &api).await,
+            Finalizer::Cleanup(ct) => {
+                ctx.metrics.tenants.forget(&ns, &ct.name_any());
+                cleanup::cleanup(ct, &ctx, &api).await
+            }
         }
     })
     .instrument(span)
@@ -206,7 +210,16 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         }
     }
 
-    // 5. Status and events.
+    // 5. Backups: the CronJob's finished Jobs.
+    let backups = match backup::observe(ctx, &t).await {
+        Ok(obs) => obs,
+        Err(e) => {
+            first_error.get_or_insert(e);
+            None
+        }
+    };
+
+    // 6. Status and events.
     let obs = Observations {
         database,
         stable: slots.get(plan.stable.slot),
@@ -215,9 +228,17 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         password_changed_at,
         rotation_request_handled,
     };
-    let new = status::compute(old, &t, &plan, &obs, &now);
+    let mut new = status::compute(old, &t, &plan, &obs, &now);
+    if backups.is_some() || t.spec.backup.is_none() {
+        backup::apply(&mut new, &t, backups.as_ref(), &now);
+    }
     ctx.write_status(api, &ct, &new).await?;
-    for event in events::rollout_events(old, &plan) {
+    ctx.metrics.tenants.observe(&t, &new);
+    let backup_events = backup::events(old, &new);
+    for event in events::rollout_events(old, &plan)
+        .into_iter()
+        .chain(backup_events)
+    {
         ctx.publish(&ct, event).await;
     }
 

@@ -121,8 +121,8 @@ async fn an_idle_resync_today_reapplies_the_secrets_and_every_child() {
     assert_eq!(writes(&seen), want);
     assert_eq!(
         seen.iter().filter(|s| !s.is_write()).count(),
-        12,
-        "reads: tenant, 3 Secrets, 2 Deployments, 6 prune lists"
+        13,
+        "reads: tenant, 3 Secrets, 2 Deployments, 7 prune lists (CronJob included)"
     );
 }
 

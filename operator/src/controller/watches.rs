@@ -1,19 +1,22 @@
 //! What starts a reconcile: the ChatTenant watch (spec, finalizer and
 //! deletion changes only, so status writes do not echo back), the Secrets
 //! tenants name ([`super::referenced`]), every owned kind from the one list
-//! ([`crate::children`]), and the resync each reconcile asks for.
+//! ([`crate::children`]), backup Jobs (by their `chorus.dev/backup-of`
+//! label), and the resync each reconcile asks for.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     core::DynamicObject,
-    runtime::{Controller, WatchStreamExt, reflector, watcher},
+    runtime::{Controller, WatchStreamExt, reflector, reflector::ObjectRef, watcher},
 };
 
 use super::{Context, error_policy, reconcile, referenced};
 use crate::{
+    build::backup::BACKUP_OF_LABEL,
     children::{ChildKind, Children, KindFold},
     crd::ChatTenant,
     names::managed_selector,
@@ -83,6 +86,16 @@ async fn run_scope(
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
     let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
+    // Backup Jobs belong to the CronJob, not the tenant: they map to their
+    // tenant by label, so a finished backup updates the status at once.
+    let controller = controller.watches(
+        namespaced_or_all::<Job>(&client, &ns),
+        watcher::Config::default().labels(BACKUP_OF_LABEL),
+        |job: Job| {
+            let tenant = job.labels().get(BACKUP_OF_LABEL)?.clone();
+            Some(ObjectRef::new(&tenant).within(&job.namespace()?))
+        },
+    );
     let Owns { controller, .. } = Children::default().fold(Owns {
         controller,
         client,

@@ -1,8 +1,10 @@
 //! The `ChatTenant` custom resource (`chorus.dev/v1alpha1`).
 
+mod backup;
 mod spec;
 mod status;
 
+pub use backup::*;
 pub use spec::*;
 pub use status::*;
 

@@ -108,6 +108,11 @@ pub struct ChatTenantSpec {
     #[serde(default)]
     pub rollout: RolloutSpec,
 
+    /// Scheduled backups of the tenant's database (`pg_dump` into a
+    /// PersistentVolumeClaim). When absent, no backup CronJob exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::BackupSpec>,
+
     /// When true the operator stops changing anything for this tenant (no
     /// child object, database or status change except the Suspended
     /// condition) until it is set back to false. Deletion still runs.

@@ -14,7 +14,8 @@ pub struct ChatTenantStatus {
     pub observed_generation: Option<i64>,
 
     /// Conditions: Ready (summary), DatabaseReady, Available, Progressing,
-    /// Degraded and Suspended, following Kubernetes conventions.
+    /// Degraded, Suspended and (with `spec.backup`) BackupHealthy, following
+    /// Kubernetes conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -64,6 +65,10 @@ pub struct ChatTenantStatus {
     /// The tenant's database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
+
+    /// The last backups, when `spec.backup` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::BackupStatus>,
 }
 
 /// One of the two runtime slots.

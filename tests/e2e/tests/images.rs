@@ -102,3 +102,55 @@ fn the_operator_image_and_its_dockerfile_agree() {
     assert_eq!(built, dockerfile("operator/Dockerfile"));
     assert_eq!(built.user, "65532:65532", "non-root");
 }
+
+#[test]
+fn the_backup_image_and_its_dockerfile_agree() {
+    let built = archive("chorus-backup.tar");
+    assert_eq!(built, dockerfile("backup/Dockerfile"));
+    assert_eq!(built.user, "65532:65532", "non-root");
+}
+
+/// The backup image carries what its Jobs and the restore procedure run:
+/// the script, the PostgreSQL client binaries (with their libraries) and a
+/// shell with the tools the script calls.
+#[test]
+fn the_backup_image_holds_the_client_binaries_and_a_shell() {
+    let cache = std::env::var("CHORUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/chorus"));
+    let tar = cache.join("images/chorus-backup.tar");
+    let manifest = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layer = manifest[0]["Layers"][0].as_str().unwrap().to_string();
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -xOf '{}' '{layer}' | tar -tzf - 2>/dev/null || tar -xOf '{}' '{layer}' | tar -tf -", tar.display(), tar.display()))
+        .output()
+        .unwrap();
+    let files: BTreeSet<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for f in [
+        "usr/local/bin/chorus-backup",
+        "usr/local/bin/pg_dump",
+        "usr/local/bin/pg_restore",
+        "usr/local/bin/psql",
+        "bin/busybox",
+        "bin/sh",
+        "bin/date",
+        "bin/awk",
+        "etc/passwd",
+    ] {
+        assert!(files.contains(f), "{f} is missing from the backup image");
+    }
+    assert!(
+        files.iter().any(|f| f.contains("libpq.so")),
+        "libpq is missing"
+    );
+}
