@@ -13,11 +13,6 @@ use std::collections::BTreeSet;
 use chorus_e2e::manifests::{documents, repo_root, run, tool};
 use serde_json::Value;
 
-/// Runtime metrics another change adds (send errors by reason, send-to-ack
-/// latency); rules and panels use them already. Allowed to be missing from
-/// the runtime's registry until that change is merged; remove then.
-const AWAITING_RUNTIME_METRICS: [&str; 2] = ["chat_send_errors_total", "chat_send_ack_seconds"];
-
 const ALL_ON: &str = "monitoring.serviceMonitor.enabled=true,monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true";
 
 fn chart() -> String {
@@ -236,11 +231,6 @@ fn every_metric_in_a_rule_or_panel_exists() {
     let missing: Vec<_> = used
         .iter()
         .filter(|n| !exists.contains(*n))
-        .filter(|n| {
-            !AWAITING_RUNTIME_METRICS
-                .iter()
-                .any(|a| n.as_str() == *a || n.strip_suffix("_bucket") == Some(a))
-        })
         .collect();
     assert!(
         missing.is_empty(),
@@ -251,6 +241,18 @@ fn every_metric_in_a_rule_or_panel_exists() {
     for n in &used {
         let base = n.trim_end_matches("_bucket");
         assert!(doc.contains(base), "docs/metrics.md does not list {base}");
+    }
+    // ... and every metric either process exposes, with its labels.
+    for n in &exists {
+        let derived = ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| n.strip_suffix(s).is_some_and(|b| exists.contains(b)));
+        if !derived {
+            assert!(
+                doc.contains(&format!("`{n}`")),
+                "docs/metrics.md does not list {n}, which /metrics exposes"
+            );
+        }
     }
 }
 
