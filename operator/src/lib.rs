@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod children;
 pub mod controller;
 pub mod crd;

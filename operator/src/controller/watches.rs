@@ -9,11 +9,12 @@ use futures::StreamExt;
 use kube::{
     Api, Client, Resource,
     core::DynamicObject,
-    runtime::{Controller, WatchStreamExt, reflector, watcher},
+    runtime::{Controller, WatchStreamExt, controller, reflector, watcher},
 };
 
 use super::{Context, error_policy, reconcile, referenced};
 use crate::{
+    cache,
     children::{ChildKind, Children, KindFold},
     crd::ChatTenant,
     names::managed_selector,
@@ -30,9 +31,12 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let scopes = scopes(&ctx.settings.watch_namespaces);
     ctx.health.controller_started(scopes.len());
-    let health = ctx.health.clone();
+    let stopped = ctx.clone();
     // Stopped when aborted (lease lost) as well as on return.
-    let _stopped = scopeguard(move || health.controller_stopped());
+    let _stopped = scopeguard(move || {
+        stopped.health.controller_stopped();
+        stopped.children.clear();
+    });
     futures::future::join_all(
         scopes
             .into_iter()
@@ -82,10 +86,14 @@ async fn run_scope(
     };
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
-    let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
+    let controller = Controller::for_stream(main, reader)
+        .with_config(config)
+        .watches_stream(referenced, to_tenants);
     let Owns { controller, .. } = Children::default().fold(Owns {
         controller,
         client,
+        ctx: ctx.clone(),
         namespace: ns,
         config: watcher::Config::default().labels(&managed_selector()),
     });
@@ -127,10 +135,12 @@ where
     }
 }
 
-/// Adds a watch of every owned kind to the controller.
+/// Adds a watch of every owned kind to the controller, through a reflector
+/// whose store the reconciles read ([`crate::cache`]).
 struct Owns {
     controller: Controller<ChatTenant>,
     client: Client,
+    ctx: Arc<Context>,
     namespace: Option<String>,
     config: watcher::Config,
 }
@@ -144,8 +154,15 @@ impl KindFold<'_> for Owns {
             return self;
         }
         let api = namespaced_or_all::<K>(&self.client, &self.namespace);
+        let (reader, writer) = reflector::store::<K>();
+        self.ctx.children.register(self.namespace.clone(), reader);
+        let stream = watcher(api, self.config.clone())
+            .default_backoff()
+            .modify(cache::slim::<K>)
+            .reflect(writer)
+            .touched_objects();
         Self {
-            controller: self.controller.owns(api, self.config.clone()),
+            controller: self.controller.owns_stream(stream),
             ..self
         }
     }
