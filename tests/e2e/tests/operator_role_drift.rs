@@ -159,9 +159,9 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
     );
     drop(held);
 
-    // The server full: not a working login, whether the role is below its
-    // limit or happens to be at it (the message tells the two 53300s
-    // apart). Fill every non-reserved slot with another role's sessions.
+    // A server full for everyone but superusers: PostgreSQL checks the
+    // role's own limit first ("too many connections for role", after
+    // authentication), so a role at its limit still proves its password.
     let filler = format!("filler_{}", unique_suffix());
     sql(format!("CREATE ROLE {filler} LOGIN PASSWORD 'f'")).await;
     let filler_url = format!(
@@ -170,23 +170,27 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
     );
     let tenant_held = PgConnection::connect(&url).await.unwrap();
     let mut held = fill(&filler_url, false).await;
+    let own_limit = check_login(&pools, &server, &db, "pw").await;
+    // Every slot taken, the superusers' too: "sorry, too many clients
+    // already" comes before authentication. Not a working login, even
+    // though the role is at its limit (the state alone said Ok before).
+    held.extend(fill(&catalog_admin_url(), true).await);
     let at_limit = check_login(&pools, &server, &db, "pw").await;
     drop(tenant_held);
-    held.extend(fill(&filler_url, false).await);
-    let below_limit = check_login(&pools, &server, &db, "pw").await;
-
-    // Every slot taken, the superusers' too: an operator with no pooled
-    // connection yet gets "busy", not "unreachable" nor a login verdict.
     held.extend(fill(&catalog_admin_url(), true).await);
+    let below_limit = check_login(&pools, &server, &db, "pw").await;
+    // An operator with no pooled connection yet gets "busy", not
+    // "unreachable" nor a login verdict.
     let fresh = Postgres::default();
     let busy = fresh
         .ensure(&server, &db, &PasswordAction::Keep("pw".into()))
         .await;
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(own_limit.unwrap(), LoginCheck::Ok);
     for (what, full) in [("at its limit", at_limit), ("below its limit", below_limit)] {
         match full.unwrap() {
-            LoginCheck::ServerFull(why) => assert!(!why.is_empty()),
+            LoginCheck::ServerFull(why) => assert!(why.contains("too many clients"), "{why}"),
             other => panic!("a full server is not a working login ({what}): {other:?}"),
         }
     }
@@ -238,6 +242,10 @@ async fn fill(url: &str, all: bool) -> Vec<PgConnection> {
         }
     }
     drop(admin);
+    // The slot of the counting connection.
+    if all && let Ok(c) = PgConnection::connect(url).await {
+        held.push(c);
+    }
     held
 }
 
