@@ -132,12 +132,19 @@ async fn a_missing_role_is_created_with_the_secrets_password() {
     let (server, db) = (server(), tenant("crash", 5));
     let pools = AdminPools::default();
     // The Secret was written, then the operator died before CREATE ROLE.
-    let out = ensure(&pools, &server, &db, &PasswordAction::Keep("from-secret".into()))
-        .await
-        .unwrap();
+    let out = ensure(
+        &pools,
+        &server,
+        &db,
+        &PasswordAction::Keep("from-secret".into()),
+    )
+    .await
+    .unwrap();
     assert!(out.created_role);
     assert_eq!(
-        check_login(&pools, &server, &db, "from-secret").await.unwrap(),
+        check_login(&pools, &server, &db, "from-secret")
+            .await
+            .unwrap(),
         LoginCheck::Ok
     );
     drop_tenant(&db).await;
