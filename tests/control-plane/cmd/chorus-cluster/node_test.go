@@ -34,3 +34,12 @@ COMMIT
 		t.Error("a table without node rules reported as changed")
 	}
 }
+
+func TestFakeNodesAreTaintedOnlyBesideARealNode(t *testing.T) {
+	if taints := fakeNodeSpec(true).Taints; len(taints) != 1 || taints[0].Key != fakeNodeTaint || taints[0].Effect != "NoSchedule" {
+		t.Errorf("beside a real node: %v", taints)
+	}
+	if taints := fakeNodeSpec(false).Taints; len(taints) != 0 {
+		t.Errorf("--kwok-only: %v", taints)
+	}
+}
