@@ -3,13 +3,13 @@
 //! tenants name ([`super::referenced`]), every owned kind from the one list
 //! ([`crate::children`]), and the resync each reconcile asks for.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::StreamExt;
 use kube::{
     Api, Client, Resource,
     core::DynamicObject,
-    runtime::{Controller, WatchStreamExt, controller, reflector, watcher},
+    runtime::{Controller, WatchStreamExt, controller, reflector, reflector::ObjectRef, watcher},
 };
 
 use super::{Context, error_policy, reconcile, referenced};
@@ -86,7 +86,11 @@ async fn run_scope(
     };
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
-    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
+    // A burst of child events for one tenant (its children created, its
+    // pods coming up) makes one reconcile, not one each.
+    let config = controller::Config::default()
+        .concurrency(ctx.settings.concurrency)
+        .debounce(DEBOUNCE);
     let controller = Controller::for_stream(main, reader)
         .with_config(config)
         .watches_stream(referenced, to_tenants);
@@ -111,6 +115,9 @@ async fn run_scope(
         _ = readiness => {},
     }
 }
+
+/// How long a tenant's reconcile waits for more events about it.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs `f` when dropped.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
@@ -156,11 +163,12 @@ impl KindFold<'_> for Owns {
         let api = namespaced_or_all::<K>(&self.client, &self.namespace);
         let (reader, writer) = reflector::store::<K>();
         self.ctx.children.register(self.namespace.clone(), reader);
+        let mut last = HashMap::new();
         let stream = watcher(api, self.config.clone())
             .default_backoff()
             .modify(cache::slim::<K>)
             .reflect(writer)
-            .touched_objects();
+            .filter_map(move |event| futures::future::ready(trigger(&mut last, event)));
         Self {
             controller: self.controller.owns_stream(stream),
             ..self
@@ -173,6 +181,52 @@ impl KindFold<'_> for Owns {
     fn http_route(self, _: Option<&DynamicObject>) -> Self {
         self
     }
+}
+
+/// Which events of an owned child start a reconcile of its tenant: a
+/// deletion always; a new or changed object only when [`trigger_hash`]
+/// changed (not for its own `resourceVersion`, nor for the status of a kind
+/// whose status the operator does not read). `last` holds the hash of each
+/// object seen.
+fn trigger<K: ChildKind>(
+    last: &mut HashMap<ObjectRef<K>, u64>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<Result<K, watcher::Error>> {
+    match event {
+        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+            let hash = trigger_hash(&obj);
+            (last.insert(ObjectRef::from_obj(&obj), hash) != Some(hash)).then_some(Ok(obj))
+        }
+        Ok(watcher::Event::Delete(obj)) => {
+            last.remove(&ObjectRef::from_obj(&obj));
+            Some(Ok(obj))
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A hash of what a reconcile reads of an owned child: the object without
+/// `metadata.resourceVersion` and, except for Deployments (whose status the
+/// rollout reads), without `status`. Pure.
+fn trigger_hash<K: ChildKind>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(meta) = v
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    if K::kind(&()) != "Deployment"
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("status");
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// The predicate of the main watch: generation, finalizers and the deletion
@@ -198,6 +252,39 @@ mod tests {
             scopes(&["a".into(), "b".into(), "a".into()]),
             [Some("a".to_string()), Some("b".to_string())]
         );
+    }
+
+    #[test]
+    fn a_child_starts_a_reconcile_when_what_is_read_of_it_changes() {
+        use k8s_openapi::api::{apps::v1::Deployment, policy::v1::PodDisruptionBudget};
+        let pdb = |rv: &str, healthy: i32| -> PodDisruptionBudget {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "n", "resourceVersion": rv},
+                "status": {"currentHealthy": healthy, "desiredHealthy": 1, "disruptionsAllowed": 0, "expectedPods": 2}
+            }))
+            .unwrap()
+        };
+        let mut last = HashMap::new();
+        let mut fire = |e| trigger(&mut last, Ok(e)).is_some();
+        assert!(fire(watcher::Event::InitApply(pdb("1", 0))));
+        assert!(!fire(watcher::Event::Apply(pdb("2", 1))), "PDB status only");
+        assert!(fire(watcher::Event::Delete(pdb("2", 1))), "deletion");
+        assert!(fire(watcher::Event::Apply(pdb("3", 1))), "created again");
+        let deployment = |available: i32| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "n"},
+                "status": {"availableReplicas": available}
+            }))
+            .unwrap()
+        };
+        let mut last = HashMap::new();
+        let mut fire = |e| trigger(&mut last, Ok(e)).is_some();
+        assert!(fire(watcher::Event::Apply(deployment(0))));
+        assert!(
+            fire(watcher::Event::Apply(deployment(1))),
+            "Deployment status is read"
+        );
+        assert!(!fire(watcher::Event::Apply(deployment(1))));
     }
 
     #[test]
