@@ -165,10 +165,10 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		if err := startControllerManager(ctx, sup, binDir, stateDir, apiURL, pki); err != nil {
+		if err := startControllerManager(ctx, sup, binDir, stateDir, apiURL, pki, scaleFlags(true)...); err != nil {
 			return err
 		}
-		if err := startScheduler(ctx, sup, binDir, stateDir, apiURL, pki); err != nil {
+		if err := startScheduler(ctx, sup, binDir, stateDir, apiURL, pki, "--kube-api-qps=500", "--kube-api-burst=1000"); err != nil {
 			return err
 		}
 		// Every pod lands on a fake node: nothing to keep off them.
@@ -188,6 +188,17 @@ func run(o options) error {
 	case name := <-sup.died:
 		return fmt.Errorf("%s exited unexpectedly; see %s", name, filepath.Join(stateDir, name+".log"))
 	}
+}
+
+// scaleFlags are kube-controller-manager's flags for thousands of objects
+// (--kwok-only): client rate limits and workers well above the defaults
+// (20 requests/s, 5 workers per controller).
+func scaleFlags(scale bool) []string {
+	if !scale {
+		return nil
+	}
+	return []string{"--kube-api-qps=500", "--kube-api-burst=1000",
+		"--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20"}
 }
 
 // watchPid returns a context cancelled once pid no longer exists.

@@ -43,3 +43,12 @@ func TestFakeNodesAreTaintedOnlyBesideARealNode(t *testing.T) {
 		t.Errorf("--kwok-only: %v", taints)
 	}
 }
+
+func TestScaleFlagsOnlyForKwokOnly(t *testing.T) {
+	if f := scaleFlags(false); len(f) != 0 {
+		t.Errorf("beside a real node: %v", f)
+	}
+	if f := strings.Join(scaleFlags(true), " "); !strings.Contains(f, "--kube-api-qps=500") {
+		t.Errorf("--kwok-only: %s", f)
+	}
+}
