@@ -10,16 +10,18 @@
 #   make bench-operator                                   # 1,000 tenants, restart measured
 #   make bench-operator ARGS="--tenants 10000 --hold --resync-seconds 300"
 #
-# CHORUS_CP_LAUNCHER overrides the launcher binary (default: the one
-# scripts/build-control-plane.sh builds).
+# CHORUS_CP_LAUNCHER names a launcher binary built elsewhere (the control
+# plane's other binaries still come from $CP_BIN, which is then not rebuilt).
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
-"$CHORUS_ROOT/scripts/build-control-plane.sh"
+if [ -z "${CHORUS_CP_LAUNCHER:-}" ]; then
+  "$CHORUS_ROOT/scripts/build-control-plane.sh"
+fi
 launcher=${CHORUS_CP_LAUNCHER:-$CP_BIN/chorus-cluster}
 step "building release binaries"
 cargo build -q --release --locked -p chorus-operator -p chorus-load --bin chorus-operator --bin operator-bench
 BIN=$CARGO_TARGET_DIR/release
-state=$CHORUS_CACHE/run/bench-operator
+state=${CHORUS_BENCH_STATE:-$CHORUS_CACHE/run/bench-operator}
 mkdir -p "$state"
 rm -f "$state/ready"
 step "starting a kwok-only control plane (state: $state)"
