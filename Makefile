@@ -6,7 +6,7 @@ export CHORUS_CACHE
 export CARGO_TARGET_DIR ?= $(CHORUS_CACHE)/target
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test bench cluster-up cluster-down db-up db-down control-plane images tools crds fmt lint
+.PHONY: help demo test bench bench-operator cluster-up cluster-down db-up db-down control-plane images tools crds fmt lint
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ test: ## every check: fmt, clippy, unit tests, integration suites on a real cont
 
 bench: ## load-test the chat runtime (release build, loopback, dev PostgreSQL); prints the README figures
 	@scripts/bench.sh
+
+bench-operator: ## the operator at scale on a kwok-only control plane of its own (ARGS="--tenants 10000 --hold")
+	@scripts/bench-operator.sh
 
 cluster-up: ## start the local cluster (control plane, one real node, kwok, metrics-server); prints `export KUBECONFIG=...`
 	@scripts/cluster.sh up

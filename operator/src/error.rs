@@ -45,6 +45,7 @@ impl Error {
             Error::Kube { .. } => "kube_api",
             Error::Apply(_) => "apply",
             Error::Database(e) if e.is_unreachable() => "database_unreachable",
+            Error::Database(crate::database::DatabaseError::Busy { .. }) => "database_busy",
             Error::Database(_) => "database",
             Error::ServerConfig(_) => "server_config",
             Error::Finalizer(inner) => match inner.as_ref() {

@@ -95,6 +95,13 @@ impl ApiServerVerifier {
         }
     }
 
+    /// Deletes the object at `path` (a hand deletion).
+    pub(crate) fn remove(&self, path: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.objects.remove(path);
+        }
+    }
+
     /// The object at `path`.
     pub(crate) fn get(&self, path: &str) -> Option<Value> {
         self.state.lock().ok()?.objects.get(path).cloned()
@@ -311,6 +318,7 @@ pub(crate) fn context() -> (Arc<Context>, ApiServerVerifier) {
         watch_namespaces: Vec::new(),
         resync: Duration::from_secs(300),
         instance: "test".into(),
+        concurrency: 0,
     };
     let ctx = Context::with_provisioner(
         client,

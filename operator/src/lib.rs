@@ -18,6 +18,7 @@
 pub mod analysis;
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod children;
 pub mod controller;
 pub mod crd;

@@ -27,6 +27,12 @@ struct Args {
     #[arg(long, env = "CHORUS_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
 
+    /// Reconciles that may run at once (0: no limit). The default keeps a
+    /// burst of new tenants from flooding the apiserver and PostgreSQL; see
+    /// docs/operations.md.
+    #[arg(long, env = "CHORUS_MAX_CONCURRENT_RECONCILES", default_value_t = chorus_operator::controller::DEFAULT_CONCURRENCY)]
+    max_concurrent_reconciles: u16,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "CHORUS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -86,6 +92,7 @@ async fn main() -> ExitCode {
                 .collect(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             instance: identity.clone(),
+            concurrency: args.max_concurrent_reconciles,
         },
         http_addr: Some(args.http_addr),
         leader_election: (!args.no_leader_election).then(|| LeaderElection {

@@ -9,7 +9,7 @@ use kube::Api;
 
 use super::{Context, events::Event};
 use crate::{
-    apply::apply_one,
+    apply::{Observed, apply_one},
     build::secret::{build_auth_secret, generate_jwt_key},
     crd::{AuthMode, ChatTenant, SecretKeyRef},
     error::{Error, Result},
@@ -46,7 +46,9 @@ pub(super) async fn ensure_auth(ctx: &Context, ct: &ChatTenant, t: &Tenant) -> R
                 .and_then(|s| secret_value(s, AUTH_SECRET_KEY));
             let created = key.is_none();
             let key = key.unwrap_or_else(generate_jwt_key);
-            apply_one(&ctx.client, &t.namespace, &build_auth_secret(t, &key)).await?;
+            let secret = build_auth_secret(t, &key);
+            let observed = Observed::Known(existing.map(std::sync::Arc::new));
+            apply_one(&ctx.client, &t.namespace, &secret, observed).await?;
             if created {
                 ctx.publish(ct, Event::AuthKeyCreated { secret: name })
                     .await;

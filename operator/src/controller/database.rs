@@ -14,7 +14,7 @@ use kube::Api;
 
 use super::{Context, ServerSecretError, events::Event};
 use crate::{
-    apply::apply_one,
+    apply::{Observed, apply_one},
     build::secret::build_db_secret,
     crd::{ChatTenant, ChatTenantStatus},
     database::{
@@ -118,12 +118,32 @@ impl Password {
 
 /// The `ProvisioningFailed` family of reasons of a database error.
 pub(super) fn failure_reason(e: &DatabaseError) -> &'static str {
-    if e.is_unreachable() {
+    if matches!(e, DatabaseError::Busy { .. }) {
+        "ServerBusy"
+    } else if e.is_unreachable() {
         "ServerUnreachable"
     } else if matches!(e, DatabaseError::Claim(_)) {
         "NameInUse"
     } else {
         "ProvisioningFailed"
+    }
+}
+
+/// The state the `DatabaseReady` condition shows: a failure that says
+/// nothing about the tenant's own role and database (`transient`: the server
+/// busy or unreachable, its connection slots full) keeps a tenant that was
+/// ready Ready, so an overloaded server or operator does not flip healthy
+/// tenants; the error still makes the reconcile retry with backoff, and is
+/// logged and counted. Pure.
+pub(super) fn unless_transient(
+    was_ready: bool,
+    transient: bool,
+    state: DatabaseState,
+) -> DatabaseState {
+    if was_ready && transient {
+        DatabaseState::Ready
+    } else {
+        state
     }
 }
 
@@ -194,11 +214,21 @@ pub(super) async fn provision(
         .password_rotation
         .as_ref()
         .map(|r| r.requested_at.clone());
+    let was_ready = ct.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::types::DATABASE_READY && c.status == "True")
+    });
+    let transient = |e: &DatabaseError| was_ready && e.is_transient();
     let fail = |reason: &'static str, e: Error, changed_at, handled| DatabaseOutcome {
-        state: DatabaseState::NotReady {
-            reason,
-            message: format!("{e}; the operator retries with backoff"),
-        },
+        state: unless_transient(
+            was_ready,
+            matches!(&e, Error::Database(d) if d.is_transient()),
+            DatabaseState::NotReady {
+                reason,
+                message: format!("{e}; the operator retries with backoff"),
+            },
+        ),
         password_changed_at: changed_at,
         rotation_request_handled: handled,
         uri_hash: None,
@@ -228,10 +258,13 @@ pub(super) async fn provision(
     if password.is_new() {
         if let Err(e) = ctx.databases.check_claim(server, &t.database).await {
             let reason = failure_reason(&e);
-            ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            if !transient(&e) {
+                ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            }
             return fail(reason, e.into(), changed_at, handled);
         }
-        if let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret).await {
+        let none = Observed::Known(None);
+        if let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret, none).await {
             return fail("SecretWriteFailed", e.into(), changed_at, handled);
         }
     }
@@ -239,7 +272,9 @@ pub(super) async fn provision(
         Ok(o) => o,
         Err(e) => {
             let reason = failure_reason(&e);
-            ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            if !transient(&e) {
+                ctx.publish(ct, provisioning_failed(reason, &e)).await;
+            }
             return fail(reason, e.into(), changed_at, handled);
         }
     };
@@ -252,8 +287,9 @@ pub(super) async fn provision(
     }
     // The Secret follows the server (host, port, sslmode); with a rotation
     // it gets the new password only after the role has it.
+    let observed = Observed::Known(existing.map(std::sync::Arc::new));
     if !password.is_new()
-        && let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret).await
+        && let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret, observed).await
     {
         return fail("SecretWriteFailed", e.into(), changed_at, handled);
     }
@@ -332,12 +368,15 @@ pub(super) async fn provision(
                 "it may not connect to database {role} (owner is now {owner}); the operator gives the database back to {role} and retries"
             ),
         ),
-        Ok(LoginCheck::ServerFull(why)) => retry(
-            "ServerFull",
-            format!(
-                "the server has no free connection slot ({why}) although the role is below its connection limit; the pods cannot connect either: raise the server's max_connections or reduce the tenants' connections"
-            ),
-        ),
+        Ok(LoginCheck::ServerFull(why)) => {
+            let (state, e) = retry(
+                "ServerFull",
+                format!(
+                    "the server has no free connection slot ({why}) although the role is below its connection limit; new pods cannot connect either: raise the server's max_connections or reduce the tenants' connections"
+                ),
+            );
+            (unless_transient(was_ready, true, state), e)
+        }
         Ok(LoginCheck::Refused(why)) => (
             DatabaseState::NotReady {
                 reason: "LoginRefused",
@@ -347,7 +386,7 @@ pub(super) async fn provision(
             },
             None,
         ),
-        Err(e) => return fail("ServerUnreachable", e.into(), changed_at, handled),
+        Err(e) => return fail(failure_reason(&e), e.into(), changed_at, handled),
     };
     DatabaseOutcome {
         state,
@@ -434,6 +473,33 @@ mod tests {
 
     fn reasons(events: Vec<Event>) -> Vec<&'static str> {
         events.iter().map(Event::reason).collect()
+    }
+
+    #[test]
+    fn a_busy_server_keeps_a_ready_tenant_ready() {
+        let not_ready = || DatabaseState::NotReady {
+            reason: "ServerBusy",
+            message: "m".into(),
+        };
+        let cases = [
+            (true, true, DatabaseState::Ready),
+            (true, false, not_ready()),
+            (false, true, not_ready()),
+            (false, false, not_ready()),
+        ];
+        for (was_ready, transient, want) in cases {
+            assert_eq!(
+                unless_transient(was_ready, transient, not_ready()),
+                want,
+                "{was_ready} {transient}"
+            );
+        }
+        let busy = DatabaseError::Busy {
+            server: "pg:5432".into(),
+            why: "full".into(),
+        };
+        assert!(busy.is_transient());
+        assert_eq!(failure_reason(&busy), "ServerBusy");
     }
 
     #[test]

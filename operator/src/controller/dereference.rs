@@ -12,6 +12,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::Context;
 use crate::{
     build::deployment::CONTAINER,
+    cache::cached,
     crd::ChatTenant,
     database::{ServerConfig, ServerConfigError},
     error::{Error, Result},
@@ -172,13 +173,19 @@ impl Slots {
 /// Reads `<name>-blue` and `<name>-green`.
 pub(super) async fn observe_deployments(ctx: &Context, t: &Tenant) -> Result<Slots> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &t.namespace);
+    // The watch cache when there is one: the Deployments' own watch starts
+    // this reconcile when they change, so it is as fresh as a GET.
+    let store = ctx.children.store::<Deployment>(&t.namespace).await;
     let mut slots = Slots::default();
     for slot in [Slot::Blue, Slot::Green] {
         let name = slot_name(t, slot);
-        let d = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading Deployment {name}")))?;
+        let d = match &store {
+            Some(store) => cached(store, &t.namespace, &name).map(|d| d.as_ref().clone()),
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube(format!("reading Deployment {name}")))?,
+        };
         if let Some(d) = d {
             let running = |key| running_annotation(&d, key);
             slots.running_key_hash = slots

@@ -43,7 +43,7 @@ pub mod events;
 mod referenced;
 mod watches;
 
-pub use context::{Context, Settings};
+pub use context::{Context, DEFAULT_CONCURRENCY, Settings};
 pub use dereference::ServerSecretError;
 pub use watches::run;
 
@@ -195,7 +195,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         env_refs_hash: env_refs_hash.as_deref(),
     };
     let children = build_children(&t, &inputs);
-    match apply_children(&ctx.client, &t, &children, gateway.served).await {
+    match apply_children(&ctx.client, &ctx.children, &t, &children, gateway.served).await {
         Ok(applied) => {
             for child in applied.deleted {
                 ctx.publish(&ct, Event::ChildDeleted { child }).await;

@@ -4,19 +4,20 @@
 //! ([`crate::children`]), backup Jobs (by their `chorus.dev/backup-of`
 //! label), and the resync each reconcile asks for.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::DynamicObject,
-    runtime::{Controller, WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+    runtime::{Controller, WatchStreamExt, controller, reflector, reflector::ObjectRef, watcher},
 };
 
 use super::{Context, error_policy, reconcile, referenced};
 use crate::{
     build::backup::BACKUP_OF_LABEL,
+    cache,
     children::{ChildKind, Children, KindFold},
     crd::ChatTenant,
     names::managed_selector,
@@ -33,9 +34,12 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let scopes = scopes(&ctx.settings.watch_namespaces);
     ctx.health.controller_started(scopes.len());
-    let health = ctx.health.clone();
+    let stopped = ctx.clone();
     // Stopped when aborted (lease lost) as well as on return.
-    let _stopped = scopeguard(move || health.controller_stopped());
+    let _stopped = scopeguard(move || {
+        stopped.health.controller_stopped();
+        stopped.children.clear();
+    });
     futures::future::join_all(
         scopes
             .into_iter()
@@ -85,7 +89,14 @@ async fn run_scope(
     };
     let (referenced, to_tenants) =
         referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
-    let controller = Controller::for_stream(main, reader).watches_stream(referenced, to_tenants);
+    // A burst of child events for one tenant (its children created, its
+    // pods coming up) makes one reconcile, not one each.
+    let config = controller::Config::default()
+        .concurrency(ctx.settings.concurrency)
+        .debounce(DEBOUNCE);
+    let controller = Controller::for_stream(main, reader)
+        .with_config(config)
+        .watches_stream(referenced, to_tenants);
     // Backup Jobs belong to the CronJob, not the tenant: they map to their
     // tenant by label, so a finished backup updates the status at once.
     let controller = controller.watches(
@@ -99,6 +110,7 @@ async fn run_scope(
     let Owns { controller, .. } = Children::default().fold(Owns {
         controller,
         client,
+        ctx: ctx.clone(),
         namespace: ns,
         config: watcher::Config::default().labels(&managed_selector()),
     });
@@ -116,6 +128,9 @@ async fn run_scope(
         _ = readiness => {},
     }
 }
+
+/// How long a tenant's reconcile waits for more events about it.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs `f` when dropped.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
@@ -140,10 +155,12 @@ where
     }
 }
 
-/// Adds a watch of every owned kind to the controller.
+/// Adds a watch of every owned kind to the controller, through a reflector
+/// whose store the reconciles read ([`crate::cache`]).
 struct Owns {
     controller: Controller<ChatTenant>,
     client: Client,
+    ctx: Arc<Context>,
     namespace: Option<String>,
     config: watcher::Config,
 }
@@ -157,8 +174,16 @@ impl KindFold<'_> for Owns {
             return self;
         }
         let api = namespaced_or_all::<K>(&self.client, &self.namespace);
+        let (reader, writer) = reflector::store::<K>();
+        self.ctx.children.register(self.namespace.clone(), reader);
+        let mut last = HashMap::new();
+        let stream = watcher(api, self.config.clone())
+            .default_backoff()
+            .modify(cache::slim::<K>)
+            .reflect(writer)
+            .filter_map(move |event| futures::future::ready(trigger(&mut last, event)));
         Self {
-            controller: self.controller.owns(api, self.config.clone()),
+            controller: self.controller.owns_stream(stream),
             ..self
         }
     }
@@ -169,6 +194,52 @@ impl KindFold<'_> for Owns {
     fn http_route(self, _: Option<&DynamicObject>) -> Self {
         self
     }
+}
+
+/// Which events of an owned child start a reconcile of its tenant: a
+/// deletion always; a new or changed object only when [`trigger_hash`]
+/// changed (not for its own `resourceVersion`, nor for the status of a kind
+/// whose status the operator does not read). `last` holds the hash of each
+/// object seen.
+fn trigger<K: ChildKind>(
+    last: &mut HashMap<ObjectRef<K>, u64>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<Result<K, watcher::Error>> {
+    match event {
+        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+            let hash = trigger_hash(&obj);
+            (last.insert(ObjectRef::from_obj(&obj), hash) != Some(hash)).then_some(Ok(obj))
+        }
+        Ok(watcher::Event::Delete(obj)) => {
+            last.remove(&ObjectRef::from_obj(&obj));
+            Some(Ok(obj))
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A hash of what a reconcile reads of an owned child: the object without
+/// `metadata.resourceVersion` and, except for Deployments (whose status the
+/// rollout reads), without `status`. Pure.
+fn trigger_hash<K: ChildKind>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(meta) = v
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    if K::kind(&()) != "Deployment"
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("status");
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// The predicate of the main watch: generation, finalizers and the deletion
@@ -194,6 +265,39 @@ mod tests {
             scopes(&["a".into(), "b".into(), "a".into()]),
             [Some("a".to_string()), Some("b".to_string())]
         );
+    }
+
+    #[test]
+    fn a_child_starts_a_reconcile_when_what_is_read_of_it_changes() {
+        use k8s_openapi::api::{apps::v1::Deployment, policy::v1::PodDisruptionBudget};
+        let pdb = |rv: &str, healthy: i32| -> PodDisruptionBudget {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "n", "resourceVersion": rv},
+                "status": {"currentHealthy": healthy, "desiredHealthy": 1, "disruptionsAllowed": 0, "expectedPods": 2}
+            }))
+            .unwrap()
+        };
+        let mut last = HashMap::new();
+        let mut fire = |e| trigger(&mut last, Ok(e)).is_some();
+        assert!(fire(watcher::Event::InitApply(pdb("1", 0))));
+        assert!(!fire(watcher::Event::Apply(pdb("2", 1))), "PDB status only");
+        assert!(fire(watcher::Event::Delete(pdb("2", 1))), "deletion");
+        assert!(fire(watcher::Event::Apply(pdb("3", 1))), "created again");
+        let deployment = |available: i32| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "n"},
+                "status": {"availableReplicas": available}
+            }))
+            .unwrap()
+        };
+        let mut last = HashMap::new();
+        let mut fire = |e| trigger(&mut last, Ok(e)).is_some();
+        assert!(fire(watcher::Event::Apply(deployment(0))));
+        assert!(
+            fire(watcher::Event::Apply(deployment(1))),
+            "Deployment status is read"
+        );
+        assert!(!fire(watcher::Event::Apply(deployment(1))));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod claim;
 pub mod ident;
+pub mod pool;
 pub mod provision;
 pub mod server;
 
@@ -11,9 +12,10 @@ use rand::{Rng, distr::Alphanumeric};
 
 pub use claim::ClaimError;
 pub use ident::{Ident, IdentError};
+pub use pool::AdminPools;
 pub use provision::{
     DropOutcome, EnsureOutcome, LoginCheck, LoginRoleState, PasswordAction, TenantDatabase,
-    check_claim, check_login, classify_login, drop_tenant, ensure,
+    check_claim, check_login, classify_login, drop_tenant, ensure, secure_public_schema,
 };
 pub use server::{ServerConfig, ServerConfigError};
 
@@ -34,6 +36,17 @@ pub enum DatabaseError {
     Timeout {
         /// host:port.
         server: String,
+    },
+    /// No admin connection now, though the server answers: it has no free
+    /// connection slot (SQLSTATE 53300) or every pooled connection of the
+    /// operator is in use. Transient: retried with backoff, and the
+    /// tenant's last known database state stands.
+    #[error("PostgreSQL at {server} is busy: {why}; the operator retries with backoff")]
+    Busy {
+        /// host:port.
+        server: String,
+        /// Which of the two.
+        why: String,
     },
     /// A catalog query failed.
     #[error("{what}: {source}")]
@@ -77,6 +90,14 @@ impl DatabaseError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::Timeout { .. })
     }
+
+    /// True when the error says nothing about the tenant's own role and
+    /// database: the server was busy or could not be reached. The tenant's
+    /// last known database state then stands (no flapping of healthy
+    /// tenants while the server or the operator is overloaded).
+    pub fn is_transient(&self) -> bool {
+        self.is_unreachable() || matches!(self, Self::Busy { .. })
+    }
 }
 
 /// The operations a reconcile asks of a database server. The controller
@@ -112,9 +133,19 @@ pub trait Provisioner: Send + Sync {
     ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>>;
 }
 
-/// The real [`Provisioner`]: the functions of [`provision`] on the server.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Postgres;
+/// The real [`Provisioner`]: the functions of [`provision`] on the server,
+/// with one pool of admin connections per server ([`pool`]).
+#[derive(Debug, Default)]
+pub struct Postgres {
+    pools: AdminPools,
+}
+
+impl Postgres {
+    /// Admin connections open now, over every server.
+    pub fn open_connections(&self) -> u32 {
+        self.pools.open_connections()
+    }
+}
 
 impl Provisioner for Postgres {
     fn check_claim<'a>(
@@ -122,7 +153,7 @@ impl Provisioner for Postgres {
         server: &'a ServerConfig,
         db: &'a TenantDatabase,
     ) -> BoxFuture<'a, Result<(), DatabaseError>> {
-        Box::pin(check_claim(server, db))
+        Box::pin(check_claim(&self.pools, server, db))
     }
 
     fn ensure<'a>(
@@ -131,7 +162,7 @@ impl Provisioner for Postgres {
         db: &'a TenantDatabase,
         password: &'a PasswordAction,
     ) -> BoxFuture<'a, Result<EnsureOutcome, DatabaseError>> {
-        Box::pin(ensure(server, db, password))
+        Box::pin(ensure(&self.pools, server, db, password))
     }
 
     fn check_login<'a>(
@@ -140,7 +171,7 @@ impl Provisioner for Postgres {
         db: &'a TenantDatabase,
         password: &'a str,
     ) -> BoxFuture<'a, Result<LoginCheck, DatabaseError>> {
-        Box::pin(check_login(server, db, password))
+        Box::pin(check_login(&self.pools, server, db, password))
     }
 
     fn drop_tenant<'a>(
@@ -148,7 +179,7 @@ impl Provisioner for Postgres {
         server: &'a ServerConfig,
         db: &'a TenantDatabase,
     ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>> {
-        Box::pin(drop_tenant(server, db))
+        Box::pin(drop_tenant(&self.pools, server, db))
     }
 }
 

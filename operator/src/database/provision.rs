@@ -8,6 +8,7 @@ use super::{
     DatabaseError,
     claim::{self, ClaimError, Existing, claim_comment},
     ident::{Ident, quote_literal},
+    pool::AdminPools,
     server::{CONNECT_TIMEOUT, ServerConfig},
 };
 
@@ -263,10 +264,6 @@ pub struct EnsureOutcome {
     pub created_database: bool,
 }
 
-async fn admin_connection(server: &ServerConfig) -> Result<PgConnection, DatabaseError> {
-    connect(&server.admin_options(), server).await
-}
-
 async fn connect(
     options: &sqlx::postgres::PgConnectOptions,
     server: &ServerConfig,
@@ -371,12 +368,16 @@ pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, 
 
 /// Checks, without changing anything, that the tenant may use its role and
 /// database ([`claim`]). Run before the first `<name>-db` Secret is written,
-/// so a refused name leaves no Secret behind.
-pub async fn check_claim(server: &ServerConfig, db: &TenantDatabase) -> Result<(), DatabaseError> {
-    let mut conn = admin_connection(server).await?;
-    let observed = observe(&mut conn, &db.name).await;
-    let _ = conn.close().await;
-    Ok(observed?.check_claim(db)?)
+/// so a refused name leaves no Secret behind. One admin connection of
+/// `pools`.
+pub async fn check_claim(
+    pools: &AdminPools,
+    server: &ServerConfig,
+    db: &TenantDatabase,
+) -> Result<(), DatabaseError> {
+    let mut conn = pools.acquire(server).await?;
+    let observed = observe(&mut conn, &db.name).await?;
+    Ok(observed.check_claim(db)?)
 }
 
 async fn execute(conn: &mut PgConnection, st: &Statement) -> Result<(), DatabaseError> {
@@ -391,16 +392,18 @@ async fn execute(conn: &mut PgConnection, st: &Statement) -> Result<(), Database
     Ok(())
 }
 
-/// Brings the server to what `db` needs, executing only missing DDL, then
-/// makes sure PUBLIC has no rights on the database's `public` schema and the
-/// tenant role may create tables in it. Refuses, before any DDL, a role or
-/// database that is not this tenant's ([`claim`]).
+/// Brings the server to what `db` needs, executing only missing DDL, on one
+/// admin connection of `pools`; a database created now also gets its
+/// `public` schema closed ([`secure_public_schema`]; later drift of that
+/// schema is found by [`check_login`] from inside the database). Refuses,
+/// before any DDL, a role or database that is not this tenant's ([`claim`]).
 pub async fn ensure(
+    pools: &AdminPools,
     server: &ServerConfig,
     db: &TenantDatabase,
     password: &PasswordAction,
 ) -> Result<EnsureOutcome, DatabaseError> {
-    let mut conn = admin_connection(server).await?;
+    let mut conn = pools.acquire(server).await?;
     let observed = observe(&mut conn, &db.name).await?;
     observed.check_claim(db)?;
     let statements = plan(db, &observed, password);
@@ -413,33 +416,65 @@ pub async fn ensure(
         execute(&mut conn, st).await?;
         outcome.executed.push(st.redacted.clone());
     }
-    let _ = conn.close().await;
+    drop(conn);
+    if outcome.created_database {
+        outcome
+            .executed
+            .extend(secure_public_schema(server, db).await?);
+    }
+    Ok(outcome)
+}
 
-    // The public schema lives inside the tenant database: connect there.
+/// The SQL of "is schema `public` open to PUBLIC, and is its owner wrong",
+/// readable by any role connected to the database.
+const PUBLIC_SCHEMA_STATE: &str = "SELECT nspacl IS NULL OR EXISTS (SELECT 1 FROM unnest(nspacl) a WHERE a::text LIKE '=%'), \
+            pg_get_userbyid(nspowner) IN ('pg_database_owner', $1) \
+     FROM pg_namespace WHERE nspname = 'public'";
+
+/// Whether schema `public` needs [`secure_public_schema`], read on a
+/// connection inside the tenant's database.
+async fn public_schema_drift(
+    conn: &mut PgConnection,
+    db: &TenantDatabase,
+) -> Result<bool, DatabaseError> {
+    let (open, owner_ok): (bool, bool) = sqlx::query_as(PUBLIC_SCHEMA_STATE)
+        .bind(db.name.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(DatabaseError::query("reading schema public"))?
+        .unwrap_or((false, true));
+    Ok(open || !owner_ok)
+}
+
+/// Makes sure PUBLIC has no rights on the database's `public` schema and the
+/// tenant role owns it, as the admin inside the tenant's database (a
+/// connection of its own: the pool's are to `postgres`). Returns the
+/// statements executed.
+pub async fn secure_public_schema(
+    server: &ServerConfig,
+    db: &TenantDatabase,
+) -> Result<Vec<String>, DatabaseError> {
     let mut tenant_conn =
         connect(&server.admin_options().database(db.name.as_str()), server).await?;
-    let (public_schema_open, owner_ok): (bool, bool) = sqlx::query_as(
-        "SELECT nspacl IS NULL OR EXISTS (SELECT 1 FROM unnest(nspacl) a WHERE a::text LIKE '=%'), \
-                pg_get_userbyid(nspowner) IN ('pg_database_owner', $1) \
-         FROM pg_namespace WHERE nspname = 'public'",
-    )
-    .bind(db.name.as_str())
-    .fetch_optional(&mut tenant_conn)
-    .await
-    .map_err(DatabaseError::query("reading schema public"))?
-    .unwrap_or((false, true));
+    let (public_schema_open, owner_ok): (bool, bool) = sqlx::query_as(PUBLIC_SCHEMA_STATE)
+        .bind(db.name.as_str())
+        .fetch_optional(&mut tenant_conn)
+        .await
+        .map_err(DatabaseError::query("reading schema public"))?
+        .unwrap_or((false, true));
     // PostgreSQL 14 and older give `public` to the bootstrap superuser: the
     // tenant role could not create its tables once PUBLIC is revoked.
     let schema_statements = [
         (!owner_ok).then(|| format!("ALTER SCHEMA public OWNER TO {}", db.name.quoted())),
         public_schema_open.then(|| "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_string()),
     ];
+    let mut executed = Vec::new();
     for sql in schema_statements.into_iter().flatten() {
         execute(&mut tenant_conn, &Statement::plain(sql.clone())).await?;
-        outcome.executed.push(format!("{sql} (in {})", db.name));
+        executed.push(format!("{sql} (in {})", db.name));
     }
     let _ = tenant_conn.close().await;
-    Ok(outcome)
+    Ok(executed)
 }
 
 /// Whether the tenant role logs in with `password`, and if not, why: the
@@ -498,8 +533,17 @@ pub struct LoginRoleState {
 }
 
 /// Classifies a failed login by SQLSTATE and the role's state (`None`: the
-/// role does not exist), never by message text alone; `message` is only
-/// shown. Pure.
+/// role does not exist), never by message text alone. Pure.
+///
+/// SQLSTATE 53300 (too_many_connections) has several causes, told apart by
+/// PostgreSQL's message (English unless the server's `lc_messages` says
+/// otherwise) and the role's state. Only the role's own `CONNECTION LIMIT`
+/// is checked after authentication ("too many connections for role"): the
+/// password worked. "sorry, too many clients already" comes before
+/// authentication and "remaining connection slots are reserved" means the
+/// pods cannot get in either: the server is full, whatever the role's
+/// sessions. A message in another language falls back to the role's state:
+/// at its limit means its own limit.
 pub fn classify_login(code: &str, message: &str, role: Option<&LoginRoleState>) -> LoginCheck {
     let Some(r) = role else {
         return match code {
@@ -507,12 +551,17 @@ pub fn classify_login(code: &str, message: &str, role: Option<&LoginRoleState>) 
             _ => LoginCheck::RoleMissing,
         };
     };
+    let role_limit = message.contains("too many connections for role");
+    let server_full = [
+        "too many clients",
+        "connection slots are reserved",
+        "for database",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    let at_limit = r.connection_limit >= 0 && r.sessions >= i64::from(r.connection_limit);
     match code {
-        // The role's own limit comes after authentication: the password
-        // works. Anything else with 53300 is the server being full.
-        "53300" if r.connection_limit >= 0 && r.sessions >= i64::from(r.connection_limit) => {
-            LoginCheck::Ok
-        }
+        "53300" if role_limit || (!server_full && at_limit) => LoginCheck::Ok,
         "53300" => LoginCheck::ServerFull(message.to_string()),
         _ if !r.can_login => LoginCheck::LoginDisabled,
         "28P01" => match (&r.expired, r.has_password) {
@@ -531,10 +580,11 @@ pub fn classify_login(code: &str, message: &str, role: Option<&LoginRoleState>) 
 
 /// Reads the tenant role's state for [`classify_login`].
 async fn login_role_state(
+    pools: &AdminPools,
     server: &ServerConfig,
     db: &TenantDatabase,
 ) -> Result<Option<LoginRoleState>, DatabaseError> {
-    let mut conn = admin_connection(server).await?;
+    let mut conn = pools.acquire(server).await?;
     let admin = observe(&mut conn, &db.name).await?.admin;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT r.rolcanlogin, r.rolconnlimit, \
@@ -548,10 +598,10 @@ async fn login_role_state(
     )))
     .bind(db.name.as_str())
     .bind(db.name.as_str())
-    .fetch_optional(&mut conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(DatabaseError::query("reading the tenant role after a failed login"))?;
-    let _ = conn.close().await;
+    drop(conn);
     row.map(|row| -> Result<LoginRoleState, sqlx::Error> {
         Ok(LoginRoleState {
             can_login: row.try_get("rolcanlogin")?,
@@ -568,16 +618,26 @@ async fn login_role_state(
 }
 
 /// Logs in as the tenant role to its database with the Secret's password;
-/// a refusal is explained from the role's state ([`classify_login`]).
+/// a refusal is explained from the role's state ([`classify_login`], read
+/// on an admin connection of `pools`). A login that works also checks, from
+/// inside the database, that schema `public` is still closed, and closes it
+/// again when someone opened it ([`secure_public_schema`]).
 pub async fn check_login(
+    pools: &AdminPools,
     server: &ServerConfig,
     db: &TenantDatabase,
     password: &str,
 ) -> Result<LoginCheck, DatabaseError> {
     let options = server.tenant_options(&db.name, password, &db.name);
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => {
+        Ok(Ok(mut conn)) => {
+            let drift = public_schema_drift(&mut conn, db).await;
             let _ = conn.close().await;
+            if drift? {
+                for statement in secure_public_schema(server, db).await? {
+                    tracing::info!(%statement, "repaired schema public");
+                }
+            }
             Ok(LoginCheck::Ok)
         }
         Ok(Err(sqlx::Error::Database(e)))
@@ -587,7 +647,7 @@ pub async fn check_login(
             ) =>
         {
             let code = e.code().unwrap_or_default().to_string();
-            let state = match login_role_state(server, db).await {
+            let state = match login_role_state(pools, server, db).await {
                 Ok(state) => state,
                 // The admin cannot get in either: the server is full.
                 Err(_) if code == "53300" => {
@@ -624,13 +684,13 @@ pub struct DropOutcome {
 /// Terminates the tenant's sessions, drops its database, then its role, when
 /// both are this tenant's. Idempotent: missing objects are skipped.
 pub async fn drop_tenant(
+    pools: &AdminPools,
     server: &ServerConfig,
     db: &TenantDatabase,
 ) -> Result<DropOutcome, DatabaseError> {
-    let mut conn = admin_connection(server).await?;
+    let mut conn = pools.acquire(server).await?;
     let observed = observe(&mut conn, &db.name).await?;
     if let Err(e) = observed.check_claim(db) {
-        let _ = conn.close().await;
         return Ok(DropOutcome {
             executed: Vec::new(),
             left_alone: Some(e),
@@ -641,7 +701,7 @@ pub async fn drop_tenant(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
     )
     .bind(name.as_str())
-    .execute(&mut conn)
+    .execute(&mut *conn)
     .await
     .map_err(DatabaseError::query("terminating sessions"))?;
     let mut executed = Vec::new();
@@ -652,7 +712,7 @@ pub async fn drop_tenant(
         execute(&mut conn, &Statement::plain(sql.clone())).await?;
         executed.push(sql);
     }
-    let _ = conn.close().await;
+    drop(conn);
     Ok(DropOutcome {
         executed,
         left_alone: None,
@@ -953,6 +1013,47 @@ mod tests {
                 classify_login(code, "m", state.as_ref()),
                 want,
                 "{code} {state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_connections_is_told_apart_by_message_then_role_state() {
+        let at_limit = LoginRoleState {
+            can_login: true,
+            connection_limit: 1,
+            sessions: 1,
+            ..LoginRoleState::default()
+        };
+        let below = LoginRoleState {
+            sessions: 0,
+            ..at_limit.clone()
+        };
+        let full = "sorry, too many clients already";
+        let reserved =
+            "remaining connection slots are reserved for roles with the SUPERUSER attribute";
+        let own = "too many connections for role \"chat_acme\"";
+        let other_language = "zu viele Verbindungen";
+        let server_full = |m: &str| LoginCheck::ServerFull(m.into());
+        let cases = [
+            // Its own limit, even when the sessions were counted after one
+            // of them ended.
+            (own, &below, LoginCheck::Ok),
+            (own, &at_limit, LoginCheck::Ok),
+            // A full server is not a working login, even when the role
+            // happens to be at its limit too.
+            (full, &at_limit, server_full(full)),
+            (full, &below, server_full(full)),
+            (reserved, &at_limit, server_full(reserved)),
+            // Unknown wording: the role's state decides.
+            (other_language, &at_limit, LoginCheck::Ok),
+            (other_language, &below, server_full(other_language)),
+        ];
+        for (message, state, want) in cases {
+            assert_eq!(
+                classify_login("53300", message, Some(state)),
+                want,
+                "{message} {state:?}"
             );
         }
     }

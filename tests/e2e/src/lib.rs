@@ -29,6 +29,7 @@ pub mod catalog;
 pub mod chat;
 pub mod manifests;
 pub mod operator;
+pub mod requests;
 
 /// Errors from the harness; every message says what to run to fix it.
 #[derive(Debug, thiserror::Error)]

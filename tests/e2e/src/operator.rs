@@ -215,6 +215,7 @@ impl RunningOperator {
                 watch_namespaces: vec![namespace.into()],
                 resync,
                 instance,
+                concurrency: chorus_operator::controller::DEFAULT_CONCURRENCY,
             },
             http_addr: None,
             leader_election: leader,

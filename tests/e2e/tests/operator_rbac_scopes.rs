@@ -131,6 +131,7 @@ async fn namespaced_mode_needs_and_gets_roles_in_the_listed_namespaces_only() {
         watch_namespaces: vec![tenants_ns.clone()],
         resync: Duration::from_secs(300),
         instance: "e2e-rbac".into(),
+        concurrency: chorus_operator::controller::DEFAULT_CONCURRENCY,
     };
     let ctx = Arc::new(Context::new(
         sa,

@@ -15,7 +15,8 @@ use chorus_e2e::{
     unique_suffix,
 };
 use chorus_operator::database::{
-    Ident, LoginCheck, PasswordAction, ServerConfig, TenantDatabase, check_login, ensure,
+    AdminPools, DatabaseError, Ident, LoginCheck, PasswordAction, Postgres, Provisioner,
+    ServerConfig, TenantDatabase, check_login, ensure, pool::ADMIN_POOL_SIZE,
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::{ObjectMeta, PostParams};
@@ -45,7 +46,7 @@ async fn sql(s: String) {
 }
 
 async fn drop_tenant(db: &TenantDatabase) {
-    chorus_operator::database::drop_tenant(&server(), db)
+    chorus_operator::database::drop_tenant(&AdminPools::default(), &server(), db)
         .await
         .unwrap();
 }
@@ -53,11 +54,12 @@ async fn drop_tenant(db: &TenantDatabase) {
 #[tokio::test]
 async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
     let (server, db) = (server(), tenant("expiry", 5));
-    ensure(&server, &db, &PasswordAction::Set("pw-1".into()))
+    let pools = AdminPools::default();
+    ensure(&pools, &server, &db, &PasswordAction::Set("pw-1".into()))
         .await
         .unwrap();
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::Ok
     );
 
@@ -67,13 +69,13 @@ async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
         db.name.quoted()
     ))
     .await;
-    match check_login(&server, &db, "pw-1").await.unwrap() {
+    match check_login(&pools, &server, &db, "pw-1").await.unwrap() {
         LoginCheck::PasswordExpired { valid_until } => {
             assert!(valid_until.starts_with("2000-01-01"))
         }
         other => panic!("an expired role is not a password mismatch: {other:?}"),
     }
-    let repaired = ensure(&server, &db, &PasswordAction::Keep("pw-1".into()))
+    let repaired = ensure(&pools, &server, &db, &PasswordAction::Keep("pw-1".into()))
         .await
         .unwrap();
     assert_eq!(
@@ -84,42 +86,42 @@ async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
         )]
     );
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::Ok
     );
 
     // NOLOGIN by hand.
     sql(format!("ALTER ROLE {} NOLOGIN", db.name.quoted())).await;
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::LoginDisabled
     );
-    ensure(&server, &db, &PasswordAction::Keep("pw-1".into()))
+    ensure(&pools, &server, &db, &PasswordAction::Keep("pw-1".into()))
         .await
         .unwrap();
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::Ok
     );
 
     // No password at all: the Secret's is set (the admin is superuser).
     sql(format!("ALTER ROLE {} PASSWORD NULL", db.name.quoted())).await;
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::NoPassword
     );
-    ensure(&server, &db, &PasswordAction::Keep("pw-1".into()))
+    ensure(&pools, &server, &db, &PasswordAction::Keep("pw-1".into()))
         .await
         .unwrap();
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::Ok
     );
 
     // Only a real mismatch is called one.
     sql(format!("ALTER ROLE {} PASSWORD 'other'", db.name.quoted())).await;
     assert_eq!(
-        check_login(&server, &db, "pw-1").await.unwrap(),
+        check_login(&pools, &server, &db, "pw-1").await.unwrap(),
         LoginCheck::PasswordMismatch
     );
     drop_tenant(&db).await;
@@ -128,13 +130,21 @@ async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
 #[tokio::test]
 async fn a_missing_role_is_created_with_the_secrets_password() {
     let (server, db) = (server(), tenant("crash", 5));
+    let pools = AdminPools::default();
     // The Secret was written, then the operator died before CREATE ROLE.
-    let out = ensure(&server, &db, &PasswordAction::Keep("from-secret".into()))
-        .await
-        .unwrap();
+    let out = ensure(
+        &pools,
+        &server,
+        &db,
+        &PasswordAction::Keep("from-secret".into()),
+    )
+    .await
+    .unwrap();
     assert!(out.created_role);
     assert_eq!(
-        check_login(&server, &db, "from-secret").await.unwrap(),
+        check_login(&pools, &server, &db, "from-secret")
+            .await
+            .unwrap(),
         LoginCheck::Ok
     );
     drop_tenant(&db).await;
@@ -143,22 +153,77 @@ async fn a_missing_role_is_created_with_the_secrets_password() {
 #[tokio::test]
 async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
     let (server, db) = (server(), tenant("limit", 1));
-    ensure(&server, &db, &PasswordAction::Set("pw".into()))
+    let pools = AdminPools::default();
+    ensure(&pools, &server, &db, &PasswordAction::Set("pw".into()))
         .await
         .unwrap();
     let url = server.tenant_uri(&db.name, "pw", &db.name);
     // The role's own limit: the login itself works.
     let held = PgConnection::connect(&url).await.unwrap();
     assert_eq!(
-        check_login(&server, &db, "pw").await.unwrap(),
+        check_login(&pools, &server, &db, "pw").await.unwrap(),
         LoginCheck::Ok
     );
     drop(held);
 
-    // The server full while the role is below its limit: not a working
-    // login. Fill every non-reserved slot with another role's sessions.
+    // A server full for everyone but superusers: PostgreSQL checks the
+    // role's own limit first ("too many connections for role", after
+    // authentication), so a role at its limit still proves its password.
     let filler = format!("filler_{}", unique_suffix());
     sql(format!("CREATE ROLE {filler} LOGIN PASSWORD 'f'")).await;
+    let filler_url = format!(
+        "postgres://{filler}:f@{}:{}/postgres?sslmode=disable",
+        server.host, server.port
+    );
+    let tenant_held = PgConnection::connect(&url).await.unwrap();
+    let mut held = fill(&filler_url, false).await;
+    let own_limit = check_login(&pools, &server, &db, "pw").await;
+    // Every slot taken, the superusers' too: "sorry, too many clients
+    // already" comes before authentication. Not a working login, even
+    // though the role is at its limit (the state alone said Ok before).
+    held.extend(fill(&catalog_admin_url(), true).await);
+    let at_limit = check_login(&pools, &server, &db, "pw").await;
+    drop(tenant_held);
+    held.extend(fill(&catalog_admin_url(), true).await);
+    let below_limit = check_login(&pools, &server, &db, "pw").await;
+    // An operator with no pooled connection yet gets "busy", not
+    // "unreachable" nor a login verdict.
+    let fresh = Postgres::default();
+    let busy = fresh
+        .ensure(&server, &db, &PasswordAction::Keep("pw".into()))
+        .await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(own_limit.unwrap(), LoginCheck::Ok);
+    for (what, full) in [("at its limit", at_limit), ("below its limit", below_limit)] {
+        match full.unwrap() {
+            LoginCheck::ServerFull(why) => assert!(why.contains("too many clients"), "{why}"),
+            other => panic!("a full server is not a working login ({what}): {other:?}"),
+        }
+    }
+    match busy {
+        Err(e @ DatabaseError::Busy { .. }) => {
+            assert!(e.is_transient());
+            assert!(e.to_string().contains("no free connection slot"), "{e}");
+        }
+        other => panic!("a full server is busy: {other:?}"),
+    }
+    assert_eq!(
+        check_login(&pools, &server, &db, "pw").await.unwrap(),
+        LoginCheck::Ok
+    );
+    sql(format!("DROP ROLE {filler}")).await;
+    drop_tenant(&db).await;
+}
+
+/// The admin URL of the test server (a superuser).
+fn catalog_admin_url() -> String {
+    std::env::var("CHORUS_TEST_DATABASE_URL").unwrap()
+}
+
+/// Opens connections at `url` until the server refuses one (`all`) or only
+/// the superuser-reserved slots are left.
+async fn fill(url: &str, all: bool) -> Vec<PgConnection> {
     let mut admin = catalog::admin_connection().await.unwrap();
     let (max, reserved): (String, String) = sqlx::query_as(
         "SELECT current_setting('max_connections'), current_setting('superuser_reserved_connections')",
@@ -167,10 +232,6 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
     .await
     .unwrap();
     let (max, reserved): (i64, i64) = (max.parse().unwrap(), reserved.parse().unwrap());
-    let filler_url = format!(
-        "postgres://{filler}:f@{}:{}/postgres?sslmode=disable",
-        server.host, server.port
-    );
     let mut held = Vec::new();
     loop {
         let (in_use,): (i64,) = sqlx::query_as(
@@ -179,27 +240,73 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
         .fetch_one(&mut admin)
         .await
         .unwrap();
-        if in_use >= max - reserved || held.len() > 1000 {
+        if (!all && in_use >= max - reserved) || held.len() > 1000 {
             break;
         }
-        match PgConnection::connect(&filler_url).await {
+        match PgConnection::connect(url).await {
             Ok(c) => held.push(c),
             Err(_) => break,
         }
     }
-    let full = check_login(&server, &db, "pw").await;
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    match full.unwrap() {
-        LoginCheck::ServerFull(why) => assert!(!why.is_empty()),
-        other => panic!("a full server is not a working login: {other:?}"),
+    drop(admin);
+    // The slot of the counting connection.
+    if all && let Ok(c) = PgConnection::connect(url).await {
+        held.push(c);
     }
-    assert_eq!(
-        check_login(&server, &db, "pw").await.unwrap(),
-        LoginCheck::Ok
-    );
-    sql(format!("DROP ROLE {filler}")).await;
-    drop_tenant(&db).await;
+    held
+}
+
+/// Reconciles share a few pooled admin connections per server: 12 tenants
+/// provisioned and checked at once open at most `ADMIN_POOL_SIZE` admin
+/// sessions (counted by a login of their own).
+#[tokio::test]
+async fn reconciles_share_a_small_pool_of_admin_connections() {
+    let admin = format!("opadmin_{}", unique_suffix());
+    sql(format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB PASSWORD 'a'"
+    ))
+    .await;
+    let server = ServerConfig {
+        username: admin.clone(),
+        password: "a".into(),
+        ..server()
+    };
+    let postgres = Postgres::default();
+    let tenants: Vec<TenantDatabase> = (0..12).map(|_| tenant("pool", 5)).collect();
+    let sessions = || async {
+        let mut c = catalog::admin_connection().await.unwrap();
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname = 'postgres'",
+        )
+        .bind(&admin)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        n
+    };
+    let mut peak = 0;
+    for _ in 0..2 {
+        let runs = tenants.iter().map(|db| {
+            let (postgres, server) = (&postgres, &server);
+            async move {
+                postgres
+                    .ensure(server, db, &PasswordAction::Keep("pw".into()))
+                    .await
+                    .unwrap();
+                postgres.check_login(server, db, "pw").await.unwrap()
+            }
+        });
+        let (logins, n) = tokio::join!(futures::future::join_all(runs), sessions());
+        assert!(logins.iter().all(|l| *l == LoginCheck::Ok), "{logins:?}");
+        peak = peak.max(n).max(sessions().await);
+    }
+    assert!(peak >= 1 && peak <= i64::from(ADMIN_POOL_SIZE), "{peak}");
+    assert!(postgres.open_connections() <= ADMIN_POOL_SIZE);
+    for db in &tenants {
+        drop_tenant(db).await;
+    }
+    drop(postgres);
+    sql(format!("DROP ROLE {admin}")).await;
 }
 
 /// The issue's reproduction through the operator: Secret `x-db` exists

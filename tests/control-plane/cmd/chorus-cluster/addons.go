@@ -82,9 +82,10 @@ func (a *admin) waitNodeReady(ctx context.Context, sup *supervisor, name string,
 }
 
 // startKwok runs kwok for the nodes annotated kwok.x-k8s.io/node=fake and
-// creates count such nodes, tainted so that only pods asking for them land
-// there. Pods on them get addresses from 10.245.0.0/16 and never run.
-func startKwok(ctx context.Context, sup *supervisor, binDir, stateDir, kubeconfig string, a *admin, count int) error {
+// creates count such nodes, tainted (beside a real node) so that only pods
+// asking for them land there. Pods on them get addresses from 10.245.0.0/16
+// and never run.
+func startKwok(ctx context.Context, sup *supervisor, binDir, stateDir, kubeconfig string, a *admin, count int, tainted bool) error {
 	port, err := freePort()
 	if err != nil {
 		return err
@@ -111,7 +112,7 @@ func startKwok(ctx context.Context, sup *supervisor, binDir, stateDir, kubeconfi
 					"kubernetes.io/arch":     "amd64",
 				},
 			},
-			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: fakeNodeTaint, Value: "fake", Effect: corev1.TaintEffectNoSchedule}}},
+			Spec: fakeNodeSpec(tainted),
 			Status: corev1.NodeStatus{
 				Capacity: corev1.ResourceList{
 					corev1.ResourceCPU:    resource.MustParse("64"),
@@ -134,8 +135,21 @@ func startKwok(ctx context.Context, sup *supervisor, binDir, stateDir, kubeconfi
 			return fmt.Errorf("%w (see kwok.log)", err)
 		}
 	}
-	log.Printf("%d kwok fake nodes Ready (taint %s=fake:NoSchedule)", count, fakeNodeTaint)
+	if tainted {
+		log.Printf("%d kwok fake nodes Ready (taint %s=fake:NoSchedule)", count, fakeNodeTaint)
+	} else {
+		log.Printf("%d kwok fake nodes Ready (untainted)", count)
+	}
 	return nil
+}
+
+// fakeNodeSpec keeps pods off a fake node unless they tolerate its taint
+// (beside a real node), or not at all (--kwok-only: there is no other node).
+func fakeNodeSpec(tainted bool) corev1.NodeSpec {
+	if !tainted {
+		return corev1.NodeSpec{}
+	}
+	return corev1.NodeSpec{Taints: []corev1.Taint{{Key: fakeNodeTaint, Value: "fake", Effect: corev1.TaintEffectNoSchedule}}}
 }
 
 // startMetricsServer runs metrics-server on the host, listening on the node

@@ -20,7 +20,11 @@ const (
 // controller (ServiceAccount and token, garbage collector, Deployment and
 // ReplicaSet, EndpointSlice, HPA, namespace, ...), one ServiceAccount per
 // controller, and leader election off, and waits for /healthz.
-func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
+//
+// extra flags are appended (--kwok-only raises the client rate limits: at
+// the defaults, 20 requests/s, the ReplicaSet and Deployment controllers
+// take minutes to report thousands of fake pods).
+func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles, extra ...string) error {
 	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kube-controller-manager", "system:kube-controller-manager")
 	if err != nil {
 		return err
@@ -29,27 +33,28 @@ func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateD
 	if err != nil {
 		return err
 	}
-	err = sup.start("kube-controller-manager", filepath.Join(binDir, "kube-controller-manager"),
-		"--kubeconfig="+kubeconfig,
-		"--authentication-kubeconfig="+kubeconfig,
-		"--authorization-kubeconfig="+kubeconfig,
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-		"--cert-dir="+filepath.Join(stateDir, "kube-controller-manager"),
+		"--cert-dir=" + filepath.Join(stateDir, "kube-controller-manager"),
 		"--leader-elect=false",
 		"--controllers=*",
 		"--use-service-account-credentials=true",
-		"--service-account-private-key-file="+p.saKey,
-		"--root-ca-file="+p.caCert,
-		"--service-cluster-ip-range="+serviceCIDR,
-		"--cluster-cidr="+clusterCIDR,
-		"--cluster-signing-cert-file="+p.caCert,
-		"--cluster-signing-key-file="+p.caKey,
+		"--service-account-private-key-file=" + p.saKey,
+		"--root-ca-file=" + p.caCert,
+		"--service-cluster-ip-range=" + serviceCIDR,
+		"--cluster-cidr=" + clusterCIDR,
+		"--cluster-signing-cert-file=" + p.caCert,
+		"--cluster-signing-key-file=" + p.caKey,
 		// The HPA reacts within tests' patience: sync every 5 s (default 15 s).
 		"--horizontal-pod-autoscaler-sync-period=5s",
 		"--profiling=false",
 		"--v=1",
-	)
+	}
+	err = sup.start("kube-controller-manager", filepath.Join(binDir, "kube-controller-manager"), append(args, extra...)...)
 	if err != nil {
 		return err
 	}
@@ -58,7 +63,7 @@ func startControllerManager(ctx context.Context, sup *supervisor, binDir, stateD
 
 // startScheduler runs kube-scheduler with leader election off and waits for
 // /healthz.
-func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles) error {
+func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiURL string, p *pkiFiles, extra ...string) error {
 	kubeconfig, err := componentKubeconfig(p, stateDir, apiURL, "kube-scheduler", "system:kube-scheduler")
 	if err != nil {
 		return err
@@ -67,17 +72,18 @@ func startScheduler(ctx context.Context, sup *supervisor, binDir, stateDir, apiU
 	if err != nil {
 		return err
 	}
-	err = sup.start("kube-scheduler", filepath.Join(binDir, "kube-scheduler"),
-		"--kubeconfig="+kubeconfig,
-		"--authentication-kubeconfig="+kubeconfig,
-		"--authorization-kubeconfig="+kubeconfig,
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-		"--cert-dir="+filepath.Join(stateDir, "kube-scheduler"),
+		"--cert-dir=" + filepath.Join(stateDir, "kube-scheduler"),
 		"--leader-elect=false",
 		"--profiling=false",
 		"--v=1",
-	)
+	}
+	err = sup.start("kube-scheduler", filepath.Join(binDir, "kube-scheduler"), append(args, extra...)...)
 	if err != nil {
 		return err
 	}

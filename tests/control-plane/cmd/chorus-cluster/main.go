@@ -37,7 +37,8 @@ func main() {
 		readyAfter = flag.Duration("ready-timeout", 3*time.Minute, "how long to wait for kube-apiserver /readyz")
 		withNode   = flag.Bool("node", false, "also run kube-controller-manager, kube-scheduler, one real node (containerd, runc, CNI, kubelet, kube-proxy), kwok and metrics-server (needs root)")
 		imageDir   = flag.String("image-dir", "", "with --node: import every *.tar image archive in this directory into the node's containerd")
-		fakeNodes  = flag.Int("fake-nodes", 4, "with --node: how many kwok fake nodes to create")
+		fakeNodes  = flag.Int("fake-nodes", 4, "with --node or --kwok-only: how many kwok fake nodes to create")
+		kwokOnly   = flag.Bool("kwok-only", false, "also run kube-controller-manager, kube-scheduler and kwok with --fake-nodes untainted fake nodes, and no real node (no root, no machine lock): a separate control plane for scale benchmarks")
 		cleanup    = flag.Bool("cleanup", false, "only remove what an earlier (killed) launcher left for --state-dir, then exit")
 	)
 	flag.Parse()
@@ -61,8 +62,11 @@ func main() {
 		}
 		return
 	}
+	if *withNode && *kwokOnly {
+		log.Fatal("--node and --kwok-only exclude each other")
+	}
 	opts := options{binDir: *binDir, stateDir: *stateDir, exitWith: *exitWith, readyTimeout: *readyAfter,
-		node: *withNode, imageDir: *imageDir, fakeNodes: *fakeNodes}
+		node: *withNode, kwokOnly: *kwokOnly, imageDir: *imageDir, fakeNodes: *fakeNodes}
 	if err := run(opts); err != nil {
 		log.Fatalf("error: %v", err)
 	}
@@ -73,7 +77,7 @@ type options struct {
 	binDir, stateDir, imageDir string
 	exitWith, fakeNodes        int
 	readyTimeout               time.Duration
-	node                       bool
+	node, kwokOnly             bool
 }
 
 func run(o options) error {
@@ -149,10 +153,26 @@ func run(o options) error {
 		if err := startNode(ctx, sup, binDir, stateDir, o.imageDir, apiURL, pki, a); err != nil {
 			return err
 		}
-		if err := startKwok(ctx, sup, binDir, stateDir, kubeconfig, a, o.fakeNodes); err != nil {
+		if err := startKwok(ctx, sup, binDir, stateDir, kubeconfig, a, o.fakeNodes, true); err != nil {
 			return err
 		}
 		if err := startMetricsServer(ctx, sup, binDir, stateDir, kubeconfig, a); err != nil {
+			return err
+		}
+	}
+	if o.kwokOnly {
+		a, err := newAdmin(kubeconfig)
+		if err != nil {
+			return err
+		}
+		if err := startControllerManager(ctx, sup, binDir, stateDir, apiURL, pki, scaleFlags(true)...); err != nil {
+			return err
+		}
+		if err := startScheduler(ctx, sup, binDir, stateDir, apiURL, pki, "--kube-api-qps=500", "--kube-api-burst=1000"); err != nil {
+			return err
+		}
+		// Every pod lands on a fake node: nothing to keep off them.
+		if err := startKwok(ctx, sup, binDir, stateDir, kubeconfig, a, o.fakeNodes, false); err != nil {
 			return err
 		}
 	}
@@ -168,6 +188,17 @@ func run(o options) error {
 	case name := <-sup.died:
 		return fmt.Errorf("%s exited unexpectedly; see %s", name, filepath.Join(stateDir, name+".log"))
 	}
+}
+
+// scaleFlags are kube-controller-manager's flags for thousands of objects
+// (--kwok-only): client rate limits and workers well above the defaults
+// (20 requests/s, 5 workers per controller).
+func scaleFlags(scale bool) []string {
+	if !scale {
+		return nil
+	}
+	return []string{"--kube-api-qps=500", "--kube-api-burst=1000",
+		"--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20"}
 }
 
 // watchPid returns a context cancelled once pid no longer exists.

@@ -34,3 +34,21 @@ COMMIT
 		t.Error("a table without node rules reported as changed")
 	}
 }
+
+func TestFakeNodesAreTaintedOnlyBesideARealNode(t *testing.T) {
+	if taints := fakeNodeSpec(true).Taints; len(taints) != 1 || taints[0].Key != fakeNodeTaint || taints[0].Effect != "NoSchedule" {
+		t.Errorf("beside a real node: %v", taints)
+	}
+	if taints := fakeNodeSpec(false).Taints; len(taints) != 0 {
+		t.Errorf("--kwok-only: %v", taints)
+	}
+}
+
+func TestScaleFlagsOnlyForKwokOnly(t *testing.T) {
+	if f := scaleFlags(false); len(f) != 0 {
+		t.Errorf("beside a real node: %v", f)
+	}
+	if f := strings.Join(scaleFlags(true), " "); !strings.Contains(f, "--kube-api-qps=500") {
+		t.Errorf("--kwok-only: %s", f)
+	}
+}

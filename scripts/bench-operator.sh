@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# make bench-operator [ARGS]: the operator's scale figures in the README. It
+# starts a control plane of its own (`chorus-cluster --kwok-only`: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and kwok with
+# untainted fake nodes, no real node), so the bench never disturbs the local
+# cluster of `make cluster-up`; a fresh PostgreSQL (`test-bench-operator`);
+# a release build of the operator, run as a host process; and the
+# `operator-bench` driver (tests/load). Both servers stop at the end.
+#
+#   make bench-operator                                   # 1,000 tenants, restart measured
+#   make bench-operator ARGS="--tenants 10000 --hold --resync-seconds 300"
+#
+# CHORUS_CP_LAUNCHER names a launcher binary built elsewhere (the control
+# plane's other binaries still come from $CP_BIN, which is then not rebuilt).
+source "$(dirname "$0")/lib.sh"
+cd "$CHORUS_ROOT"
+if [ -z "${CHORUS_CP_LAUNCHER:-}" ]; then
+  "$CHORUS_ROOT/scripts/build-control-plane.sh"
+fi
+launcher=${CHORUS_CP_LAUNCHER:-$CP_BIN/chorus-cluster}
+step "building release binaries"
+cargo build -q --release --locked -p chorus-operator -p chorus-load --bin chorus-operator --bin operator-bench
+BIN=$CARGO_TARGET_DIR/release
+state=${CHORUS_BENCH_STATE:-$CHORUS_CACHE/run/bench-operator}
+mkdir -p "$state"
+rm -f "$state/ready"
+step "starting a kwok-only control plane (state: $state)"
+setsid nohup "$launcher" --bin-dir "$CP_BIN" --state-dir "$state" --kwok-only --fake-nodes 4 \
+  --exit-with-pid $$ >"$state/launcher.log" 2>&1 < /dev/null &
+cp_pid=$!
+db=test-bench-operator
+stop() {
+  kill -TERM "$cp_pid" 2>/dev/null || true
+  "$CHORUS_ROOT/scripts/db.sh" down "$db" >/dev/null 2>&1 || true
+}
+trap stop EXIT
+for _ in $(seq 1 1440); do
+  [ -f "$state/ready" ] && break
+  pid_alive "$cp_pid" || { tail -n 20 "$state/launcher.log" >&2; die "the control plane failed to start"; }
+  sleep 0.25
+done
+[ -f "$state/ready" ] || die "the control plane was not ready after 360s; logs in $state"
+DB=$("$CHORUS_ROOT/scripts/db.sh" up "$db")
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+step "operator-bench ${ARGS:-}"
+# shellcheck disable=SC2086 # ARGS is a list of flags
+"$BIN/operator-bench" --kubeconfig "$state/kubeconfig" --database-url "$DB" \
+  --operator "$BIN/chorus-operator" --restart ${ARGS:-}

@@ -1,0 +1,467 @@
+//! `operator-bench`: the operator's scale figures on a control plane of its
+//! own (`chorus-cluster --kwok-only`: the runtime pods land on kwok fake
+//! nodes and never run). It installs the CRD, a server Secret for the given
+//! PostgreSQL, starts the operator binary as a host process, applies
+//! `--tenants` ChatTenants at once and prints:
+//!
+//! - time to the first Ready, p50, p99 and all Ready (from the first create);
+//! - the operator's peak RSS and PostgreSQL's peak client connections;
+//! - the operator's requests during one idle resync interval, counted at the
+//!   apiserver (API Priority and Fairness, `chorus_e2e::requests`): the
+//!   operator impersonates a ServiceAccount of its own for that;
+//! - with `--hold`, the operator's RSS after that resync;
+//! - with `--restart`, how long a restarted operator takes to reconcile every
+//!   tenant, and how many tenants' DatabaseReady left True meanwhile.
+//!
+//! PostgreSQL needs about 8 MB of disk per tenant (each database is a copy
+//! of `template1`): 8 GB for 1,000 tenants.
+//!
+//! ```text
+//! operator-bench --kubeconfig K --database-url postgres://... --operator target/release/chorus-operator --tenants 1000
+//! ```
+
+#![allow(clippy::print_stdout)] // a CLI that prints its report
+
+mod probe;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chorus_e2e::requests::{Counts, RequestCounter};
+use chorus_operator::crd::ChatTenant;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(about = "Scale figures of the Chorus operator on a kwok control plane")]
+struct Args {
+    /// Kubeconfig of a control plane of the bench's own (`chorus-cluster --kwok-only`).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Admin URL of a fresh PostgreSQL server (roles `chat_bench_*` are made there).
+    #[arg(long)]
+    database_url: String,
+    /// The chorus-operator binary (a release build).
+    #[arg(long)]
+    operator: PathBuf,
+    /// ChatTenants applied at once.
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    /// The operator's resync interval; one idle interval is measured.
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
+    /// The operator's `--max-concurrent-reconciles`.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Print the RSS held after the idle resync.
+    #[arg(long)]
+    hold: bool,
+    /// Restart the operator after the idle resync and measure it converging.
+    #[arg(long)]
+    restart: bool,
+    /// Give up waiting for Ready after this long.
+    #[arg(long, default_value_t = 900)]
+    timeout_seconds: u64,
+    /// The CRD manifest.
+    #[arg(long, default_value = "crds/chattenants.chorus.dev.yaml")]
+    crd: PathBuf,
+}
+
+const NS: &str = "bench";
+const SERVER_NS: &str = "chorus-system";
+const MANAGER: &str = "operator-bench";
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config)?;
+    let mut pg = probe::pg_connect(&args.database_url).await?;
+    let (leftover,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'chat_bench_%'")
+            .fetch_one(&mut pg)
+            .await?;
+    if leftover > 0 {
+        return Err(format!(
+            "{leftover} chat_bench_* roles exist: use a fresh server (scripts/db.sh up test-...)"
+        )
+        .into());
+    }
+
+    setup(&client, &args).await?;
+    let counter = RequestCounter::install(&client, SERVER_NS).await?;
+    drop(pg);
+    let result = run(&client, &args, &counter).await;
+    counter.remove().await;
+    result
+}
+
+/// The CRD, namespaces, the server Secret and the operator's identity.
+async fn setup(client: &Client, args: &Args) -> Result<(), Error> {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&args.crd)?)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    for ns in [NS, SERVER_NS] {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        api.patch(
+            ns["metadata"]["name"].as_str().unwrap_or_default(),
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await?;
+    }
+    let url = args
+        .database_url
+        .strip_prefix("postgres://")
+        .unwrap_or_default();
+    let (auth, rest) = url.rsplit_once('@').ok_or("database URL without user")?;
+    let (user, password) = auth
+        .split_once(':')
+        .ok_or("database URL without password")?;
+    let hostport = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or("database URL without port")?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared-pg", "namespace": SERVER_NS},
+        "stringData": {"host": host, "port": port, "username": user, "password": password, "sslmode": "disable"}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), SERVER_NS)
+        .patch(
+            "shared-pg",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    // The operator impersonates this ServiceAccount, so the apiserver counts
+    // its requests apart from the bench's own.
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "operator-bench"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "chorus-operator", "namespace": SERVER_NS}]
+    });
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings
+        .patch(
+            "operator-bench",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&binding),
+        )
+        .await?;
+    // Established before any tenant is created.
+    for _ in 0..100 {
+        let c = crds.get(&crd.name_any()).await?;
+        let established = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if established {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the CRD did not become Established".into())
+}
+
+/// The operator as a host process, impersonating its ServiceAccount.
+struct Operator {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Operator {
+    async fn start(args: &Args) -> Result<Self, Error> {
+        let mut kubeconfig: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&args.kubeconfig)?)?;
+        if let Some(users) = kubeconfig
+            .get_mut("users")
+            .and_then(|u| u.as_sequence_mut())
+        {
+            for u in users {
+                if let Some(user) = u.get_mut("user").and_then(|u| u.as_mapping_mut()) {
+                    user.insert(
+                        "as".into(),
+                        format!("system:serviceaccount:{SERVER_NS}:chorus-operator").into(),
+                    );
+                    user.insert(
+                        "as-groups".into(),
+                        serde_yaml::to_value([
+                            "system:serviceaccounts",
+                            &format!("system:serviceaccounts:{SERVER_NS}"),
+                            "system:authenticated",
+                        ])?,
+                    );
+                }
+            }
+        }
+        let path = args.kubeconfig.with_extension("operator-bench");
+        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(&args.operator)
+            .env("KUBECONFIG", &path)
+            .env("POD_NAMESPACE", SERVER_NS)
+            .env("CHORUS_NO_LEADER_ELECTION", "true")
+            .env("CHORUS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("CHORUS_RESYNC_SECONDS", args.resync_seconds.to_string())
+            .env(
+                "CHORUS_MAX_CONCURRENT_RECONCILES",
+                args.concurrency.to_string(),
+            )
+            .env("CHORUS_LOG_LEVEL", "error")
+            .kill_on_drop(true)
+            .spawn()?;
+        let op = Self { child, port };
+        for _ in 0..300 {
+            if let Some((200, _)) = probe::http_get(port, "/readyz").await {
+                return Ok(op);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("the operator did not become ready within 30 s".into())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    async fn reconciles(&self) -> u64 {
+        let text = probe::http_get(self.port, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        probe::metric(&text, "chorus_reconciles_total") as u64
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+    }
+}
+
+/// What the ChatTenant watch saw.
+#[derive(Default)]
+struct Seen {
+    /// When each tenant was first Ready.
+    ready_at: HashMap<String, Instant>,
+    /// Tenants whose DatabaseReady was not True after `flaps_since`.
+    flapped: HashSet<String>,
+    flaps_since: Option<Instant>,
+}
+
+fn condition(ct: &ChatTenant, type_: &str) -> Option<String> {
+    ct.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(), Error> {
+    let tenants: Api<ChatTenant> = Api::namespaced(client.clone(), NS);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let watch = {
+        let seen = seen.clone();
+        let tenants = tenants.clone();
+        tokio::spawn(async move {
+            let stream = watcher(tenants, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Ok(Some(ct)) = stream.try_next().await {
+                let Ok(mut s) = seen.lock() else { break };
+                if condition(&ct, "Ready").as_deref() == Some("True") {
+                    s.ready_at.entry(ct.name_any()).or_insert_with(Instant::now);
+                }
+                if s.flaps_since.is_some()
+                    && condition(&ct, "DatabaseReady").as_deref() != Some("True")
+                {
+                    s.flapped.insert(ct.name_any());
+                }
+            }
+        })
+    };
+
+    let operator = Operator::start(args).await?;
+    // Peaks: operator RSS (VmHWM), PostgreSQL client connections.
+    let peak_pg = Arc::new(AtomicI64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let rss_now = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak_pg, sampling, rss_now, url) = (
+            peak_pg.clone(),
+            sampling.clone(),
+            rss_now.clone(),
+            args.database_url.clone(),
+        );
+        let pid = operator.pid();
+        tokio::spawn(async move {
+            let Ok(mut conn) = probe::pg_connect(&url).await else {
+                return 0;
+            };
+            let mut peak_rss = 0;
+            while sampling.load(Ordering::Relaxed) {
+                if let Some((rss, hwm)) = probe::rss_kib(pid) {
+                    peak_rss = hwm.max(peak_rss);
+                    rss_now.store(rss, Ordering::Relaxed);
+                }
+                if let Some(n) = probe::pg_connections(&mut conn).await {
+                    peak_pg.fetch_max(n, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak_rss
+        })
+    };
+
+    println!(
+        "applying {} ChatTenants at once (operator concurrency {}, resync {} s)",
+        args.tenants, args.concurrency, args.resync_seconds
+    );
+    let start = Instant::now();
+    futures::stream::iter(0..args.tenants)
+        .map(|i| {
+            let tenants = tenants.clone();
+            async move {
+                let ct: ChatTenant = serde_json::from_value(json!({
+                    "apiVersion": "chorus.dev/v1alpha1", "kind": "ChatTenant",
+                    "metadata": {"name": format!("t-{i}"), "namespace": NS},
+                    "spec": {
+                        "tenantId": format!("t-{i}"),
+                        "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0",
+                                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
+                        "database": {"serverRef": {"name": "shared-pg"}, "name": format!("chat_bench_{i}")}
+                    }
+                }))?;
+                tenants.create(&PostParams::default(), &ct).await?;
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let created = start.elapsed();
+    println!(
+        "created {} ChatTenants in {:.1} s",
+        args.tenants,
+        created.as_secs_f64()
+    );
+
+    let deadline = start + Duration::from_secs(args.timeout_seconds);
+    loop {
+        let ready = seen.lock().map(|s| s.ready_at.len()).unwrap_or_default();
+        if ready >= args.tenants || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut times: Vec<Duration> = seen
+        .lock()
+        .map(|s| {
+            s.ready_at
+                .values()
+                .map(|t| t.saturating_duration_since(start))
+                .collect()
+        })
+        .unwrap_or_default();
+    times.sort();
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "Ready: {}/{}; first {}, p50 {}, p99 {}, all {}",
+        times.len(),
+        args.tenants,
+        secs(times.first().copied().unwrap_or_default()),
+        secs(probe::percentile(&times, 50.0)),
+        secs(probe::percentile(&times, 99.0)),
+        if times.len() >= args.tenants {
+            secs(times.last().copied().unwrap_or_default())
+        } else {
+            "not reached".into()
+        },
+    );
+
+    // One idle resync interval: every tenant reconciles at least once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (c0, r0) = (counter.counts().await?, operator.reconciles().await);
+    tokio::time::sleep(Duration::from_secs(args.resync_seconds + 5)).await;
+    let (idle, r1): (Counts, u64) = (counter.counts().await? - c0, operator.reconciles().await);
+    println!(
+        "idle resync ({} s): {} reconciles, {} write requests, {} LISTs, {} other reads",
+        args.resync_seconds + 5,
+        r1 - r0,
+        idle.writes,
+        idle.lists,
+        idle.others
+    );
+    if args.hold {
+        println!(
+            "RSS after the idle resync: {:.1} MiB",
+            rss_now.load(Ordering::Relaxed) as f64 / 1024.0
+        );
+    }
+
+    let mut operator = operator;
+    if args.restart {
+        operator.stop().await;
+        if let Ok(mut s) = seen.lock() {
+            s.flaps_since = Some(Instant::now());
+        }
+        let restarted = Instant::now();
+        operator = Operator::start(args).await?;
+        let deadline = restarted + Duration::from_secs(args.timeout_seconds);
+        while operator.reconciles().await < args.tenants as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let flapped = seen.lock().map(|s| s.flapped.len()).unwrap_or_default();
+        println!(
+            "restart: {} reconciles in {:.1} s; tenants whose DatabaseReady left True: {flapped}",
+            operator.reconciles().await,
+            restarted.elapsed().as_secs_f64()
+        );
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let peak_rss = sampler.await.unwrap_or_default();
+    println!(
+        "peak operator RSS: {:.1} MiB; peak PostgreSQL client connections: {}",
+        peak_rss as f64 / 1024.0,
+        peak_pg.load(Ordering::Relaxed)
+    );
+    operator.stop().await;
+    watch.abort();
+    Ok(())
+}
