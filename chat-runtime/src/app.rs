@@ -248,6 +248,7 @@ mod tests {
             drain: Duration::from_secs(1),
             resume_limit: 100,
             db_pool_size: 1,
+            synchronous_commit: crate::config::SynchronousCommit::Server,
             auth_limits: Default::default(),
             trusted_proxies: vec![],
             cors_origins,

@@ -54,6 +54,31 @@ pub enum AuthMode {
     External,
 }
 
+/// When PostgreSQL answers a commit (its `synchronous_commit`, set on every
+/// connection of the pool). Source:
+/// <https://www.postgresql.org/docs/current/runtime-config-wal.html#GUC-SYNCHRONOUS-COMMIT>.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SynchronousCommit {
+    /// The server's own setting (its default is `on`: a commit returns once
+    /// its WAL is flushed to disk, so every acked message survives a crash).
+    Server,
+    /// A commit returns before its WAL is flushed: several times the send
+    /// throughput, but a PostgreSQL crash loses the sends acked in the last
+    /// moments (up to three times `wal_writer_delay`, 600 ms by default).
+    /// Never corrupts: what survives is a prefix of each room.
+    Off,
+}
+
+impl SynchronousCommit {
+    /// The value to set on each connection; `None` keeps the server's.
+    pub fn setting(self) -> Option<&'static str> {
+        match self {
+            SynchronousCommit::Server => None,
+            SynchronousCommit::Off => Some("off"),
+        }
+    }
+}
+
 /// `serve` settings, as read.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -115,6 +140,15 @@ pub struct ServeArgs {
     /// Database connections of this replica.
     #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+    /// `off` acks sends before their commit reaches the disk (see
+    /// [`SynchronousCommit`]); `server` keeps PostgreSQL's setting.
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_SYNCHRONOUS_COMMIT",
+        value_enum,
+        default_value = "server"
+    )]
+    pub database_synchronous_commit: SynchronousCommit,
     /// Log filter.
     #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -211,6 +245,8 @@ pub struct Config {
     pub resume_limit: u32,
     /// Pool size.
     pub db_pool_size: u32,
+    /// The connections' `synchronous_commit`.
+    pub synchronous_commit: SynchronousCommit,
     /// Sign-up and login limits.
     pub auth_limits: AuthLimits,
     /// Proxies whose `X-Forwarded-For` is believed (empty: none).
@@ -522,6 +558,7 @@ impl ServeArgs {
             drain: Duration::from_secs(self.drain_seconds),
             resume_limit: positive("CHAT_RESUME_LIMIT", self.resume_limit)?,
             db_pool_size: positive("CHAT_DB_POOL_SIZE", self.db_pool_size)?,
+            synchronous_commit: self.database_synchronous_commit,
             auth_limits,
             trusted_proxies,
             cors_origins,

@@ -101,10 +101,11 @@ impl Server {
         // database wait.
         let auth = Authenticator::new(&config.tenant_id, &config.auth).map_err(StartError::Auth)?;
         auth.prime().await.map_err(StartError::Auth)?;
-        let store = Store::connect(
+        let store = Store::connect_with(
             &config.database_url,
             config.db_pool_size,
             Duration::from_secs(60),
+            config.synchronous_commit.setting(),
         )
         .await
         .map_err(StartError::Database)?;
