@@ -1,6 +1,6 @@
 //! Fan-out and presence for one replica.
 //!
-//! The broker (PostgreSQL LISTEN/NOTIFY today, behind [`Broker`]) only says
+//! The broker (PostgreSQL LISTEN/NOTIFY or NATS, behind [`Broker`]) only says
 //! "room R has an event at seq S". The hub then reads the rows above what it
 //! has delivered for R and pushes each event, serialized once, into the queue
 //! of every local subscriber. A timer also compares each subscribed room's
@@ -8,6 +8,8 @@
 //! reconnect only delays delivery. Sessions keep their own per-room cursor and
 //! fill any gap from the database, so what a client receives is contiguous.
 
+pub mod broker;
+pub mod nats;
 pub mod outbox;
 pub mod pg;
 pub mod presence;
@@ -22,7 +24,6 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -32,6 +33,7 @@ use crate::{
 };
 use outbox::{Item, Outbox, Push};
 
+pub use broker::{Broker, Inbound, receive};
 use presence::PresenceBook;
 pub use presence::Status;
 
@@ -65,17 +67,6 @@ pub enum Ephemeral {
         /// (user, status) pairs.
         users: Vec<(UserId, Status)>,
     },
-}
-
-/// Transport between replicas. Room events are durable in PostgreSQL; the
-/// broker only carries wake-ups and ephemeral traffic, so an at-most-once
-/// transport (NOTIFY, NATS core) is enough.
-pub trait Broker: Send + Sync + 'static {
-    /// Says a room event was committed (after the commit). May coalesce:
-    /// receivers read every row above what they delivered anyway.
-    fn publish_wakeup(&self, room: RoomId, seq: Seq);
-    /// Sends an ephemeral message to every replica.
-    fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()>;
 }
 
 struct RoomState {
@@ -786,6 +777,8 @@ pub async fn run_timers(hub: Arc<Hub>) {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
+
     use super::*;
 
     /// Counts ephemeral broadcasts.
@@ -797,6 +790,9 @@ mod tests {
         fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async {})
+        }
+        fn subscribe(&self) -> BoxStream<'static, Inbound> {
+            futures::stream::pending().boxed()
         }
     }
 
