@@ -18,7 +18,9 @@ use std::{
 
 use futures::StreamExt;
 use serde_json::json;
-use support::{Next, Replica, ReplicaOpts, Ws, fresh_db, join, public_room, signup, unique};
+use support::{
+    Next, Replica, ReplicaOpts, Ws, fresh_db, join, metric, public_room, signup, unique,
+};
 use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(10);
@@ -202,6 +204,11 @@ async fn presence_crosses(ws: &mut Ws, watcher: &mut Reader, within: Duration) -
     panic!("presence did not cross replicas over NATS within {within:?}");
 }
 
+/// The replica's `chat_broker_resyncs_total`.
+async fn resyncs(r: &Replica) -> f64 {
+    metric(&r.admin, "chat_broker_resyncs_total").await.unwrap()
+}
+
 /// Counts wake-up messages naming `room` on `<prefix>.wakeup`.
 async fn count_wakeups(url: &str, prefix: &str, room: i64) -> tokio::task::JoinHandle<usize> {
     let client = async_nats::connect(url).await.unwrap();
@@ -321,6 +328,12 @@ async fn restarting_nats_mid_run_loses_nothing() {
     let mut acked = send_all(&mut s.send_a, s.room, "a", 0..50).await;
     acked.extend(send_all(&mut s.send_b, s.room, "b", 0..50).await);
 
+    let before = [resyncs(&s.a).await, resyncs(&s.b).await];
+    assert!(
+        before.iter().all(|n| *n >= 1.0),
+        "a catch-up once subscribed"
+    );
+
     // NATS goes away; sends keep being acked (PostgreSQL holds them) and
     // reach the other replica's reader by the poll.
     nats.stop().await;
@@ -335,6 +348,13 @@ async fn restarting_nats_mid_run_loses_nothing() {
     let nats = NatsServer::start_on(nats.port).await;
     let took = presence_crosses(&mut s.send_a, &mut s.read_b, Duration::from_secs(30)).await;
     eprintln!("presence crossed again {took:?} after nats-server restarted");
+    for (r, before) in [&s.a, &s.b].into_iter().zip(before) {
+        let after = resyncs(r).await;
+        assert!(
+            after > before,
+            "the reconnection triggered a catch-up read ({before} -> {after})"
+        );
+    }
     let (from_a, from_b) = tokio::join!(
         send_all(&mut s.send_a, s.room, "a", 150..200),
         send_all(&mut s.send_b, s.room, "b", 150..200),

@@ -53,7 +53,7 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Feeds `inbound` to `hub` until the stream ends: wake-ups to
 /// [`Hub::wake`], ephemeral messages to [`Hub::on_ephemeral`], a resync to
-/// [`Hub::poll`].
+/// [`Hub::poll`] (counted in `chat_broker_resyncs_total`).
 pub async fn receive(hub: Arc<Hub>, mut inbound: BoxStream<'static, Inbound>) {
     while let Some(message) = inbound.next().await {
         match message {
@@ -63,7 +63,10 @@ pub async fn receive(hub: Arc<Hub>, mut inbound: BoxStream<'static, Inbound>) {
                 }
             }
             Inbound::Ephemeral(text) => hub.on_ephemeral(&text),
-            Inbound::Resync => hub.poll().await,
+            Inbound::Resync => {
+                hub.metrics.broker_resyncs.inc();
+                hub.poll().await;
+            }
         }
     }
 }
