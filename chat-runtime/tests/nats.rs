@@ -298,9 +298,10 @@ async fn two_replicas_over_nats_deliver_every_message_once_in_order() {
     );
 
     // Wake-ups cross on NATS (not only the 1 s poll): one message at a time
-    // from A reaches B's reader well under the poll interval.
+    // from A reaches B's reader well under the poll interval (by the poll
+    // alone, ten in a row under 600 ms would happen with p = 0.6^10 < 1%).
     let mut worst = Duration::ZERO;
-    for i in 0..5 {
+    for i in 0..10 {
         let start = Instant::now();
         let one = send_all(&mut s.send_a, s.room, "single", i..i + 1).await;
         s.read_b
@@ -309,7 +310,7 @@ async fn two_replicas_over_nats_deliver_every_message_once_in_order() {
         worst = worst.max(start.elapsed());
     }
     eprintln!("worst send-to-delivery across replicas over NATS: {worst:?}");
-    assert!(worst < Duration::from_millis(400), "{worst:?}");
+    assert!(worst < Duration::from_millis(600), "{worst:?}");
     let published = wakeups.await.unwrap();
     assert!(
         published > 0,

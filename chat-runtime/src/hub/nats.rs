@@ -7,14 +7,41 @@
 //! subscribed room with PostgreSQL, where the events are durable. Source of
 //! the delivery guarantee: <https://docs.nats.io/nats-concepts/core-nats>.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use async_nats::{Client, ConnectOptions, Event, Subscriber, connection::State};
 use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
 use tokio::sync::{mpsc, watch};
 
 use super::broker::{Broker, Inbound, inbound_channel, parse_wakeups, spawn_coalescer};
 use crate::store::{RoomId, Seq};
+
+/// Longest wait for the client to take a message (its outgoing buffer is
+/// bounded): past it the message is dropped, never a session held up.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Publishes `payload` on `subject` unless the connection is down (then it is
+/// dropped: receivers catch up from PostgreSQL after the reconnection), so a
+/// NATS outage never blocks the wake-up coalescer or a typing socket.
+async fn publish(client: &Client, subject: &str, payload: String, what: &str) {
+    if client.connection_state() != State::Connected {
+        tracing::debug!(
+            what,
+            "NATS is not connected; dropping the message (receivers catch up)"
+        );
+        return;
+    }
+    match tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        client.publish(subject.to_string(), payload.into()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, what, "NATS publish failed (receivers catch up)"),
+        Err(_) => tracing::debug!(what, "NATS publish timed out (receivers catch up)"),
+    }
+}
 
 /// A NATS connection problem at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +106,7 @@ impl NatsBroker {
         let wakeups = spawn_coalescer(move |payload: String| {
             let publisher = publisher.clone();
             let subject = subject.clone();
-            async move {
-                if let Err(e) = publisher.publish(subject, payload.into()).await {
-                    tracing::debug!(error = %e, "wake-up publish failed; other replicas catch up by polling");
-                }
-            }
+            async move { publish(&publisher, &subject, payload, "wake-up").await }
         });
         Ok(Arc::new(Self {
             client,
@@ -101,15 +124,12 @@ impl Broker for NatsBroker {
     }
 
     fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Err(e) = self
-                .client
-                .publish(self.ephemeral_subject.clone(), message.into())
-                .await
-            {
-                tracing::debug!(error = %e, "ephemeral publish failed (typing/presence may be late)");
-            }
-        })
+        Box::pin(publish(
+            &self.client,
+            &self.ephemeral_subject,
+            message,
+            "ephemeral",
+        ))
     }
 
     fn subscribe(&self) -> BoxStream<'static, Inbound> {
