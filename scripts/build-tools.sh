@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the chart tools from Go modules into $CHORUS_CACHE/tools/bin (cached by
-# version): helm and kubeconform. Neither can be downloaded as a release binary
-# on our machines, but both go.mod files allow `go install`.
+# Builds the chart and test tools from Go modules into $CHORUS_CACHE/tools/bin
+# (cached by version): helm and kubeconform for the chart, nats-server for the
+# runtime's NATS broker tests. None can be downloaded as a release binary on
+# our machines, but their go.mod files allow `go install`.
 source "$(dirname "$0")/lib.sh"
 HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.7.0
+NATS_SERVER_VERSION=v2.15.3
 mkdir -p "$TOOLS_BIN"
 
 # install NAME MODULE@VERSION: `go install` unless the stamped version is built.
@@ -20,3 +22,4 @@ install() {
 
 install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 install kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+install nats-server "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"

@@ -40,6 +40,8 @@ step "building the control plane and chart tools (cached after the first run)"
 "$CHORUS_ROOT/scripts/build-control-plane.sh"
 "$CHORUS_ROOT/scripts/build-tools.sh"
 export CHORUS_TOOLS_BIN=$TOOLS_BIN CHORUS_CP_BIN=$CP_BIN
+# The runtime's NATS broker tests start this server (they fail without it).
+export CHORUS_NATS_SERVER=$TOOLS_BIN/nats-server
 
 step "building the container images (make images)"
 "$CHORUS_ROOT/scripts/images.sh"

@@ -204,7 +204,7 @@ mod tests {
         body::Body,
         http::{Request, StatusCode, header},
     };
-    use futures::future::BoxFuture;
+    use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
     use http_body_util::BodyExt;
     use serde_json::Value;
     use tower::ServiceExt;
@@ -213,7 +213,7 @@ mod tests {
     use crate::{
         auth::Authenticator,
         config::{Auth, Config, ExternalAuth, Limits},
-        hub::{Broker, Hub},
+        hub::{Broker, Hub, Inbound},
         metrics::Metrics,
         store::{RoomId, Seq, Store},
     };
@@ -224,6 +224,9 @@ mod tests {
         fn publish_wakeup(&self, _: RoomId, _: Seq) {}
         fn publish_ephemeral(&self, _: String) -> BoxFuture<'_, ()> {
             Box::pin(async {})
+        }
+        fn subscribe(&self) -> BoxStream<'static, Inbound> {
+            futures::stream::pending().boxed()
         }
     }
 
@@ -248,10 +251,12 @@ mod tests {
             drain: Duration::from_secs(1),
             resume_limit: 100,
             db_pool_size: 1,
+            synchronous_commit: crate::config::SynchronousCommit::Server,
             auth_limits: Default::default(),
             trusted_proxies: vec![],
             cors_origins,
             ws_ticket_ttl: Duration::from_secs(30),
+            broker: crate::config::Broker::Postgres,
         };
         let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
         let metrics = Arc::new(Metrics::default());

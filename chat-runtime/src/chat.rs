@@ -144,8 +144,12 @@ impl Chat {
     /// limiter.
     pub fn new(hub: Arc<Hub>, metrics: Arc<Metrics>, limits: &Limits) -> Self {
         let store = hub.store().clone();
+        let local = hub.clone();
         Self {
-            committer: Committer::new(store.clone()),
+            committer: Committer::new(
+                store.clone(),
+                Box::new(move |room, events| local.deliver_committed(room, events)),
+            ),
             store,
             hub,
             limiter: RateLimiter::new(limits.messages_per_second),

@@ -5,6 +5,10 @@
 //! one (no added latency); under load, one commit carries many messages.
 //! Queue order is seq order, so a client's messages keep the order it sent
 //! them in.
+//!
+//! Right after each commit, before any ack is answered, the batch's events
+//! go to the [`OnCommit`] hook (the hub's local fan-out), so this replica's
+//! subscribers are served from memory instead of reading the rows back.
 
 use std::{
     collections::HashMap,
@@ -17,8 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{
     RoomId, Store, StoreError, StoreResult,
     accounts::User,
-    events::{NewMessage, SendAck},
+    events::{EventRow, NewMessage, SendAck},
 };
+
+/// Called with a room's newly committed events, in seq order, once per
+/// transaction and before its acks are answered.
+pub type OnCommit = Box<dyn Fn(RoomId, Vec<EventRow>) + Send + Sync>;
 
 /// Messages per transaction at most.
 pub const MAX_BATCH: usize = 128;
@@ -36,14 +44,17 @@ struct Pending {
 /// The per-room queues.
 pub struct Committer {
     store: Store,
+    on_commit: OnCommit,
     queues: Mutex<HashMap<RoomId, mpsc::Sender<Pending>>>,
 }
 
 impl Committer {
-    /// A committer writing to `store`.
-    pub fn new(store: Store) -> Arc<Self> {
+    /// A committer writing to `store`, handing what it committed to
+    /// `on_commit`.
+    pub fn new(store: Store, on_commit: OnCommit) -> Arc<Self> {
         Arc::new(Self {
             store,
+            on_commit,
             queues: Mutex::new(HashMap::new()),
         })
     }
@@ -130,7 +141,10 @@ impl Committer {
                 .iter()
                 .map(|p| (p.user.clone(), p.message.clone()))
                 .collect();
-            let results = self.store.send_batch(room, &items).await;
+            let (results, events) = self.store.send_batch_events(room, &items).await;
+            if !events.is_empty() {
+                (self.on_commit)(room, events);
+            }
             for (p, r) in batch.into_iter().zip(results) {
                 let _ = p.reply.send(r);
             }

@@ -54,6 +54,55 @@ pub enum AuthMode {
     External,
 }
 
+/// When PostgreSQL answers a commit (its `synchronous_commit`, set on every
+/// connection of the pool). Source:
+/// <https://www.postgresql.org/docs/current/runtime-config-wal.html#GUC-SYNCHRONOUS-COMMIT>.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SynchronousCommit {
+    /// The server's own setting (its default is `on`: a commit returns once
+    /// its WAL is flushed to disk, so every acked message survives a crash).
+    Server,
+    /// A commit returns before its WAL is flushed: several times the send
+    /// throughput, but a PostgreSQL crash loses the sends acked in the last
+    /// moments (up to three times `wal_writer_delay`, 600 ms by default).
+    /// Never corrupts: what survives is a prefix of each room.
+    Off,
+}
+
+impl SynchronousCommit {
+    /// The value to set on each connection; `None` keeps the server's.
+    pub fn setting(self) -> Option<&'static str> {
+        match self {
+            SynchronousCommit::Server => None,
+            SynchronousCommit::Off => Some("off"),
+        }
+    }
+}
+
+/// Which transport carries wake-ups and typing/presence between replicas
+/// (docs/runtime.md, "Choosing a broker").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// PostgreSQL LISTEN/NOTIFY on the tenant's database (nothing else to run).
+    Postgres,
+    /// NATS core at `CHAT_NATS_URL`.
+    Nats,
+}
+
+/// The validated broker choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// LISTEN/NOTIFY on the tenant's database.
+    Postgres,
+    /// NATS core.
+    Nats {
+        /// One server or a comma-separated list (`nats://` or `tls://`).
+        url: String,
+        /// Subjects are `<prefix>.wakeup` and `<prefix>.ephemeral`.
+        subject_prefix: String,
+    },
+}
+
 /// `serve` settings, as read.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -115,6 +164,25 @@ pub struct ServeArgs {
     /// Database connections of this replica.
     #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+    /// `off` acks sends before their commit reaches the disk (see
+    /// [`SynchronousCommit`]); `server` keeps PostgreSQL's setting.
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_SYNCHRONOUS_COMMIT",
+        value_enum,
+        default_value = "server"
+    )]
+    pub database_synchronous_commit: SynchronousCommit,
+    /// Transport between replicas: `postgres` (LISTEN/NOTIFY) or `nats`.
+    #[arg(long, env = "CHAT_BROKER", value_enum, default_value = "postgres")]
+    pub broker: BrokerKind,
+    /// NATS server(s) when `CHAT_BROKER=nats`, e.g. `nats://nats:4222`.
+    #[arg(long, env = "CHAT_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix on NATS (default `chorus.<tenant id>`); tenants
+    /// sharing a server need different prefixes.
+    #[arg(long, env = "CHAT_NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
     /// Log filter.
     #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -211,6 +279,8 @@ pub struct Config {
     pub resume_limit: u32,
     /// Pool size.
     pub db_pool_size: u32,
+    /// The connections' `synchronous_commit`.
+    pub synchronous_commit: SynchronousCommit,
     /// Sign-up and login limits.
     pub auth_limits: AuthLimits,
     /// Proxies whose `X-Forwarded-For` is believed (empty: none).
@@ -219,6 +289,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Lifetime of a WebSocket ticket.
     pub ws_ticket_ttl: Duration,
+    /// Transport between replicas.
+    pub broker: Broker,
 }
 
 /// Sign-up and login limits (docs/runtime.md, "Sign-up and login limits").
@@ -508,7 +580,14 @@ impl ServeArgs {
                 problem: "must be 1 to 300".into(),
             });
         }
+        let broker = broker(
+            self.broker,
+            self.nats_url,
+            self.nats_subject_prefix,
+            &tenant_id,
+        )?;
         Ok(Config {
+            broker,
             database_url,
             tenant_id,
             pod_name: self
@@ -522,11 +601,77 @@ impl ServeArgs {
             drain: Duration::from_secs(self.drain_seconds),
             resume_limit: positive("CHAT_RESUME_LIMIT", self.resume_limit)?,
             db_pool_size: positive("CHAT_DB_POOL_SIZE", self.db_pool_size)?,
+            synchronous_commit: self.database_synchronous_commit,
             auth_limits,
             trusted_proxies,
             cors_origins,
             ws_ticket_ttl: Duration::from_secs(self.ws_ticket_seconds),
         })
+    }
+}
+
+/// Validates the broker settings. Rules: NATS needs `CHAT_NATS_URL` (each
+/// server `nats://` or `tls://`); the NATS settings are refused with
+/// `postgres` (a likely typo of the choice); a subject prefix is dot-separated
+/// tokens of letters, digits, `-` and `_` (no wildcards `*`/`>`, source:
+/// <https://docs.nats.io/nats-concepts/subjects>).
+fn broker(
+    kind: BrokerKind,
+    url: Option<String>,
+    prefix: Option<String>,
+    tenant_id: &str,
+) -> Result<Broker, ConfigError> {
+    let url = url.filter(|u| !u.trim().is_empty());
+    let prefix = prefix.filter(|p| !p.is_empty());
+    match kind {
+        BrokerKind::Postgres => {
+            if url.is_some() || prefix.is_some() {
+                return Err(ConfigError {
+                    var: if url.is_some() {
+                        "CHAT_NATS_URL"
+                    } else {
+                        "CHAT_NATS_SUBJECT_PREFIX"
+                    },
+                    problem: "is set but CHAT_BROKER is postgres: set CHAT_BROKER=nats or unset it"
+                        .into(),
+                });
+            }
+            Ok(Broker::Postgres)
+        }
+        BrokerKind::Nats => {
+            let url = url.ok_or_else(|| {
+                missing(
+                    "CHAT_NATS_URL",
+                    "the NATS server(s) when CHAT_BROKER=nats, e.g. nats://nats:4222",
+                )
+            })?;
+            if let Some(bad) =
+                split_list(&url).find(|s| !(s.starts_with("nats://") || s.starts_with("tls://")))
+            {
+                return Err(ConfigError {
+                    var: "CHAT_NATS_URL",
+                    problem: format!("{bad:?} must start with nats:// or tls://"),
+                });
+            }
+            let subject_prefix = prefix.unwrap_or_else(|| format!("chorus.{tenant_id}"));
+            let token_ok = |t: &str| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if !subject_prefix.split('.').all(token_ok) {
+                return Err(ConfigError {
+                    var: "CHAT_NATS_SUBJECT_PREFIX",
+                    problem: format!(
+                        "{subject_prefix:?} must be dot-separated tokens of letters, digits, - and _ (no wildcards), e.g. chorus.acme"
+                    ),
+                });
+            }
+            Ok(Broker::Nats {
+                url,
+                subject_prefix,
+            })
+        }
     }
 }
 
@@ -560,6 +705,76 @@ mod tests {
         assert_eq!(c.tenant_id, "acme");
         assert_eq!(c.listen_addr.port(), 8080);
         assert!(matches!(c.auth, Auth::Builtin { .. }));
+    }
+
+    #[test]
+    fn the_broker_is_postgres_unless_nats_is_chosen() {
+        assert_eq!(args(&OK).validate().unwrap().broker, Broker::Postgres);
+        let nats = |extra: &[&str]| {
+            let mut argv = OK.to_vec();
+            argv.extend_from_slice(extra);
+            args(&argv).validate()
+        };
+        assert_eq!(
+            nats(&["--broker", "nats", "--nats-url", "nats://n:4222"])
+                .unwrap()
+                .broker,
+            Broker::Nats {
+                url: "nats://n:4222".into(),
+                subject_prefix: "chorus.acme".into()
+            }
+        );
+        assert_eq!(
+            nats(&[
+                "--broker",
+                "nats",
+                "--nats-url",
+                "nats://a:4222, tls://b:4222",
+                "--nats-subject-prefix",
+                "eu.chat_1"
+            ])
+            .unwrap()
+            .broker,
+            Broker::Nats {
+                url: "nats://a:4222, tls://b:4222".into(),
+                subject_prefix: "eu.chat_1".into()
+            }
+        );
+        let cases: [(&[&str], &str, &str); 5] = [
+            (&["--broker", "nats"], "CHAT_NATS_URL", "is required"),
+            (
+                &["--broker", "nats", "--nats-url", "http://n:4222"],
+                "CHAT_NATS_URL",
+                "must start with nats://",
+            ),
+            (
+                &["--nats-url", "nats://n:4222"],
+                "CHAT_NATS_URL",
+                "CHAT_BROKER is postgres",
+            ),
+            (
+                &["--nats-subject-prefix", "x"],
+                "CHAT_NATS_SUBJECT_PREFIX",
+                "CHAT_BROKER is postgres",
+            ),
+            (
+                &[
+                    "--broker",
+                    "nats",
+                    "--nats-url",
+                    "nats://n:4222",
+                    "--nats-subject-prefix",
+                    "chorus.*",
+                ],
+                "CHAT_NATS_SUBJECT_PREFIX",
+                "no wildcards",
+            ),
+        ];
+        for (extra, var, problem) in cases {
+            let e = nats(extra).unwrap_err();
+            assert_eq!(e.var, var, "{extra:?}");
+            assert!(e.problem.contains(problem), "{extra:?}: {e}");
+        }
     }
 
     #[test]

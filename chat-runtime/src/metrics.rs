@@ -202,6 +202,9 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Frames refused as invalid.
     pub bad_frames: Counter,
+    /// Broker (re)connections, each followed by a catch-up read of every
+    /// subscribed room.
+    pub broker_resyncs: Counter,
     /// Database latency of event writes and reads (seconds).
     pub db_latency: Histogram,
     /// Send-to-fan-out latency: commit of an event to its delivery on this replica.
@@ -233,6 +236,7 @@ impl Default for Metrics {
             slow_disconnects: Counter::default(),
             rate_limited: Counter::default(),
             bad_frames: Counter::default(),
+            broker_resyncs: Counter::default(),
             db_latency: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
@@ -306,6 +310,11 @@ impl Default for Metrics {
             "rate_limited",
             "Sends refused by the per-user rate limit",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "broker_resyncs",
+            "Broker (re)connections, each followed by a catch-up read of subscribed rooms",
+            m.broker_resyncs.clone(),
         );
         r.register(
             "bad_frames",

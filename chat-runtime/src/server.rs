@@ -12,8 +12,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     app,
     auth::Authenticator,
-    config::Config,
-    hub::{self, Hub, pg::PgBroker},
+    config::{self, Config},
+    hub::{self, Broker, Hub, nats::NatsBroker, pg::PgBroker},
     metrics::Metrics,
     state::AppState,
     store::Store,
@@ -43,6 +43,9 @@ pub enum StartError {
     /// Auth keys could not be loaded.
     #[error("{0}")]
     Auth(String),
+    /// The NATS broker's URL is unusable.
+    #[error(transparent)]
+    Nats(#[from] crate::hub::nats::NatsError),
 }
 
 /// A running runtime.
@@ -101,16 +104,24 @@ impl Server {
         // database wait.
         let auth = Authenticator::new(&config.tenant_id, &config.auth).map_err(StartError::Auth)?;
         auth.prime().await.map_err(StartError::Auth)?;
-        let store = Store::connect(
+        let store = Store::connect_with(
             &config.database_url,
             config.db_pool_size,
             Duration::from_secs(60),
+            config.synchronous_commit.setting(),
         )
         .await
         .map_err(StartError::Database)?;
         store.migrate().await?;
         let epoch = store.epoch().await.map_err(StartError::Epoch)?;
-        let broker = PgBroker::new(store.pool.clone());
+        let broker: Arc<dyn Broker> = match &config.broker {
+            config::Broker::Postgres => PgBroker::new(store.pool.clone()),
+            config::Broker::Nats {
+                url,
+                subject_prefix,
+            } => NatsBroker::connect(url, subject_prefix, &config.pod_name).await?,
+        };
+        let inbound = broker.subscribe();
         let hub = Hub::new(
             store.clone(),
             metrics.clone(),
@@ -143,10 +154,7 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
 
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(hub::pg::listen(
-            store.pool.clone(),
-            hub.clone(),
-        )));
+        tasks.push(tokio::spawn(hub::receive(hub.clone(), inbound)));
         tasks.push(tokio::spawn(hub::run_timers(hub.clone())));
         let index_store = store.clone();
         tasks.push(tokio::spawn(async move {

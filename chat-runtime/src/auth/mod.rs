@@ -268,18 +268,28 @@ impl Authenticator {
         let claims = self.verify(token).await?;
         let user = match &self.mode {
             Mode::Builtin { .. } => {
-                if let Some(jti) = &claims.jti
-                    && store.is_revoked(jti).await?
-                {
-                    return Err(AuthError::Revoked);
-                }
-                let id: i64 = claims
-                    .sub
-                    .parse()
-                    .map_err(|_| AuthError::Invalid("sub is not a user id".into()))?;
-                match store.user(id).await {
-                    Ok(u) => u,
-                    Err(StoreError::NotFound(_)) => return Err(AuthError::UnknownUser),
+                let id: Result<i64, _> = claims.sub.parse();
+                let found = match id {
+                    Ok(id) => store.user_checking_revoked(id, claims.jti.as_deref()).await,
+                    Err(_) => Err(StoreError::NotFound(String::new())),
+                };
+                match found {
+                    Ok((_, true)) => return Err(AuthError::Revoked),
+                    Ok((u, false)) => u,
+                    Err(StoreError::NotFound(_)) => {
+                        // A revoked token says so even when its user is gone
+                        // or its subject unreadable (the order of the checks
+                        // before they shared a query).
+                        if let Some(jti) = &claims.jti
+                            && store.is_revoked(jti).await?
+                        {
+                            return Err(AuthError::Revoked);
+                        }
+                        return Err(match id {
+                            Ok(_) => AuthError::UnknownUser,
+                            Err(_) => AuthError::Invalid("sub is not a user id".into()),
+                        });
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -1,6 +1,6 @@
 //! Fan-out and presence for one replica.
 //!
-//! The broker (PostgreSQL LISTEN/NOTIFY today, behind [`Broker`]) only says
+//! The broker (PostgreSQL LISTEN/NOTIFY or NATS, behind [`Broker`]) only says
 //! "room R has an event at seq S". The hub then reads the rows above what it
 //! has delivered for R and pushes each event, serialized once, into the queue
 //! of every local subscriber. A timer also compares each subscribed room's
@@ -8,6 +8,8 @@
 //! reconnect only delays delivery. Sessions keep their own per-room cursor and
 //! fill any gap from the database, so what a client receives is contiguous.
 
+pub mod broker;
+pub mod nats;
 pub mod outbox;
 pub mod pg;
 pub mod presence;
@@ -22,16 +24,16 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     metrics::Metrics,
     protocol::{ServerFrame, UserRef, encode},
-    store::{RoomId, Seq, Store, UserId, accounts::User},
+    store::{RoomId, Seq, Store, UserId, accounts::User, events::EventRow},
 };
 use outbox::{Item, Outbox, Push};
 
+pub use broker::{Broker, Inbound, receive};
 use presence::PresenceBook;
 pub use presence::Status;
 
@@ -67,17 +69,6 @@ pub enum Ephemeral {
     },
 }
 
-/// Transport between replicas. Room events are durable in PostgreSQL; the
-/// broker only carries wake-ups and ephemeral traffic, so an at-most-once
-/// transport (NOTIFY, NATS core) is enough.
-pub trait Broker: Send + Sync + 'static {
-    /// Says a room event was committed (after the commit). May coalesce:
-    /// receivers read every row above what they delivered anyway.
-    fn publish_wakeup(&self, room: RoomId, seq: Seq);
-    /// Sends an ephemeral message to every replica.
-    fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()>;
-}
-
 struct RoomState {
     delivered: Seq,
     subscribers: HashMap<SessionId, Subscriber>,
@@ -106,9 +97,40 @@ pub struct Hub {
     epoch: RwLock<String>,
     rooms: Mutex<HashMap<RoomId, RoomState>>,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    /// Per user, how many local sockets announce each status (so a socket
+    /// opening or closing does not scan every session).
+    tally: Mutex<HashMap<UserId, Tally>>,
     presence: Mutex<PresenceBook>,
     broker: Arc<dyn Broker>,
     next_session: AtomicU64,
+}
+
+/// A user's local sockets by announced status.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    online: u32,
+    away: u32,
+}
+
+impl Tally {
+    fn status(self) -> Status {
+        if self.online > 0 {
+            Status::Online
+        } else if self.away > 0 {
+            Status::Away
+        } else {
+            Status::Offline
+        }
+    }
+
+    fn count(&mut self, status: Status, add: bool) {
+        let n = match status {
+            Status::Online => &mut self.online,
+            Status::Away => &mut self.away,
+            Status::Offline => return,
+        };
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +153,7 @@ impl Hub {
             epoch: RwLock::new(epoch),
             rooms: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            tally: Mutex::new(HashMap::new()),
             presence: Mutex::new(PresenceBook::default()),
             broker,
             next_session: AtomicU64::new(1),
@@ -156,6 +179,7 @@ impl Hub {
     pub fn open_session(self: &Arc<Self>, user: User, outbox: Arc<Outbox>) -> SessionId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let uid = user.id;
+        let (before, after) = self.retally(uid, None, Some(Status::Online));
         lock(&self.sessions).insert(
             id,
             SessionEntry {
@@ -165,7 +189,7 @@ impl Hub {
                 rooms: HashSet::new(),
             },
         );
-        self.local_presence_changed(uid);
+        self.local_presence_changed(uid, before, after);
         id
     }
 
@@ -186,7 +210,28 @@ impl Hub {
                 }
             }
         }
-        self.local_presence_changed(entry.user.id);
+        let (before, after) = self.retally(entry.user.id, Some(entry.status), None);
+        self.local_presence_changed(entry.user.id, before, after);
+    }
+
+    /// Moves one socket of `user` from status `from` to `to` (`None`: not
+    /// counted) in the tally; returns the user's local status before and
+    /// after.
+    fn retally(&self, user: UserId, from: Option<Status>, to: Option<Status>) -> (Status, Status) {
+        let mut tally = lock(&self.tally);
+        let t = tally.entry(user).or_default();
+        let before = t.status();
+        if let Some(s) = from {
+            t.count(s, false);
+        }
+        if let Some(s) = to {
+            t.count(s, true);
+        }
+        let after = t.status();
+        if after == Status::Offline {
+            tally.remove(&user);
+        }
+        (before, after)
     }
 
     /// Subscribes a socket to a room's live events. Events at or below the
@@ -301,51 +346,13 @@ impl Hub {
             self.metrics
                 .db_latency
                 .observe(started.elapsed().as_secs_f64());
-            let epoch = self.epoch();
-            // Each event is encoded once; every subscriber's queue gets the
-            // same bytes (a reference count, no copy).
-            let frames: Vec<PumpFrame> = rows
-                .iter()
-                .map(|r| PumpFrame {
-                    seq: r.seq,
-                    text: encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
-                    created_ms: r.created_ms,
-                    ends: r.payload.membership_ended(),
-                })
-                .collect();
-            let now_ms = now_ms();
-            let mut ended: Vec<SessionId> = Vec::new();
-            let more = {
+            let frames = self.encode_frames(room, &rows);
+            let (ended, more) = {
                 let mut rooms = lock(&self.rooms);
                 let Some(state) = rooms.get_mut(&room) else {
                     return;
                 };
-                for f in &frames {
-                    for sub in state.subscribers.values() {
-                        // An overflow closes that socket; its session counts it.
-                        sub.outbox.push(Item::Event {
-                            room,
-                            seq: f.seq,
-                            text: f.text.clone(),
-                            ends: f.ends,
-                        });
-                    }
-                    // A member who left, or was kicked or banned, gets this
-                    // event and nothing after it.
-                    if let Some(user) = f.ends {
-                        state.subscribers.retain(|sid, sub| {
-                            let keep = sub.user != user;
-                            if !keep {
-                                ended.push(*sid);
-                            }
-                            keep
-                        });
-                    }
-                    self.metrics
-                        .fanout_latency
-                        .observe(((now_ms - f.created_ms).max(0) as f64) / 1000.0);
-                    state.delivered = state.delivered.max(f.seq);
-                }
+                let ended = self.push_frames(room, state, &frames);
                 let more = frames.len() as i64 == PUMP_BATCH || state.pending;
                 state.pending = false;
                 if !more {
@@ -354,18 +361,118 @@ impl Hub {
                         rooms.remove(&room);
                     }
                 }
-                more
+                (ended, more)
             };
-            if !ended.is_empty() {
-                let mut sessions = lock(&self.sessions);
-                for sid in ended {
-                    if let Some(entry) = sessions.get_mut(&sid) {
-                        entry.rooms.remove(&room);
-                    }
-                }
-            }
+            self.end_memberships(room, ended);
             if !more {
                 return;
+            }
+        }
+    }
+
+    /// Events this replica just committed (from the committer, right after
+    /// the commit, in seq order): pushed to local subscribers at once, with
+    /// no read back from the database. When they do not follow what was
+    /// delivered (another replica's event in between, or a pump running),
+    /// the room is woken instead and the pump reads them in order.
+    pub fn deliver_committed(self: &Arc<Self>, room: RoomId, events: Vec<EventRow>) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let (first, last) = (first.seq, last.seq);
+        let follows = |state: &RoomState| !state.pumping && first == state.delivered + 1;
+        // (The guard is dropped before `wake`, which takes the lock.)
+        let direct = lock(&self.rooms).get(&room).map(follows);
+        match direct {
+            None => return,
+            Some(true) => {}
+            Some(false) => return self.wake(room, last),
+        }
+        let frames = self.encode_frames(room, &events);
+        let ended = {
+            let mut rooms = lock(&self.rooms);
+            let Some(state) = rooms.get_mut(&room) else {
+                return;
+            };
+            if !follows(state) {
+                drop(rooms);
+                return self.wake(room, last);
+            }
+            let ended = self.push_frames(room, state, &frames);
+            if state.subscribers.is_empty() {
+                rooms.remove(&room);
+            }
+            ended
+        };
+        self.end_memberships(room, ended);
+    }
+
+    /// Each event encoded once: every subscriber's queue gets the same
+    /// bytes (a reference count, no copy).
+    fn encode_frames(&self, room: RoomId, rows: &[EventRow]) -> Vec<PumpFrame> {
+        let epoch = self.epoch();
+        rows.iter()
+            .map(|r| PumpFrame {
+                seq: r.seq,
+                text: encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
+                created_ms: r.created_ms,
+                ends: r.payload.membership_ended(),
+            })
+            .collect()
+    }
+
+    /// Pushes frames above what was delivered into every subscriber's queue
+    /// (under the rooms lock, so deliveries of one room never interleave);
+    /// returns the sessions whose membership an event ended.
+    fn push_frames(
+        &self,
+        room: RoomId,
+        state: &mut RoomState,
+        frames: &[PumpFrame],
+    ) -> Vec<SessionId> {
+        let now_ms = now_ms();
+        let mut ended: Vec<SessionId> = Vec::new();
+        for f in frames {
+            if f.seq <= state.delivered {
+                continue;
+            }
+            for sub in state.subscribers.values() {
+                // An overflow closes that socket; its session counts it.
+                sub.outbox.push(Item::Event {
+                    room,
+                    seq: f.seq,
+                    text: f.text.clone(),
+                    ends: f.ends,
+                });
+            }
+            // A member who left, or was kicked or banned, gets this
+            // event and nothing after it.
+            if let Some(user) = f.ends {
+                state.subscribers.retain(|sid, sub| {
+                    let keep = sub.user != user;
+                    if !keep {
+                        ended.push(*sid);
+                    }
+                    keep
+                });
+            }
+            self.metrics
+                .fanout_latency
+                .observe(((now_ms - f.created_ms).max(0) as f64) / 1000.0);
+            state.delivered = f.seq;
+        }
+        ended
+    }
+
+    /// Forgets `room` in the sessions whose membership ended there.
+    fn end_memberships(&self, room: RoomId, ended: Vec<SessionId>) {
+        if ended.is_empty() {
+            return;
+        }
+        let mut sessions = lock(&self.sessions);
+        for sid in ended {
+            if let Some(entry) = sessions.get_mut(&sid) {
+                entry.rooms.remove(&room);
             }
         }
     }
@@ -499,7 +606,7 @@ impl Hub {
     /// Sets the status a socket announces. An unchanged status costs
     /// nothing (no broadcast, no fan-out queries).
     pub fn set_status(self: &Arc<Self>, id: SessionId, status: Status) {
-        let user = {
+        let (user, old) = {
             let mut sessions = lock(&self.sessions);
             let Some(entry) = sessions.get_mut(&id) else {
                 return;
@@ -507,23 +614,23 @@ impl Hub {
             if entry.status == status {
                 return;
             }
+            let old = entry.status;
             entry.status = status;
-            entry.user.id
+            (entry.user.id, old)
         };
-        self.local_presence_changed(user);
+        let (before, after) = self.retally(user, Some(old), Some(status));
+        self.local_presence_changed(user, before, after);
     }
 
-    fn local_status(&self, user: UserId) -> Status {
-        lock(&self.sessions)
-            .values()
-            .filter(|e| e.user.id == user)
-            .map(|e| e.status)
-            .max()
-            .unwrap_or(Status::Offline)
-    }
-
-    fn local_presence_changed(self: &Arc<Self>, user: UserId) {
-        let status = self.local_status(user);
+    /// The user's status on this replica went from `before` to `after`:
+    /// record it and tell the other replicas. Nothing when it is unchanged
+    /// (a second socket of an online user costs no broadcast; the
+    /// heartbeat re-announces everyone anyway).
+    fn local_presence_changed(self: &Arc<Self>, user: UserId, before: Status, after: Status) {
+        if before == after {
+            return;
+        }
+        let status = after;
         let changed = lock(&self.presence).apply(user, &self.pod, status, Instant::now());
         let hub = self.clone();
         tokio::spawn(async move {
@@ -570,15 +677,10 @@ impl Hub {
 
     /// Re-announces every local user (heartbeat) and expires silent replicas.
     pub async fn presence_tick(self: &Arc<Self>) {
-        let users: Vec<(UserId, Status)> = {
-            let sessions = lock(&self.sessions);
-            let mut by_user: HashMap<UserId, Status> = HashMap::new();
-            for e in sessions.values() {
-                let s = by_user.entry(e.user.id).or_insert(Status::Offline);
-                *s = (*s).max(e.status);
-            }
-            by_user.into_iter().collect()
-        };
+        let users: Vec<(UserId, Status)> = lock(&self.tally)
+            .iter()
+            .map(|(u, t)| (*u, t.status()))
+            .collect();
         let now = Instant::now();
         {
             let mut book = lock(&self.presence);
@@ -675,6 +777,8 @@ pub async fn run_timers(hub: Arc<Hub>) {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
+
     use super::*;
 
     /// Counts ephemeral broadcasts.
@@ -687,6 +791,108 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async {})
         }
+        fn subscribe(&self) -> BoxStream<'static, Inbound> {
+            futures::stream::pending().boxed()
+        }
+    }
+
+    fn lazy_hub() -> Arc<Hub> {
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        Hub::new(
+            Store { pool },
+            Arc::new(Metrics::default()),
+            "pod-a".into(),
+            "epoch".into(),
+            Arc::new(Counting::default()),
+        )
+    }
+
+    fn message(seq: Seq) -> EventRow {
+        EventRow {
+            seq,
+            payload: crate::protocol::RoomEvent::Message {
+                sender: crate::protocol::User {
+                    id: 1,
+                    username: "alice".into(),
+                    display_name: "Alice".into(),
+                },
+                client_msg_id: format!("c{seq}"),
+                body: "hi".into(),
+                thread_root: None,
+                attachments: vec![],
+                created_at: Some("2026-12-01T00:00:00.000Z".into()),
+                deleted: false,
+            }
+            .into(),
+            created_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn committed_events_reach_subscribers_only_in_order() {
+        let hub = lazy_hub();
+        let outbox = Arc::new(Outbox::new(16, 1 << 20));
+        let mut subscribers = HashMap::new();
+        subscribers.insert(
+            1,
+            Subscriber {
+                user: 2,
+                outbox: outbox.clone(),
+            },
+        );
+        let state = |delivered, pumping| RoomState {
+            delivered,
+            subscribers: HashMap::new(),
+            pumping,
+            pending: false,
+        };
+        lock(&hub.rooms).insert(7, state(5, false));
+        lock(&hub.rooms).get_mut(&7).unwrap().subscribers = subscribers;
+        // Follows what was delivered: queued at once, no database read.
+        hub.deliver_committed(7, vec![message(6), message(7)]);
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(lock(&hub.rooms)[&7].delivered, 7);
+        // A hole before it (another replica's event): left to the pump
+        // (which starts, and here fails to read), nothing queued.
+        hub.deliver_committed(7, vec![message(9)]);
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(lock(&hub.rooms)[&7].delivered, 7);
+        // A pump running: it delivers, in order.
+        lock(&hub.rooms).get_mut(&7).unwrap().pumping = true;
+        hub.deliver_committed(7, vec![message(8)]);
+        assert_eq!(outbox.len(), 2);
+        assert!(lock(&hub.rooms)[&7].pending, "the pump reads again");
+        // No subscriber: nothing to do.
+        hub.deliver_committed(8, vec![message(1)]);
+        assert!(!lock(&hub.rooms).contains_key(&8));
+    }
+
+    #[tokio::test]
+    async fn a_users_local_status_is_its_most_present_socket() {
+        let hub = lazy_hub();
+        let cases = [
+            (
+                None,
+                Some(Status::Online),
+                (Status::Offline, Status::Online),
+            ),
+            (None, Some(Status::Away), (Status::Online, Status::Online)),
+            (Some(Status::Online), None, (Status::Online, Status::Away)),
+            (
+                Some(Status::Away),
+                Some(Status::Online),
+                (Status::Away, Status::Online),
+            ),
+            (
+                Some(Status::Online),
+                None,
+                (Status::Online, Status::Offline),
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert_eq!(hub.retally(1, from, to), expected, "{from:?} -> {to:?}");
+        }
+        assert!(lock(&hub.tally).is_empty(), "an offline user is forgotten");
     }
 
     #[tokio::test]

@@ -124,6 +124,34 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("user {id} does not exist")))
     }
 
+    /// A user and whether the token id `jti` is revoked, in one round trip
+    /// (every WebSocket upgrade and REST call asks both). `NotFound` when
+    /// the user does not exist.
+    pub async fn user_checking_revoked(
+        &self,
+        id: UserId,
+        jti: Option<&str>,
+    ) -> StoreResult<(User, bool)> {
+        let row: Option<(UserId, String, String, bool)> = sqlx::query_as(
+            "SELECT id, username, display_name, \
+             EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $2) FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (id, username, display_name, revoked) =
+            row.ok_or_else(|| StoreError::NotFound(format!("user {id} does not exist")))?;
+        Ok((
+            User {
+                id,
+                username,
+                display_name,
+            },
+            revoked,
+        ))
+    }
+
     /// A user by username.
     pub async fn user_by_name(&self, username: &str) -> StoreResult<User> {
         if validate_username(username).is_err() {

@@ -201,8 +201,19 @@ impl Store {
         room: RoomId,
         batch: &[(User, NewMessage)],
     ) -> Vec<StoreResult<SendAck>> {
+        self.send_batch_events(room, batch).await.0
+    }
+
+    /// [`Store::send_batch`], also returning the events it committed, in
+    /// seq order, as the fan-out would read them back (so local subscribers
+    /// can be served without that read).
+    pub async fn send_batch_events(
+        &self,
+        room: RoomId,
+        batch: &[(User, NewMessage)],
+    ) -> (Vec<StoreResult<SendAck>>, Vec<EventRow>) {
         match self.send_batch_tx(room, batch).await {
-            Ok(results) => results,
+            Ok(done) => done,
             Err(e @ StoreError::Db(_)) if batch.len() > 1 => {
                 tracing::warn!(
                     room,
@@ -211,26 +222,31 @@ impl Store {
                     "group commit failed; committing its messages one at a time"
                 );
                 let mut results = Vec::with_capacity(batch.len());
+                let mut events = Vec::new();
                 for one in batch {
                     let result = match self.send_batch_tx(room, std::slice::from_ref(one)).await {
-                        Ok(mut r) => r.pop().unwrap_or_else(|| {
-                            Err(StoreError::Invalid("the send was not stored; retry".into()))
-                        }),
+                        Ok((mut r, e)) => {
+                            events.extend(e);
+                            r.pop().unwrap_or_else(|| {
+                                Err(StoreError::Invalid("the send was not stored; retry".into()))
+                            })
+                        }
                         Err(e) => Err(e),
                     };
                     results.push(result);
                 }
-                results
+                (results, events)
             }
             Err(e) => {
                 let msg = e.to_string();
-                batch
+                let results = batch
                     .iter()
                     .map(|_| match &e {
                         StoreError::NotFound(m) => Err(StoreError::NotFound(m.clone())),
                         _ => Err(StoreError::Db(sqlx::Error::Protocol(msg.clone()))),
                     })
-                    .collect()
+                    .collect();
+                (results, Vec::new())
             }
         }
     }
@@ -239,7 +255,7 @@ impl Store {
         &self,
         room: RoomId,
         batch: &[(User, NewMessage)],
-    ) -> StoreResult<Vec<StoreResult<SendAck>>> {
+    ) -> StoreResult<(Vec<StoreResult<SendAck>>, Vec<EventRow>)> {
         use std::collections::{HashMap, HashSet};
         let mut tx = self.begin().await?;
         let last: Option<(Seq, String)> =
@@ -369,14 +385,14 @@ impl Store {
         }
         if seqs.is_empty() {
             tx.rollback().await?;
-            return Ok(results);
+            return Ok((results, Vec::new()));
         }
         sqlx::query("UPDATE rooms SET last_seq = $2 WHERE id = $1")
             .bind(room)
             .bind(next)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        let inserted: Vec<(Seq, String, i64)> = sqlx::query_as(
             "WITH m AS ( \
                INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
                SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::jsonb[]) \
@@ -385,7 +401,8 @@ impl Store {
              SELECT $1, m.seq, 'message', r.sender, m.seq, \
                     r.payload || jsonb_build_object('created_at', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), \
                     m.created_at \
-             FROM m JOIN unnest($2::bigint[], $3::bigint[], $8::jsonb[]) AS r(seq, sender, payload) ON r.seq = m.seq",
+             FROM m JOIN unnest($2::bigint[], $3::bigint[], $8::jsonb[]) AS r(seq, sender, payload) ON r.seq = m.seq \
+             RETURNING seq, payload->>'created_at', (extract(epoch FROM created_at) * 1000)::bigint",
         )
         .bind(room)
         .bind(&seqs)
@@ -395,10 +412,33 @@ impl Store {
         .bind(&rows_root)
         .bind(&rows_att)
         .bind(&rows_payload)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(results)
+        // The payloads as stored: what was bound, plus the commit's
+        // timestamp the statement added.
+        let mut stamps: HashMap<Seq, (String, i64)> = inserted
+            .into_iter()
+            .map(|(q, at, ms)| (q, (at, ms)))
+            .collect();
+        let mut events = Vec::with_capacity(seqs.len());
+        for (seq, Json(mut payload)) in seqs.into_iter().zip(rows_payload) {
+            let Some((at, created_ms)) = stamps.remove(&seq) else {
+                // Not returned (cannot happen: one row per message); the
+                // fan-out reads it from the table instead.
+                events.clear();
+                break;
+            };
+            if let RoomEvent::Message { created_at, .. } = &mut payload {
+                *created_at = Some(at);
+            }
+            events.push(EventRow {
+                seq,
+                payload: payload.into(),
+                created_ms,
+            });
+        }
+        Ok((results, events))
     }
 
     /// Edits a message (its author only). Returns the edit event's seq.

@@ -138,8 +138,22 @@ impl Store {
     /// Connects (with retries for up to `wait`, so replicas can start before
     /// the database is reachable).
     pub async fn connect(url: &str, pool_size: u32, wait: Duration) -> Result<Self, sqlx::Error> {
+        Self::connect_with(url, pool_size, wait, None).await
+    }
+
+    /// [`Store::connect`], with `synchronous_commit` set to this value on
+    /// every connection (`None`: the server's setting).
+    pub async fn connect_with(
+        url: &str,
+        pool_size: u32,
+        wait: Duration,
+        synchronous_commit: Option<&str>,
+    ) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
-        let options = options.application_name("chat-runtime");
+        let mut options = options.application_name("chat-runtime");
+        if let Some(value) = synchronous_commit {
+            options = options.options([("synchronous_commit", value)]);
+        }
         let deadline = Instant::now() + wait;
         loop {
             let attempt = PgPoolOptions::new()

@@ -234,9 +234,6 @@ async fn handle_text(
             epoch,
             last_seq,
         } => {
-            if let Err(e) = store.require_member(room, user.id).await {
-                return answer(store_error_frame(id.as_deref(), &e));
-            }
             if state.hub.subscription_count(sid) >= 500 && !state.hub.is_subscribed(sid, room) {
                 return answer(encode(&ServerFrame::error(
                     id.as_deref(),
@@ -247,8 +244,11 @@ async fn handle_text(
             if let Err(e) = state.hub.subscribe(sid, room).await {
                 return answer(store_error_frame(id.as_deref(), &e));
             }
-            // Membership may have ended between the check above and the
-            // subscription (the fan-out unsubscribes only sockets it knows).
+            // Membership is checked after the subscription, so that a
+            // membership ending meanwhile is seen either here or by the
+            // fan-out (which unsubscribes only sockets it knows). Until the
+            // writer has the room's cursor it writes none of its events, so
+            // a refused socket never sees one.
             if let Err(e) = store.require_member(room, user.id).await {
                 state.hub.unsubscribe(sid, room);
                 return answer(store_error_frame(id.as_deref(), &e));

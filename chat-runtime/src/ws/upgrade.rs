@@ -67,6 +67,10 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     }
 }
 
+/// Most bytes of queued frames sent in one socket write (frames beyond it
+/// are written as the buffer fills).
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// `GET /ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -111,7 +115,10 @@ pub async fn upgrade(
     let span = tracing::Span::current();
     Ok(ws
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // Frames are buffered until the writer flushes, which it does when
+        // its queue is empty: a socket that fell behind gets everything
+        // queued in one write (up to this many bytes per write).
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(2 * 1024 * 1024)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)

@@ -24,7 +24,7 @@ use super::{
     meta::{ADMIN_PORT, HTTP_PORT, child_meta, version_label},
 };
 use crate::{
-    crd::AuthMode,
+    crd::{AuthMode, BrokerSpec, BrokerType},
     model::Tenant,
     names::{
         AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DATABASE_URI_ANNOTATION, DB_SECRET_URI_KEY,
@@ -297,8 +297,41 @@ fn env(t: &Tenant) -> Vec<EnvVar> {
             }
         }
     }
+    env.extend(broker_env(spec.runtime.broker.as_ref()));
     env.extend(spec.runtime.env.iter().cloned());
     env
+}
+
+/// `spec.runtime.broker` as the runtime's `CHAT_BROKER`, `CHAT_NATS_URL` and
+/// `CHAT_NATS_SUBJECT_PREFIX`. PostgreSQL (the runtime's default) sets
+/// nothing, so tenants without the field keep their pod template.
+fn broker_env(broker: Option<&BrokerSpec>) -> Vec<EnvVar> {
+    match broker {
+        Some(BrokerSpec {
+            kind: BrokerType::Nats,
+            nats: Some(nats),
+        }) => {
+            let mut env = vec![
+                value("CHAT_BROKER", "nats"),
+                value("CHAT_NATS_URL", &nats.url),
+            ];
+            if let Some(prefix) = &nats.subject_prefix {
+                env.push(value("CHAT_NATS_SUBJECT_PREFIX", prefix));
+            }
+            env
+        }
+        // `type: Nats` without `nats` is refused at admission; the runtime
+        // would refuse it too (CHAT_NATS_URL is required).
+        Some(BrokerSpec {
+            kind: BrokerType::Nats,
+            nats: None,
+        }) => vec![value("CHAT_BROKER", "nats")],
+        Some(BrokerSpec {
+            kind: BrokerType::Postgres,
+            ..
+        })
+        | None => vec![],
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +461,41 @@ mod tests {
                 .as_deref(),
             Some("16384")
         );
+    }
+
+    #[test]
+    fn the_broker_choice_reaches_the_runtime_environment() {
+        let broker_vars = |broker: serde_json::Value| {
+            let (t, plan) = tenant_and_plan(|ct| {
+                ct.spec.runtime.broker = serde_json::from_value(broker).unwrap();
+            });
+            let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+            ["CHAT_BROKER", "CHAT_NATS_URL", "CHAT_NATS_SUBJECT_PREFIX"]
+                .map(|n| env_value(&d, n).and_then(|e| e.value.clone()))
+        };
+        let cases = [
+            (serde_json::json!(null), [None, None, None]),
+            (serde_json::json!({"type": "Postgres"}), [None, None, None]),
+            (
+                serde_json::json!({"type": "Nats", "nats": {"url": "nats://nats:4222"}}),
+                [Some("nats".into()), Some("nats://nats:4222".into()), None],
+            ),
+            (
+                serde_json::json!({"type": "Nats", "nats": {"url": "tls://a:4222,tls://b:4222", "subjectPrefix": "eu.acme"}}),
+                [
+                    Some("nats".into()),
+                    Some("tls://a:4222,tls://b:4222".into()),
+                    Some("eu.acme".into()),
+                ],
+            ),
+            (
+                serde_json::json!({"type": "Nats"}),
+                [Some("nats".into()), None, None],
+            ),
+        ];
+        for (broker, want) in cases {
+            assert_eq!(broker_vars(broker.clone()), want, "{broker}");
+        }
     }
 
     #[test]

@@ -156,6 +156,61 @@ pub struct RuntimeSpec {
     #[x_kube(validation = Rule::new("self.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message("spec.runtime.env[].name must match [-._a-zA-Z][-._a-zA-Z0-9]* (at most 256 characters)"))]
     #[schemars(length(max = 64), schema_with = "env_schema")]
     pub env: Vec<EnvVar>,
+
+    /// Transport of wake-ups and typing/presence between the runtime's
+    /// replicas. Default: PostgreSQL LISTEN/NOTIFY on the tenant's database.
+    /// Messages stay durable in PostgreSQL either way (docs/runtime.md,
+    /// "Choosing a broker").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerSpec>,
+}
+
+/// `spec.runtime.broker`: which transport the replicas share.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'Nats' || has(self.nats)").message("spec.runtime.broker.nats (with url) is required when spec.runtime.broker.type is Nats"))]
+#[x_kube(validation = Rule::new("self.type == 'Nats' || !has(self.nats)").message("spec.runtime.broker.nats is only read when spec.runtime.broker.type is Nats: set the type or remove it"))]
+pub struct BrokerSpec {
+    /// `Postgres` (default): LISTEN/NOTIFY on the tenant's database.
+    /// `Nats`: NATS core at `nats.url`.
+    #[serde(rename = "type", default)]
+    pub kind: BrokerType,
+
+    /// NATS settings, required with `type: Nats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsBrokerSpec>,
+}
+
+/// The broker's transport.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BrokerType {
+    /// PostgreSQL LISTEN/NOTIFY (nothing else to run).
+    #[default]
+    Postgres,
+    /// NATS core (a NATS server or cluster the tenant's pods can reach).
+    Nats,
+}
+
+/// Where the runtime finds NATS and which subjects it uses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsBrokerSpec {
+    /// NATS server URL, or a comma-separated list of them, each `nats://`
+    /// or `tls://`, for example `nats://nats.nats.svc:4222`.
+    #[x_kube(validation = Rule::new("self.matches('^(nats|tls)://[^,\\\\s]+(,\\\\s*(nats|tls)://[^,\\\\s]+)*$')").message("spec.runtime.broker.nats.url must be nats://host:port or tls://host:port (several separated by commas)"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// Subject prefix: the runtime uses `<prefix>.wakeup` and
+    /// `<prefix>.ephemeral`. Default `chorus.<tenantId>`; tenants sharing a
+    /// NATS server must use different prefixes. Dot-separated tokens of
+    /// letters, digits, `-` and `_` (no wildcards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    )]
+    pub subject_prefix: Option<String>,
 }
 
 /// `spec.runtime.env`: Kubernetes' `EnvVar` list with a bounded name length

@@ -228,10 +228,7 @@ fn every_metric_in_a_rule_or_panel_exists() {
     for e in &exprs {
         used.extend(metric_names(e));
     }
-    let missing: Vec<_> = used
-        .iter()
-        .filter(|n| !exists.contains(*n))
-        .collect();
+    let missing: Vec<_> = used.iter().filter(|n| !exists.contains(*n)).collect();
     assert!(
         missing.is_empty(),
         "not exposed by either /metrics: {missing:?}"

@@ -226,6 +226,34 @@ async fn bad_specs_are_refused_with_a_message_naming_the_field() {
             with(valid(), "/metadata/name", json!("a".repeat(51))),
             "metadata.name must be at most 50 characters",
         ),
+        (
+            with(valid(), "/spec/runtime/broker", json!({"type": "Nats"})),
+            "spec.runtime.broker.nats (with url) is required",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/runtime/broker",
+                json!({"type": "Postgres", "nats": {"url": "nats://nats:4222"}}),
+            ),
+            "spec.runtime.broker.nats is only read when spec.runtime.broker.type is Nats",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/runtime/broker",
+                json!({"type": "Nats", "nats": {"url": "http://nats:4222"}}),
+            ),
+            "spec.runtime.broker.nats.url must be nats://host:port",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/runtime/broker",
+                json!({"type": "Nats", "nats": {"url": "nats://nats:4222", "subjectPrefix": "chorus.*"}}),
+            ),
+            "spec.runtime.broker.nats.subjectPrefix",
+        ),
     ];
     for (doc, expected) in cases {
         let name = doc["metadata"]["name"].as_str().unwrap().to_string();

@@ -1,5 +1,9 @@
 //! A WebSocket client for load: send frames, count acks, read events while
-//! checking per-room seq contiguity.
+//! checking per-room seq contiguity. It speaks Chorus's protocol
+//! (docs/protocol.md) or, for the side-by-side figures, Centrifugo's JSON
+//! protocol (`connect` with a token, `subscribe`, `publish`; a channel
+//! `chat:<room>` is the room, a publication's `offset` its seq; replies and
+//! pushes may share a frame, one JSON object per line).
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -7,7 +11,7 @@ use std::{
 };
 
 use futures::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
@@ -59,40 +63,129 @@ impl Tracker {
     }
 }
 
+/// The server's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// The Chorus chat runtime.
+    Chorus,
+    /// Centrifugo v6, JSON protocol.
+    Centrifugo,
+}
+
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    proto: Proto,
+    next_id: u64,
+    /// Frames read but not yet handed out (Centrifugo batches lines).
+    queued: std::collections::VecDeque<Value>,
 }
 
 impl Client {
-    pub async fn connect(ws_url: &str, token: &str) -> Result<Self, String> {
-        let url = format!("{ws_url}?access_token={token}");
+    pub async fn connect(proto: Proto, ws_url: &str, token: &str) -> Result<Self, String> {
+        let url = match proto {
+            Proto::Chorus => format!("{ws_url}?access_token={token}"),
+            Proto::Centrifugo => ws_url.to_string(),
+        };
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| format!("websocket connect: {e} (raise `ulimit -n`?)"))?;
-        Ok(Self { ws })
+        let mut c = Self {
+            ws,
+            proto,
+            next_id: 1,
+            queued: Default::default(),
+        };
+        if proto == Proto::Centrifugo {
+            c.command("connect", json!({ "token": token })).await?;
+        }
+        Ok(c)
     }
 
-    pub async fn send(&mut self, v: Value) -> Result<(), String> {
+    async fn send(&mut self, v: Value) -> Result<(), String> {
         self.ws
             .send(Message::Text(v.to_string().into()))
             .await
             .map_err(|e| format!("send: {e}"))
     }
 
+    async fn command(&mut self, method: &str, params: Value) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut v = json!({ "id": id });
+        v[method] = params;
+        self.send(v).await
+    }
+
+    /// Subscribes to a room's live events.
+    pub async fn subscribe(&mut self, room: i64) -> Result<(), String> {
+        match self.proto {
+            Proto::Chorus => self.send(json!({"type": "subscribe", "room": room})).await,
+            Proto::Centrifugo => {
+                self.command("subscribe", json!({ "channel": format!("chat:{room}") }))
+                    .await
+            }
+        }
+    }
+
+    /// Sends a message; `client_msg_id` must be unique per connection.
+    pub async fn send_message(
+        &mut self,
+        room: i64,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<(), String> {
+        match self.proto {
+            Proto::Chorus => {
+                self.send(json!({"type": "send", "room": room, "client_msg_id": client_msg_id, "body": body}))
+                    .await
+            }
+            Proto::Centrifugo => {
+                self.command(
+                    "publish",
+                    json!({ "channel": format!("chat:{room}"), "data": {"client_msg_id": client_msg_id, "body": body} }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The next frame, as Chorus-shaped JSON: a Centrifugo reply to
+    /// `publish` is `{"type":"ack"}`, an error reply `{"type":"error"}`.
     async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
         loop {
+            if let Some(v) = self.queued.pop_front() {
+                return Some(v);
+            }
             match tokio::time::timeout(timeout, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    let v: Value = serde_json::from_str(&t).ok()?;
-                    if v["type"] == "ping" {
-                        let _ = self
-                            .ws
-                            .send(Message::Text(r#"{"type":"pong"}"#.into()))
-                            .await;
-                        continue;
+                Ok(Some(Ok(Message::Text(t)))) => match self.proto {
+                    Proto::Chorus => {
+                        let v: Value = serde_json::from_str(&t).ok()?;
+                        if v["type"] == "ping" {
+                            let _ = self
+                                .ws
+                                .send(Message::Text(r#"{"type":"pong"}"#.into()))
+                                .await;
+                            continue;
+                        }
+                        return Some(v);
                     }
-                    return Some(v);
-                }
+                    Proto::Centrifugo => {
+                        for line in t.lines() {
+                            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                                continue;
+                            };
+                            if v.as_object().is_some_and(|o| o.is_empty()) {
+                                // The server's ping: answer with an empty object.
+                                let _ = self.ws.send(Message::Text("{}".into())).await;
+                            } else if v.get("error").is_some() {
+                                self.queued
+                                    .push_back(json!({"type": "error", "error": v["error"]}));
+                            } else if v.get("publish").is_some() {
+                                self.queued.push_back(json!({"type": "ack"}));
+                            }
+                        }
+                    }
+                },
                 Ok(Some(Ok(_))) => continue,
                 _ => return None,
             }
@@ -185,6 +278,30 @@ impl Client {
                 }
             };
             let text = msg.as_str();
+            if self.proto == Proto::Centrifugo {
+                for line in text.lines() {
+                    if line == "{}" {
+                        let _ = self.ws.send(Message::Text("{}".into())).await;
+                        continue;
+                    }
+                    if line.contains(r#""subscribe":{"#) && cursor.is_none() {
+                        cursor = Some(field_i64(line, "\"offset\":").unwrap_or(0));
+                        continue;
+                    }
+                    if !line.contains(r#""pub":{"#) {
+                        continue;
+                    }
+                    let Some(seq) = field_i64(line, "\"offset\":") else {
+                        continue;
+                    };
+                    tracker.delivered.fetch_add(1, Ordering::Relaxed);
+                    track(&mut cursor, seq, &mut gaps, &mut dups);
+                    if let Some(t) = field_i64(line, "\"t=") {
+                        samples.push(now_micros().saturating_sub(t as u64));
+                    }
+                }
+                continue;
+            }
             if text.contains(r#""type":"ping""#) {
                 let _ = self
                     .ws
@@ -203,14 +320,7 @@ impl Client {
                 continue;
             };
             tracker.delivered.fetch_add(1, Ordering::Relaxed);
-            match cursor {
-                Some(c) if seq <= c => dups += 1,
-                Some(c) => {
-                    gaps += (seq - c - 1) as u64;
-                    cursor = Some(seq);
-                }
-                None => cursor = Some(seq),
-            }
+            track(&mut cursor, seq, &mut gaps, &mut dups);
             if let Some(t) = field_i64(text, "\"t=") {
                 samples.push(now_micros().saturating_sub(t as u64));
             }
@@ -219,6 +329,18 @@ impl Client {
         tracker.gaps.fetch_add(gaps, Ordering::Relaxed);
         tracker.duplicates.fetch_add(dups, Ordering::Relaxed);
         cursor
+    }
+}
+
+/// Moves a reader's cursor to `seq`, counting gaps and duplicates.
+fn track(cursor: &mut Option<i64>, seq: i64, gaps: &mut u64, dups: &mut u64) {
+    match *cursor {
+        Some(c) if seq <= c => *dups += 1,
+        Some(c) => {
+            *gaps += (seq - c - 1) as u64;
+            *cursor = Some(seq);
+        }
+        None => *cursor = Some(seq),
     }
 }
 

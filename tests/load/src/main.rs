@@ -7,7 +7,11 @@
 //! chat-load --runtime target/release/chat-runtime --database-url postgres://... idle --connections 10000
 //! chat-load ... fanout --members 1000 --rate 100 --seconds 30
 //! chat-load ... throughput --rooms 100 --senders 200 --seconds 20
+//! chat-load --centrifugo path/to/centrifugo fanout ...   # the same scenario against Centrifugo
 //! ```
+//!
+//! The last line of every run is `result: scenario=... key=value ...`, for
+//! `scripts/bench.sh` to put the two servers side by side.
 //!
 //! Every loop is bounded in count and time, and the tool stops by itself.
 
@@ -27,19 +31,30 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use client::{Client, Tracker};
+use futures::StreamExt;
 use report::Latencies;
-use serde_json::json;
 use server::Runtime;
+
+/// Connections set up at once in the idle scenario.
+const PARALLEL: usize = 32;
 
 #[derive(Parser)]
 #[command(about = "Load generator for the Chorus chat runtime (loopback only)")]
 struct Args {
     /// The chat-runtime binary to start.
-    #[arg(long)]
-    runtime: String,
+    #[arg(long, required_unless_present = "centrifugo")]
+    runtime: Option<String>,
     /// Admin URL of a PostgreSQL server; a fresh database is created on it.
-    #[arg(long, env = "CHORUS_BENCH_DATABASE_URL")]
-    database_url: String,
+    #[arg(
+        long,
+        env = "CHORUS_BENCH_DATABASE_URL",
+        required_unless_present = "centrifugo"
+    )]
+    database_url: Option<String>,
+    /// Run the scenario against this Centrifugo binary instead (memory
+    /// engine, history on), for side-by-side figures.
+    #[arg(long, conflicts_with = "runtime")]
+    centrifugo: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -84,7 +99,11 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let rt = Runtime::start(&args.runtime, &args.database_url).await?;
+    let rt = match (&args.centrifugo, &args.runtime, &args.database_url) {
+        (Some(bin), _, _) => Runtime::start_centrifugo(bin).await?,
+        (None, Some(bin), Some(db)) => Runtime::start(bin, db).await?,
+        _ => return Err("give --runtime and --database-url, or --centrifugo".into()),
+    };
     let result = match args.scenario {
         Scenario::Idle { connections } => idle(&rt, connections).await,
         Scenario::Fanout {
@@ -112,32 +131,45 @@ async fn idle(rt: &Runtime, n: usize) -> Result<(), String> {
     let started = Instant::now();
     let mut clients = Vec::with_capacity(n);
     let mut last_print = Instant::now();
-    for i in 0..n {
-        let mut c = Client::connect(&rt.ws, &token).await?;
-        c.send(json!({"type": "subscribe", "room": room})).await?;
-        clients.push(c);
+    // Set-ups run PARALLEL at a time, as many clients arriving at once would.
+    let mut opening = futures::stream::iter((0..n).map(|_| {
+        let (proto, ws, token) = (rt.proto, rt.ws.clone(), token.clone());
+        async move {
+            let mut c = Client::connect(proto, &ws, &token).await?;
+            c.subscribe(room).await?;
+            Ok::<_, String>(c)
+        }
+    }))
+    .buffer_unordered(PARALLEL);
+    while let Some(c) = opening.next().await {
+        clients.push(c?);
         if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!("  ... {} connections", i + 1);
+            eprintln!("  ... {} connections", clients.len());
             last_print = Instant::now();
         }
     }
+    drop(opening);
+    let opened = started.elapsed().as_secs_f64();
     // Drain hello/subscribed frames, then let the server settle.
     for c in clients.iter_mut() {
         c.drain(Duration::from_millis(1)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = rt.rss_kib()?;
-    let held = rt.metric("chat_connections").await.unwrap_or(0.0);
+    let held = rt
+        .metric("chat_connections")
+        .await
+        .unwrap_or(clients.len() as f64);
     println!(
-        "connections held: {held:.0} (opened in {:.1}s)",
-        started.elapsed().as_secs_f64()
+        "connections held: {held:.0} (opened and subscribed in {opened:.1}s, {PARALLEL} at a time)"
     );
+    let per_conn = (rss.saturating_sub(base)) as f64 / n as f64;
     println!(
-        "server RSS: {:.1} MiB before, {:.1} MiB with connections: {:.1} KiB per connection",
+        "server RSS: {:.1} MiB before, {:.1} MiB with connections: {per_conn:.1} KiB per connection",
         base as f64 / 1024.0,
         rss as f64 / 1024.0,
-        (rss.saturating_sub(base)) as f64 / n as f64
     );
+    println!("result: scenario=idle open_s={opened:.2} kib_per_conn={per_conn:.1}");
     drop(clients);
     Ok(())
 }
@@ -162,8 +194,8 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
     let start_seq = rt.last_seq(room).await?;
     let mut readers = Vec::new();
     for i in 0..members {
-        let mut c = Client::connect(&rt.ws, &tokens[i % users]).await?;
-        c.send(json!({"type": "subscribe", "room": room})).await?;
+        let mut c = Client::connect(rt.proto, &rt.ws, &tokens[i % users]).await?;
+        c.subscribe(room).await?;
         let (lat, tr, st) = (latencies.clone(), tracker.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
             c.read_events(room, &lat, &tr, &st).await
@@ -171,7 +203,7 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rt.rss_kib()?;
-    let mut sender = Client::connect(&rt.ws, &owner).await?;
+    let mut sender = Client::connect(rt.proto, &rt.ws, &owner).await?;
     let total = rate * seconds;
     let started = Instant::now();
     let mut acked = 0u64;
@@ -180,7 +212,7 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         tokio::time::sleep_until(due.into()).await;
         let now = report::now_micros();
         sender
-            .send(json!({"type": "send", "room": room, "client_msg_id": format!("f{i}"), "body": format!("t={now}")}))
+            .send_message(room, &format!("f{i}"), &format!("t={now}"))
             .await?;
         acked += sender.drain_acks().await;
     }
@@ -211,12 +243,17 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         sending.as_secs_f64()
     );
     latencies.print("send->deliver latency");
+    let rate_out = latencies.count() as f64 / elapsed.as_secs_f64();
     println!(
-        "deliveries: {} of {expected} ({:.0}/s)",
+        "deliveries: {} of {expected} ({rate_out:.0}/s)",
         latencies.count(),
-        latencies.count() as f64 / elapsed.as_secs_f64()
     );
     tracker.print();
+    let (p50, p99, _) = latencies.percentiles().unwrap_or_default();
+    println!(
+        "result: scenario=fanout{rate} p50_ms={p50:.1} p99_ms={p99:.1} deliveries_per_s={rate_out:.0} clean={}",
+        tracker.clean()
+    );
     tracker_verdict(&tracker)
 }
 
@@ -254,8 +291,8 @@ async fn throughput(
     }
     let mut readers = Vec::new();
     for r in &room_ids {
-        let mut c = Client::connect(&rt.ws, &owner).await?;
-        c.send(json!({"type": "subscribe", "room": r})).await?;
+        let mut c = Client::connect(rt.proto, &rt.ws, &owner).await?;
+        c.subscribe(*r).await?;
         let (lat, tr, st, room) = (latencies.clone(), tracker.clone(), stop.clone(), *r);
         readers.push(tokio::spawn(async move {
             c.read_events(room, &lat, &tr, &st).await
@@ -267,7 +304,7 @@ async fn throughput(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..senders {
-        let mut c = Client::connect(&rt.ws, &tokens[s % users]).await?;
+        let mut c = Client::connect(rt.proto, &rt.ws, &tokens[s % users]).await?;
         let room = room_ids[s % rooms];
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
@@ -276,7 +313,10 @@ async fn throughput(
             while Instant::now() < deadline {
                 while in_flight < window {
                     let now = report::now_micros();
-                    if c.send(json!({"type": "send", "room": room, "client_msg_id": format!("s{s}-{n}"), "body": format!("t={now}")})).await.is_err() {
+                    if c.send_message(room, &format!("s{s}-{n}"), &format!("t={now}"))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     n += 1;
@@ -312,13 +352,21 @@ async fn throughput(
         .metric("chat_db_latency_seconds_count")
         .await
         .unwrap_or(0.0);
-    let persisted = rt.count_messages().await?;
     let acked = acked.load(Ordering::Relaxed);
-    println!(
-        "persisted messages: {persisted} in {:.1}s = {:.0} messages/s (acked: {acked})",
-        elapsed.as_secs_f64(),
-        persisted as f64 / elapsed.as_secs_f64()
-    );
+    let acked_rate = acked as f64 / elapsed.as_secs_f64();
+    if rt.proto == client::Proto::Chorus {
+        let persisted = rt.count_messages().await?;
+        println!(
+            "persisted messages: {persisted} in {:.1}s = {:.0} messages/s (acked: {acked})",
+            elapsed.as_secs_f64(),
+            persisted as f64 / elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "acked messages: {acked} in {:.1}s = {acked_rate:.0} messages/s (memory engine: nothing durable)",
+            elapsed.as_secs_f64(),
+        );
+    }
     if db_count > 0.0 {
         println!(
             "server-side database time per event write or fan-out read: {:.2} ms average ({db_count:.0} operations)",
@@ -328,6 +376,11 @@ async fn throughput(
     latencies.print("send->deliver latency (one reader per room)");
     println!("deliveries to room readers: {}", latencies.count());
     tracker.print();
+    let (p50, p99, _) = latencies.percentiles().unwrap_or_default();
+    println!(
+        "result: scenario=throughput{window} acked_per_s={acked_rate:.0} p50_ms={p50:.1} p99_ms={p99:.1} clean={}",
+        tracker.clean()
+    );
     tracker_verdict(&tracker)
 }
 

@@ -31,21 +31,25 @@ impl Latencies {
         self.samples.lock().map(|s| s.len() as u64).unwrap_or(0)
     }
 
-    /// Prints p50/p99/max in milliseconds.
-    pub fn print(&self, what: &str) {
+    /// p50, p99 and max in milliseconds (`None` without samples).
+    pub fn percentiles(&self) -> Option<(f64, f64, f64)> {
         let mut s = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         if s.is_empty() {
-            println!("{what}: no samples");
-            return;
+            return None;
         }
         s.sort_unstable();
         let pct = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
-        println!(
-            "{what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
-            pct(0.50),
-            pct(0.99),
-            pct(1.0),
-            s.len()
-        );
+        Some((pct(0.50), pct(0.99), pct(1.0)))
+    }
+
+    /// Prints p50/p99/max in milliseconds.
+    pub fn print(&self, what: &str) {
+        match self.percentiles() {
+            None => println!("{what}: no samples"),
+            Some((p50, p99, max)) => println!(
+                "{what}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({} samples)",
+                self.count()
+            ),
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! The runtime under test: started on a fresh database on loopback, stopped
-//! at the end; REST helpers and RSS from /proc.
+//! The server under test: the Chorus runtime, started on a fresh database
+//! on loopback, or Centrifugo (memory engine, history on) for the side-by-side
+//! figures; stopped at the end. Accounts, rooms and sequence numbers through
+//! each one's API; RSS from /proc.
 
 use std::{process::Stdio, time::Duration};
 
@@ -12,15 +14,95 @@ use tokio::{
     process::{Child, Command},
 };
 
+use crate::client::Proto;
+
+/// Shared secret of the tokens both servers check (HS256).
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+/// Centrifugo's server API key.
+const API_KEY: &str = "bench-api-key";
+
 pub struct Runtime {
     child: Child,
+    pub proto: Proto,
     pub http: String,
     pub ws: String,
     admin: String,
     db: String,
+    rooms: std::sync::atomic::AtomicI64,
+    _dir: Option<TempDir>,
+}
+
+/// A directory removed on drop (Centrifugo's config file).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 impl Runtime {
+    /// Starts Centrifugo `bin` on a free loopback port: memory engine,
+    /// namespace `chat` with history (1,000 per channel, 300 s) and forced
+    /// recovery, clients may subscribe and publish, tokens HS256 with
+    /// [`SECRET`].
+    pub async fn start_centrifugo(bin: &str) -> Result<Self, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("chat-load-centrifugo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = TempDir(dir);
+        let config = json!({
+            "http_server": {"address": "127.0.0.1", "port": port},
+            "log": {"level": "warn"},
+            "engine": {"type": "memory"},
+            "usage_stats": {"disabled": true},
+            "health": {"enabled": true},
+            "http_api": {"key": API_KEY},
+            "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["http://127.0.0.1"]},
+            "channel": {"namespaces": [{
+                "name": "chat", "history_size": 1000, "history_ttl": "300s", "force_recovery": true,
+                "allow_subscribe_for_client": true, "allow_publish_for_client": true
+            }]}
+        });
+        let file = dir.0.join("config.json");
+        std::fs::write(&file, config.to_string()).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {bin}: {e}"))?;
+        let rt = Self {
+            child,
+            proto: Proto::Centrifugo,
+            http: format!("http://127.0.0.1:{port}"),
+            ws: format!("ws://127.0.0.1:{port}/connection/websocket"),
+            admin: String::new(),
+            db: String::new(),
+            rooms: Default::default(),
+            _dir: Some(dir),
+        };
+        for _ in 0..300 {
+            if rt
+                .call("GET", &format!("{}/health", rt.http), None, None)
+                .await
+                .is_ok()
+            {
+                return Ok(rt);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("Centrifugo did not start".into())
+    }
+
     pub async fn start(bin: &str, admin_url: &str) -> Result<Self, String> {
         let name = format!("bench_{}", std::process::id());
         let mut conn = PgConnection::connect(admin_url)
@@ -41,7 +123,7 @@ impl Runtime {
         let mut child = Command::new(bin)
             .env("CHAT_DATABASE_URL", &db)
             .env("CHAT_TENANT_ID", "bench")
-            .env("CHAT_JWT_SECRET", "bench-secret-0123456789abcdef0123456789")
+            .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_LISTEN_ADDR", "127.0.0.1:0")
             .env("CHAT_ADMIN_ADDR", "127.0.0.1:0")
             .env("CHAT_MAX_CONNECTIONS", "100000")
@@ -76,10 +158,13 @@ impl Runtime {
         let admin = v["admin_addr"].as_str().ok_or("no admin_addr")?.to_string();
         Ok(Self {
             child,
+            proto: Proto::Chorus,
             http: format!("http://{public}"),
             ws: format!("ws://{public}/ws"),
             admin: format!("http://{admin}"),
             db,
+            rooms: Default::default(),
+            _dir: None,
         })
     }
 
@@ -124,7 +209,7 @@ impl Runtime {
             .header("host", format!("{host}:{port}"))
             .header("content-type", "application/json");
         if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+            req = req.header("authorization", t);
         }
         let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
         let resp = sender
@@ -145,7 +230,22 @@ impl Runtime {
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// A user's token: a Chorus account signed up over REST, or a
+    /// Centrifugo token for subject `name`.
     pub async fn signup(&self, name: &str) -> Result<String, String> {
+        if self.proto == Proto::Centrifugo {
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs()
+                + 3600;
+            return jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &json!({"sub": name, "exp": exp}),
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .map_err(|e| e.to_string());
+        }
         let v = self
             .call(
                 "POST",
@@ -160,23 +260,34 @@ impl Runtime {
             .ok_or_else(|| "no token".into())
     }
 
+    /// A new public room (Centrifugo: a new channel number).
     pub async fn room(&self, token: &str, name: &str) -> Result<i64, String> {
+        if self.proto == Proto::Centrifugo {
+            return Ok(self
+                .rooms
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1);
+        }
         let v = self
             .call(
                 "POST",
                 &format!("{}/api/v1/rooms", self.http),
-                Some(token),
+                Some(&format!("Bearer {token}")),
                 Some(json!({"name": name, "kind": "public"})),
             )
             .await?;
         v["room"]["id"].as_i64().ok_or_else(|| "no room id".into())
     }
 
+    /// Joins a room (Centrifugo: nothing to join).
     pub async fn join(&self, token: &str, room: i64) -> Result<(), String> {
+        if self.proto == Proto::Centrifugo {
+            return Ok(());
+        }
         self.call(
             "POST",
             &format!("{}/api/v1/rooms/{room}/join", self.http),
-            Some(token),
+            Some(&format!("Bearer {token}")),
             None,
         )
         .await
@@ -185,6 +296,9 @@ impl Runtime {
 
     /// A gauge or counter from /metrics.
     pub async fn metric(&self, name: &str) -> Option<f64> {
+        if self.proto == Proto::Centrifugo {
+            return None;
+        }
         let v = self
             .call("GET", &format!("{}/metrics", self.admin), None, None)
             .await
@@ -210,6 +324,18 @@ impl Runtime {
 
     /// The room's latest seq (what every reader should have reached).
     pub async fn last_seq(&self, room: i64) -> Result<i64, String> {
+        if self.proto == Proto::Centrifugo {
+            // The channel's stream top, from the server API.
+            let v = self
+                .call(
+                    "POST",
+                    &format!("{}/api/history", self.http),
+                    Some(&format!("apikey {API_KEY}")),
+                    Some(json!({"channel": format!("chat:{room}"), "limit": 0})),
+                )
+                .await?;
+            return Ok(v["result"]["offset"].as_i64().unwrap_or(0));
+        }
         let mut conn = PgConnection::connect(&self.db)
             .await
             .map_err(|e| e.to_string())?;
