@@ -40,6 +40,9 @@ up)
   "$CHORUS_ROOT/scripts/build-control-plane.sh"
   node_flags=()
   if [ "${CHORUS_NODE:-1}" != 0 ]; then
+    # The node: iptables for kube-proxy and the CNI plugins, conntrack for
+    # kube-proxy, iproute2 for the bridge.
+    need_packages "the local node" iptables:iptables conntrack:conntrack ip:iproute2
     node_flags=(--node --image-dir "$CHORUS_CACHE/images")
     step "starting the cluster $K8S_VERSION: control plane, one real node, kwok, metrics-server (state: $state)"
   else

@@ -29,3 +29,23 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # pid_alive PID: true when the process exists.
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# need_packages WHY CMD:PACKAGE...: installs the Debian PACKAGE of each CMD
+# that is not on PATH (as root; otherwise says what to install and fails),
+# so `make test` works on a fresh machine. WHY names who needs them.
+need_packages() {
+  local why=$1 missing=() pair
+  shift
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    die "$why needs: sudo apt-get install ${missing[*]}"
+  fi
+  step "installing ${missing[*]} ($why)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  }
+}

@@ -100,7 +100,40 @@ pub enum Broker {
         url: String,
         /// Subjects are `<prefix>.wakeup` and `<prefix>.ephemeral`.
         subject_prefix: String,
+        /// How the replica logs in to NATS.
+        auth: NatsAuth,
     },
+}
+
+/// How the runtime authenticates to NATS (source:
+/// <https://docs.nats.io/running-a-nats-service/configuration/securing_nats/auth_intro>).
+/// `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum NatsAuth {
+    /// No credentials (a server without authorization).
+    #[default]
+    None,
+    /// A token (`CHAT_NATS_TOKEN`; nats-server `authorization { token }`).
+    Token(String),
+    /// A user and password (`CHAT_NATS_USER`, `CHAT_NATS_PASSWORD`).
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
+            }
+        }
+    }
 }
 
 /// `serve` settings, as read.
@@ -183,6 +216,15 @@ pub struct ServeArgs {
     /// sharing a server need different prefixes.
     #[arg(long, env = "CHAT_NATS_SUBJECT_PREFIX")]
     pub nats_subject_prefix: Option<String>,
+    /// Token for NATS (exclusive with `CHAT_NATS_USER`).
+    #[arg(long, env = "CHAT_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// User for NATS; needs `CHAT_NATS_PASSWORD`.
+    #[arg(long, env = "CHAT_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password of `CHAT_NATS_USER`.
+    #[arg(long, env = "CHAT_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
     /// Log filter.
     #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -582,8 +624,13 @@ impl ServeArgs {
         }
         let broker = broker(
             self.broker,
-            self.nats_url,
-            self.nats_subject_prefix,
+            NatsArgs {
+                url: self.nats_url,
+                prefix: self.nats_subject_prefix,
+                token: self.nats_token,
+                user: self.nats_user,
+                password: self.nats_password,
+            },
             &tenant_id,
         )?;
         Ok(Config {
@@ -610,28 +657,38 @@ impl ServeArgs {
     }
 }
 
+/// The `CHAT_NATS_*` settings as read (empty values count as unset).
+struct NatsArgs {
+    url: Option<String>,
+    prefix: Option<String>,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
 /// Validates the broker settings. Rules: NATS needs `CHAT_NATS_URL` (each
 /// server `nats://` or `tls://`); the NATS settings are refused with
 /// `postgres` (a likely typo of the choice); a subject prefix is dot-separated
 /// tokens of letters, digits, `-` and `_` (no wildcards `*`/`>`, source:
-/// <https://docs.nats.io/nats-concepts/subjects>).
-fn broker(
-    kind: BrokerKind,
-    url: Option<String>,
-    prefix: Option<String>,
-    tenant_id: &str,
-) -> Result<Broker, ConfigError> {
-    let url = url.filter(|u| !u.trim().is_empty());
-    let prefix = prefix.filter(|p| !p.is_empty());
+/// <https://docs.nats.io/nats-concepts/subjects>); a token excludes a user,
+/// and a user needs a password.
+fn broker(kind: BrokerKind, nats: NatsArgs, tenant_id: &str) -> Result<Broker, ConfigError> {
+    let set = |v: Option<String>| v.filter(|x| !x.trim().is_empty());
+    let url = set(nats.url);
+    let prefix = set(nats.prefix);
+    let (token, user, password) = (set(nats.token), set(nats.user), set(nats.password));
     match kind {
         BrokerKind::Postgres => {
-            if url.is_some() || prefix.is_some() {
+            let given = [
+                ("CHAT_NATS_URL", url.is_some()),
+                ("CHAT_NATS_SUBJECT_PREFIX", prefix.is_some()),
+                ("CHAT_NATS_TOKEN", token.is_some()),
+                ("CHAT_NATS_USER", user.is_some()),
+                ("CHAT_NATS_PASSWORD", password.is_some()),
+            ];
+            if let Some((var, _)) = given.iter().find(|(_, set)| *set) {
                 return Err(ConfigError {
-                    var: if url.is_some() {
-                        "CHAT_NATS_URL"
-                    } else {
-                        "CHAT_NATS_SUBJECT_PREFIX"
-                    },
+                    var,
                     problem: "is set but CHAT_BROKER is postgres: set CHAT_BROKER=nats or unset it"
                         .into(),
                 });
@@ -667,9 +724,30 @@ fn broker(
                     ),
                 });
             }
+            let auth = match (token, user, password) {
+                (None, None, None) => NatsAuth::None,
+                (Some(token), None, None) => NatsAuth::Token(token),
+                (None, Some(user), Some(password)) => NatsAuth::UserPassword { user, password },
+                (Some(_), _, _) => {
+                    return Err(ConfigError {
+                        var: "CHAT_NATS_TOKEN",
+                        problem: "is set together with CHAT_NATS_USER/CHAT_NATS_PASSWORD: use one way to log in".into(),
+                    });
+                }
+                (None, Some(_), None) => {
+                    return Err(missing(
+                        "CHAT_NATS_PASSWORD",
+                        "the password of CHAT_NATS_USER",
+                    ));
+                }
+                (None, None, Some(_)) => {
+                    return Err(missing("CHAT_NATS_USER", "the user of CHAT_NATS_PASSWORD"));
+                }
+            };
             Ok(Broker::Nats {
                 url,
                 subject_prefix,
+                auth,
             })
         }
     }
@@ -721,7 +799,8 @@ mod tests {
                 .broker,
             Broker::Nats {
                 url: "nats://n:4222".into(),
-                subject_prefix: "chorus.acme".into()
+                subject_prefix: "chorus.acme".into(),
+                auth: NatsAuth::None,
             }
         );
         assert_eq!(
@@ -737,8 +816,45 @@ mod tests {
             .broker,
             Broker::Nats {
                 url: "nats://a:4222, tls://b:4222".into(),
-                subject_prefix: "eu.chat_1".into()
+                subject_prefix: "eu.chat_1".into(),
+                auth: NatsAuth::None,
             }
+        );
+        let login = |extra: &[&str]| {
+            let mut argv = vec!["--broker", "nats", "--nats-url", "nats://n:4222"];
+            argv.extend_from_slice(extra);
+            match nats(&argv).map(|c| c.broker) {
+                Ok(Broker::Nats { auth, .. }) => Ok(auth),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(
+            login(&["--nats-token", "s3cret"]).unwrap(),
+            NatsAuth::Token("s3cret".into())
+        );
+        let user = login(&["--nats-user", "chat", "--nats-password", "pw"]).unwrap();
+        assert_eq!(
+            user,
+            NatsAuth::UserPassword {
+                user: "chat".into(),
+                password: "pw".into()
+            }
+        );
+        assert!(!format!("{user:?}").contains("pw"), "{user:?}");
+        for (extra, var) in [
+            (
+                &["--nats-token", "t", "--nats-user", "u"][..],
+                "CHAT_NATS_TOKEN",
+            ),
+            (&["--nats-user", "u"][..], "CHAT_NATS_PASSWORD"),
+            (&["--nats-password", "p"][..], "CHAT_NATS_USER"),
+        ] {
+            assert_eq!(login(extra).unwrap_err().var, var, "{extra:?}");
+        }
+        assert_eq!(
+            nats(&["--nats-token", "t"]).unwrap_err().var,
+            "CHAT_NATS_TOKEN"
         );
         let cases: [(&[&str], &str, &str); 5] = [
             (&["--broker", "nats"], "CHAT_NATS_URL", "is required"),

@@ -119,7 +119,8 @@ impl Server {
             config::Broker::Nats {
                 url,
                 subject_prefix,
-            } => NatsBroker::connect(url, subject_prefix, &config.pod_name).await?,
+                auth,
+            } => NatsBroker::connect(url, subject_prefix, &config.pod_name, auth).await?,
         };
         let inbound = broker.subscribe();
         let hub = Hub::new(

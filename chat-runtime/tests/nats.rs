@@ -43,11 +43,27 @@ impl NatsServer {
     }
 
     async fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[]).await
+    }
+
+    /// A server that requires a login: `auth` are nats-server flags such as
+    /// `--user U --pass P` or `--auth TOKEN`.
+    async fn start_with_auth(auth: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::spawn(port, auth).await
+    }
+
+    async fn spawn(port: u16, extra: &[&str]) -> Self {
         let bin = std::env::var("CHORUS_NATS_SERVER").expect(
             "CHORUS_NATS_SERVER is not set: run the suites with `make test` (scripts/build-tools.sh builds nats-server)",
         );
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -74,15 +90,18 @@ impl NatsServer {
     }
 }
 
-/// Replica settings for NATS under `prefix`.
-fn over_nats<'a>(url: &str, prefix: &str) -> ReplicaOpts<'a> {
+/// Replica settings for NATS under `prefix`, logging in with `login`
+/// (`CHAT_NATS_*` variables; empty for a server without authorization).
+fn over_nats<'a>(url: &str, prefix: &str, login: &[(&'a str, &str)]) -> ReplicaOpts<'a> {
+    let mut env = vec![
+        ("CHAT_BROKER", "nats".into()),
+        ("CHAT_NATS_URL", url.into()),
+        ("CHAT_NATS_SUBJECT_PREFIX", prefix.into()),
+        ("CHAT_MESSAGES_PER_SECOND", "1000".into()),
+    ];
+    env.extend(login.iter().map(|(k, v)| (*k, v.to_string())));
     ReplicaOpts {
-        env: vec![
-            ("CHAT_BROKER", "nats".into()),
-            ("CHAT_NATS_URL", url.into()),
-            ("CHAT_NATS_SUBJECT_PREFIX", prefix.into()),
-            ("CHAT_MESSAGES_PER_SECOND", "1000".into()),
-        ],
+        env,
         ..Default::default()
     }
 }
@@ -180,6 +199,31 @@ fn assert_exactly_once(readers: &[(&str, &Reader)], acked: &BTreeMap<String, i64
     }
 }
 
+/// Sends `range` on both replicas at once, adds the acks to `acked`, checks
+/// it now holds `total` messages and that both readers saw every one of them
+/// exactly once, in order.
+async fn send_on_both_and_check(
+    s: &mut Setup,
+    range: std::ops::Range<usize>,
+    acked: &mut BTreeMap<String, i64>,
+    total: usize,
+) {
+    let (from_a, from_b) = tokio::join!(
+        send_all(&mut s.send_a, s.room, "a", range.clone()),
+        send_all(&mut s.send_b, s.room, "b", range),
+    );
+    acked.extend(from_a);
+    acked.extend(from_b);
+    assert_eq!(acked.len(), total);
+    let last = *acked.values().max().unwrap();
+    s.read_a.read_through(last, "reader on A").await;
+    s.read_b.read_through(last, "reader on B").await;
+    assert_exactly_once(
+        &[("reader on A", &s.read_a), ("reader on B", &s.read_b)],
+        acked,
+    );
+}
+
 /// Toggles `ws`'s presence until `watcher` (on another replica) sees it:
 /// presence travels only through the broker, so this proves both replicas
 /// are connected to NATS. Returns how long it took.
@@ -240,9 +284,14 @@ struct Setup {
 }
 
 async fn setup(url: &str, prefix: &str) -> Setup {
+    setup_with(url, prefix, &[]).await
+}
+
+/// [`setup`] with the replicas logging in to NATS with `login`.
+async fn setup_with(url: &str, prefix: &str, login: &[(&str, &str)]) -> Setup {
     let db = fresh_db().await;
-    let a = Replica::start_with(&db, over_nats(url, prefix)).await;
-    let b = Replica::start_with(&db, over_nats(url, prefix)).await;
+    let a = Replica::start_with(&db, over_nats(url, prefix, login)).await;
+    let b = Replica::start_with(&db, over_nats(url, prefix, login)).await;
     let owner = signup(&a.http, "owner").await;
     let room = public_room(&a.http, &owner, "nats").await;
     let mut tokens = Vec::new();
@@ -282,20 +331,7 @@ async fn two_replicas_over_nats_deliver_every_message_once_in_order() {
     presence_crosses(&mut s.send_a, &mut s.read_b, T).await;
 
     // Sends on both replicas at once.
-    let (from_a, from_b) = tokio::join!(
-        send_all(&mut s.send_a, s.room, "a", 0..150),
-        send_all(&mut s.send_b, s.room, "b", 0..150),
-    );
-    let mut acked = from_a;
-    acked.extend(from_b);
-    assert_eq!(acked.len(), 300);
-    let last = *acked.values().max().unwrap();
-    s.read_a.read_through(last, "reader on A").await;
-    s.read_b.read_through(last, "reader on B").await;
-    assert_exactly_once(
-        &[("reader on A", &s.read_a), ("reader on B", &s.read_b)],
-        &acked,
-    );
+    send_on_both_and_check(&mut s, 0..150, &mut BTreeMap::new(), 300).await;
 
     // Wake-ups cross on NATS (not only the 1 s poll): one message at a time
     // from A reaches B's reader well under the poll interval (by the poll
@@ -356,19 +392,57 @@ async fn restarting_nats_mid_run_loses_nothing() {
             "the reconnection triggered a catch-up read ({before} -> {after})"
         );
     }
-    let (from_a, from_b) = tokio::join!(
-        send_all(&mut s.send_a, s.room, "a", 150..200),
-        send_all(&mut s.send_b, s.room, "b", 150..200),
-    );
-    acked.extend(from_a);
-    acked.extend(from_b);
-    assert_eq!(acked.len(), 400);
-    let last = *acked.values().max().unwrap();
-    s.read_a.read_through(last, "reader on A").await;
-    s.read_b.read_through(last, "reader on B").await;
-    assert_exactly_once(
-        &[("reader on A", &s.read_a), ("reader on B", &s.read_b)],
-        &acked,
-    );
+    send_on_both_and_check(&mut s, 150..200, &mut acked, 400).await;
     drop((nats, s.a, s.b));
+}
+
+/// Whether `r` logged a NATS error naming an authorization problem.
+fn refused_login(r: &Replica) -> bool {
+    !r.log_lines(|v| {
+        v["message"] == "NATS error"
+            && v["event"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("authorization"))
+    })
+    .is_empty()
+}
+
+#[tokio::test]
+async fn replicas_log_in_to_nats_with_a_password_or_a_token() {
+    for (server_flags, login, wrong) in [
+        (
+            &["--user", "chat", "--pass", "s3cret-pw"][..],
+            &[
+                ("CHAT_NATS_USER", "chat"),
+                ("CHAT_NATS_PASSWORD", "s3cret-pw"),
+            ][..],
+            &[("CHAT_NATS_USER", "chat"), ("CHAT_NATS_PASSWORD", "wrong")][..],
+        ),
+        (
+            &["--auth", "s3cret-token"][..],
+            &[("CHAT_NATS_TOKEN", "s3cret-token")][..],
+            &[("CHAT_NATS_TOKEN", "wrong")][..],
+        ),
+    ] {
+        let nats = NatsServer::start_with_auth(server_flags).await;
+        let prefix = format!("chorus.t{}", unique().replace(['-', '.'], ""));
+        let mut s = setup_with(&nats.url(), &prefix, login).await;
+        presence_crosses(&mut s.send_a, &mut s.read_b, T).await;
+        send_on_both_and_check(&mut s, 0..20, &mut BTreeMap::new(), 40).await;
+        assert!(!refused_login(&s.a) && !refused_login(&s.b));
+
+        // Wrong credentials: the replica still serves (messages are in
+        // PostgreSQL) and says in its log why NATS refuses it.
+        let db = fresh_db().await;
+        let refused = Replica::start_with(&db, over_nats(&nats.url(), &prefix, wrong)).await;
+        let deadline = Instant::now() + T;
+        while !refused_login(&refused) {
+            assert!(
+                Instant::now() < deadline,
+                "no NATS authorization error logged with {wrong:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((s.a, s.b, refused, nats));
+    }
 }

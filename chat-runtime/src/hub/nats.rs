@@ -14,6 +14,7 @@ use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
 use tokio::sync::{mpsc, watch};
 
 use super::broker::{Broker, Inbound, inbound_channel, parse_wakeups, spawn_coalescer};
+use crate::config::NatsAuth;
 use crate::store::{RoomId, Seq};
 
 /// Longest wait for the client to take a message (its outgoing buffer is
@@ -69,11 +70,26 @@ impl NatsBroker {
     /// Connects to `url` (one server or a comma-separated list, `nats://` or
     /// `tls://`) and publishes under `prefix` (`<prefix>.wakeup`,
     /// `<prefix>.ephemeral`). `name` (the replica) shows in the server's
-    /// connection list. Errors: an unusable URL.
-    pub async fn connect(url: &str, prefix: &str, name: &str) -> Result<Arc<Self>, NatsError> {
+    /// connection list; `auth` is how it logs in. Errors: an unusable URL.
+    /// Refused credentials are not an error here: the client keeps
+    /// retrying and logs each refusal (`NATS event` with the server's
+    /// `Authorization Violation`).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        auth: &NatsAuth,
+    ) -> Result<Arc<Self>, NatsError> {
         let (connected, connections) = watch::channel(0u64);
         let servers: Vec<&str> = url.split(',').map(str::trim).collect();
-        let client = ConnectOptions::new()
+        let options = match auth {
+            NatsAuth::None => ConnectOptions::new(),
+            NatsAuth::Token(token) => ConnectOptions::with_token(token.clone()),
+            NatsAuth::UserPassword { user, password } => {
+                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+        };
+        let client = options
             .name(name)
             // Own messages are not needed: the replica delivered them already.
             .no_echo()
@@ -90,6 +106,11 @@ impl NatsBroker {
                         Event::Disconnected => tracing::warn!(
                             "NATS connection lost; reconnecting (fan-out falls back to polling)"
                         ),
+                        // A refused login (`Authorization Violation`) or a
+                        // client-side problem: the operator must see it.
+                        Event::ServerError(_) | Event::ClientError(_) => {
+                            tracing::warn!(event = %event, "NATS error")
+                        }
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
                 }

@@ -302,8 +302,10 @@ fn env(t: &Tenant) -> Vec<EnvVar> {
     env
 }
 
-/// `spec.runtime.broker` as the runtime's `CHAT_BROKER`, `CHAT_NATS_URL` and
-/// `CHAT_NATS_SUBJECT_PREFIX`. PostgreSQL (the runtime's default) sets
+/// `spec.runtime.broker` as the runtime's `CHAT_BROKER`, `CHAT_NATS_URL`,
+/// `CHAT_NATS_SUBJECT_PREFIX` and the login (`CHAT_NATS_TOKEN`, or
+/// `CHAT_NATS_USER` and `CHAT_NATS_PASSWORD`, from the named Secret, never
+/// copied into the pod template). PostgreSQL (the runtime's default) sets
 /// nothing, so tenants without the field keep their pod template.
 fn broker_env(broker: Option<&BrokerSpec>) -> Vec<EnvVar> {
     match broker {
@@ -317,6 +319,15 @@ fn broker_env(broker: Option<&BrokerSpec>) -> Vec<EnvVar> {
             ];
             if let Some(prefix) = &nats.subject_prefix {
                 env.push(value("CHAT_NATS_SUBJECT_PREFIX", prefix));
+            }
+            if let Some(auth) = &nats.auth {
+                if let Some(token) = &auth.token_secret_ref {
+                    env.push(from_secret("CHAT_NATS_TOKEN", &token.name, &token.key));
+                }
+                if let Some(basic) = &auth.basic_auth_secret_ref {
+                    env.push(from_secret("CHAT_NATS_USER", &basic.name, "username"));
+                    env.push(from_secret("CHAT_NATS_PASSWORD", &basic.name, "password"));
+                }
             }
             env
         }
@@ -496,6 +507,45 @@ mod tests {
         for (broker, want) in cases {
             assert_eq!(broker_vars(broker.clone()), want, "{broker}");
         }
+    }
+
+    #[test]
+    fn the_nats_login_comes_from_the_named_secret() {
+        let login = |auth: serde_json::Value| {
+            let (t, plan) = tenant_and_plan(|ct| {
+                ct.spec.runtime.broker = serde_json::from_value(serde_json::json!(
+                    {"type": "Nats", "nats": {"url": "nats://nats:4222", "auth": auth}}
+                ))
+                .unwrap();
+            });
+            let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+            ["CHAT_NATS_TOKEN", "CHAT_NATS_USER", "CHAT_NATS_PASSWORD"].map(|n| {
+                env_value(&d, n).map(|e| {
+                    assert!(e.value.is_none(), "{n} is never inlined");
+                    let r = e
+                        .value_from
+                        .as_ref()
+                        .unwrap()
+                        .secret_key_ref
+                        .as_ref()
+                        .unwrap();
+                    assert_eq!(r.optional, Some(false));
+                    format!("{}/{}", r.name, r.key)
+                })
+            })
+        };
+        assert_eq!(
+            login(serde_json::json!({"tokenSecretRef": {"name": "nats", "key": "token"}})),
+            [Some("nats/token".into()), None, None]
+        );
+        assert_eq!(
+            login(serde_json::json!({"basicAuthSecretRef": {"name": "nats-login"}})),
+            [
+                None,
+                Some("nats-login/username".into()),
+                Some("nats-login/password".into())
+            ]
+        );
     }
 
     #[test]

@@ -211,6 +211,28 @@ pub struct NatsBrokerSpec {
         regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     )]
     pub subject_prefix: Option<String>,
+
+    /// How the runtime logs in to NATS; omitted: no login (a server
+    /// without authorization). The Secret must be in the ChatTenant's
+    /// namespace; a missing Secret or key keeps the pods from starting (an
+    /// Event on the pod says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuthSpec>,
+}
+
+/// `spec.runtime.broker.nats.auth`: exactly one way to log in (source:
+/// <https://docs.nats.io/running-a-nats-service/configuration/securing_nats/auth_intro>).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tokenSecretRef) != has(self.basicAuthSecretRef)").message("spec.runtime.broker.nats.auth needs exactly one of tokenSecretRef and basicAuthSecretRef"))]
+pub struct NatsAuthSpec {
+    /// A NATS token (nats-server `authorization { token }`) in a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// A Secret of type `kubernetes.io/basic-auth`: keys `username` and
+    /// `password` (nats-server `authorization { user, password }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_secret_ref: Option<ServerRef>,
 }
 
 /// `spec.runtime.env`: Kubernetes' `EnvVar` list with a bounded name length

@@ -146,6 +146,22 @@ pub async fn signup(base: &str, username: &str) -> Result<String> {
         })
 }
 
+/// Creates a room (`kind`: `public` or `private`) as the holder of `token`
+/// and returns its id.
+pub async fn create_room(base: &str, token: &str, name: &str, kind: &str) -> Result<i64> {
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/rooms"),
+        Some(token),
+        Some(json!({"name": name, "kind": kind})),
+    )
+    .await?;
+    body["room"]["id"]
+        .as_i64()
+        .filter(|_| status == 200)
+        .ok_or_else(|| HarnessError::Manifest(format!("room {name}: HTTP {status} {body}")))
+}
+
 /// A WebSocket connection to the runtime.
 pub struct ChatSocket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -254,6 +254,24 @@ async fn bad_specs_are_refused_with_a_message_naming_the_field() {
             ),
             "spec.runtime.broker.nats.subjectPrefix",
         ),
+        (
+            with(
+                valid(),
+                "/spec/runtime/broker",
+                json!({"type": "Nats", "nats": {"url": "nats://nats:4222", "auth": {
+                    "tokenSecretRef": {"name": "nats", "key": "token"},
+                    "basicAuthSecretRef": {"name": "nats-login"}}}}),
+            ),
+            "spec.runtime.broker.nats.auth needs exactly one of tokenSecretRef and basicAuthSecretRef",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/runtime/broker",
+                json!({"type": "Nats", "nats": {"url": "nats://nats:4222", "auth": {}}}),
+            ),
+            "spec.runtime.broker.nats.auth needs exactly one of tokenSecretRef and basicAuthSecretRef",
+        ),
     ];
     for (doc, expected) in cases {
         let name = doc["metadata"]["name"].as_str().unwrap().to_string();

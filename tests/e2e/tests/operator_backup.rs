@@ -12,7 +12,7 @@
 use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
 use chorus_e2e::{
-    chat::{reachable_service_url, request, signup},
+    chat::{create_room, reachable_service_url, request, signup},
     manifests::repo_root,
     operator::{OperatorEnv, wait_gone, wait_present},
     wait_for,
@@ -206,16 +206,9 @@ async fn backups_run_on_the_node_and_a_dump_restores_deleted_messages() {
         .await
         .unwrap();
     let alice = signup(&url, "alice").await.unwrap();
-    let (status, room) = request(
-        "POST",
-        &format!("{url}/api/v1/rooms"),
-        Some(&alice),
-        Some(json!({"name": "general", "kind": "public"})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{room}");
-    let room = room["room"]["id"].as_i64().unwrap();
+    let room = create_room(&url, &alice, "general", "public")
+        .await
+        .unwrap();
     let mut seqs = Vec::new();
     for i in 0..3 {
         let (status, sent) = request(

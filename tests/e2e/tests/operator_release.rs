@@ -474,6 +474,46 @@ async fn wait_slot_empty(env: &OperatorEnv, slot: &str) {
     .unwrap();
 }
 
+/// What a fleet's run came to, after [`verify`].
+struct Traffic {
+    /// Sockets closed with the reconnect code 4000 (drains).
+    closes: usize,
+    /// The pods that served the clients.
+    servers: BTreeSet<String>,
+}
+
+/// Lets the old pods go ([`wait_slot_empty`] plus 5 s for the clients to
+/// move), stops the fleet, checks its logs against the database
+/// ([`verify`]), logs the figures under `label` and asserts that the `n`
+/// clients got more than `per_client` acknowledged messages each on average.
+async fn finish(
+    env: &OperatorEnv,
+    fleet: Fleet,
+    gone_slot: &str,
+    n: usize,
+    per_client: usize,
+    label: &str,
+) -> Traffic {
+    wait_slot_empty(env, gone_slot).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let logs = fleet.stop().await;
+    let (acked, reconnects, closes, servers) = verify(env, &logs).await;
+    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "{label} traffic");
+    assert!(
+        acked > n * per_client,
+        "{label}: {acked} messages acknowledged by {n} clients"
+    );
+    Traffic { closes, servers }
+}
+
+/// The message of the one Event with `reason`; fails unless there is
+/// exactly one.
+fn sole_event<'a>(events: &'a [(String, String)], reason: &str) -> &'a str {
+    let found: Vec<_> = events.iter().filter(|(r, _)| r == reason).collect();
+    assert_eq!(found.len(), 1, "one {reason} Event: {events:?}");
+    &found[0].1
+}
+
 async fn serving_slot(env: &OperatorEnv) -> Option<String> {
     env.api::<Service>()
         .get("acme")
@@ -637,16 +677,8 @@ async fn canary_steps_promote_and_an_aborted_release_under_live_clients() {
     assert_eq!(serving_slot(&env).await.as_deref(), Some("green"));
     assert_eq!(replicas(&deps, "acme-blue").await, 0);
     assert_eq!(replicas(&deps, "acme-green").await, 4);
-    wait_slot_empty(&env, "blue").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, servers) = verify(&env, &logs).await;
-    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "release traffic");
-    assert!(
-        acked > n * 10,
-        "{acked} messages acknowledged by {n} clients"
-    );
+    let traffic = finish(&env, fleet, "blue", n, 10, "release").await;
+    let (closes, servers) = (traffic.closes, traffic.servers);
     assert!(closes > 0, "drains closed sockets with the reconnect code");
     for (prefix, what) in [
         ("acme-green-", "release 1 candidate / new stable"),
@@ -734,32 +766,12 @@ async fn a_candidate_that_never_becomes_ready_aborts_by_itself_under_live_client
     assert_eq!(replicas(&deps, "acme-green").await, 0);
     assert_eq!(replicas(&deps, "acme-blue").await, 4);
     let events = env.events("acme").await.unwrap();
-    let unhealthy: Vec<_> = events
-        .iter()
-        .filter(|(r, _)| r == "CandidateUnhealthy")
-        .collect();
-    assert_eq!(unhealthy.len(), 1, "{events:?}");
+    let unhealthy = sole_event(&events, "CandidateUnhealthy");
     assert!(
-        unhealthy[0].1.contains("acme-green-") && unhealthy[0].1.contains("not ready"),
-        "the Event names the pods and the cause: {}",
-        unhealthy[0].1
+        unhealthy.contains("acme-green-") && unhealthy.contains("not ready"),
+        "the Event names the pods and the cause: {unhealthy}"
     );
-    wait_slot_empty(&env, "green").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, _) = verify(&env, &logs).await;
-    tracing::info!(
-        clients = n,
-        acked,
-        reconnects,
-        closes_4000 = closes,
-        "automatic abort traffic"
-    );
-    assert!(
-        acked > n * 5,
-        "{acked} messages acknowledged by {n} clients"
-    );
+    finish(&env, fleet, "green", n, 5, "automatic abort").await;
     env.stop().await;
 }
 
@@ -832,12 +844,9 @@ async fn blue_green_preview_promote_and_rollback_within_the_drain_window() {
     assert_eq!(serving_slot(&env).await.as_deref(), Some("blue"));
     assert_eq!(replicas(&deps, "acme-blue").await, 4);
     assert_eq!(replicas(&deps, "acme-green").await, 0);
-    wait_slot_empty(&env, "green").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, servers) = verify(&env, &logs).await;
-    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "blue-green traffic");
+    let servers = finish(&env, fleet, "green", n, 0, "blue-green")
+        .await
+        .servers;
     assert!(
         servers.iter().any(|s| s.starts_with("acme-green-")),
         "clients reached the new slot after the cut-over: {servers:?}"
@@ -1058,33 +1067,13 @@ async fn a_candidate_whose_sends_fail_is_aborted_by_its_analysis_under_live_clie
     assert_eq!(replicas(&deps, "acme-green").await, 0);
     assert_eq!(replicas(&deps, "acme-blue").await, 4);
     let events = env.events("acme").await.unwrap();
-    let failed: Vec<_> = events
-        .iter()
-        .filter(|(r, _)| r == "AnalysisFailed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{events:?}");
+    let failed = sole_event(&events, "AnalysisFailed");
     assert!(
-        failed[0].1.contains("error ratio") && failed[0].1.contains("failed sends"),
-        "the Event carries the figures: {}",
-        failed[0].1
+        failed.contains("error ratio") && failed.contains("failed sends"),
+        "the Event carries the figures: {failed}"
     );
     tracing::info!(analysis = ?analysis, "aborted by analysis");
-    wait_slot_empty(&env, "green").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, _) = verify(&env, &logs).await;
-    tracing::info!(
-        clients = n,
-        acked,
-        reconnects,
-        closes_4000 = closes,
-        "analysis abort traffic"
-    );
-    assert!(
-        acked > n * 5,
-        "{acked} messages acknowledged by {n} clients"
-    );
+    finish(&env, fleet, "green", n, 5, "analysis abort").await;
     env.stop().await;
 }
 
@@ -1152,21 +1141,7 @@ async fn a_passing_analysis_step_lets_a_canary_promote_under_live_clients() {
         json!({"spec": {"runtime": {"image": V2}, "rollout": {"candidate": null, "canary": null}}}),
     )
     .await;
-    wait_slot_empty(&env, "blue").await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, _) = verify(&env, &logs).await;
-    tracing::info!(
-        clients = n,
-        acked,
-        reconnects,
-        closes_4000 = closes,
-        "analysis promotion traffic"
-    );
-    assert!(
-        acked > n * 5,
-        "{acked} messages acknowledged by {n} clients"
-    );
+    finish(&env, fleet, "blue", n, 5, "analysis promotion").await;
     env.stop().await;
 }
 
@@ -1236,24 +1211,13 @@ async fn a_promoted_release_whose_sends_fail_rolls_back_by_its_analysis_within_t
     tracing::info!(analysis = ?st.analysis, "rolled back by analysis");
     let events = env.events("acme").await.unwrap();
     assert!(events.iter().any(|(r, _)| r == "Promoted"), "{events:?}");
-    assert_eq!(
-        events.iter().filter(|(r, _)| r == "AnalysisFailed").count(),
-        1,
-        "{events:?}"
-    );
-    wait_slot_empty(&env, "green").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let logs = fleet.stop().await;
-    let (acked, reconnects, closes, servers) = verify(&env, &logs).await;
-    tracing::info!(clients = n, acked, reconnects, closes_4000 = closes, servers = ?servers, "analysis rollback traffic");
+    sole_event(&events, "AnalysisFailed");
+    let servers = finish(&env, fleet, "green", n, 5, "analysis rollback")
+        .await
+        .servers;
     assert!(
         servers.iter().any(|s| s.starts_with("acme-green-")),
         "clients reached the new slot after the cut-over: {servers:?}"
-    );
-    assert!(
-        acked > n * 5,
-        "{acked} messages acknowledged by {n} clients"
     );
     env.stop().await;
 }

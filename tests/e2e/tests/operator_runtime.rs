@@ -16,7 +16,7 @@ use std::{
 };
 
 use chorus_e2e::{
-    chat::{ChatSocket, Closed, reachable_service_url, request, signup},
+    chat::{ChatSocket, Closed, create_room, reachable_service_url, request, signup},
     operator::{OperatorEnv, secret_text},
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -87,16 +87,9 @@ async fn tenants_chat_through_their_service_and_stay_apart() {
     );
 
     // Chat through A's Service: a room, two sockets, a send and its fan-out.
-    let (status, room) = request(
-        "POST",
-        &format!("{url_a}/api/v1/rooms"),
-        Some(&alice),
-        Some(json!({"name": "general", "kind": "public"})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{room}");
-    let room = room["room"]["id"].as_i64().unwrap();
+    let room = create_room(&url_a, &alice, "general", "public")
+        .await
+        .unwrap();
     let (status, joined) = request(
         "POST",
         &format!("{url_a}/api/v1/rooms/{room}/join"),
@@ -162,15 +155,9 @@ async fn a_deleted_pod_drains_its_sockets_and_clients_resume_without_loss() {
         .await
         .unwrap();
     let owner = signup(&url, "owner").await.unwrap();
-    let (_, room) = request(
-        "POST",
-        &format!("{url}/api/v1/rooms"),
-        Some(&owner),
-        Some(json!({"name": "general", "kind": "public"})),
-    )
-    .await
-    .unwrap();
-    let room = room["room"]["id"].as_i64().unwrap();
+    let room = create_room(&url, &owner, "general", "public")
+        .await
+        .unwrap();
 
     // Readers through the Service until both pods serve some of them.
     let mut readers = Vec::new();
