@@ -38,7 +38,7 @@ db-down: ## stop the dev PostgreSQL
 control-plane: ## build the cluster's binaries from Go modules (cached): control plane, node, kwok, metrics-server
 	@scripts/build-control-plane.sh
 
-images: ## OCI image archives of chat-runtime, chorus-operator and chorus-backup (release builds, no Docker); imported into a running node
+images: ## OCI image archives of chat-runtime, chorus-operator, chorus-backup and nats-server (no Docker); imported into a running node
 	@scripts/images.sh
 
 tools: ## build helm and kubeconform from Go modules (cached)

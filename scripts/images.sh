@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make images: OCI image archives of the release binaries, without Docker.
 #
-#   scripts/images.sh [runtime] [operator] [backup]   (no argument: all three)
+#   scripts/images.sh [runtime] [operator] [backup] [nats]   (no argument: all four)
 #
 #   $CHORUS_CACHE/images/chat-runtime.tar     ghcr.io/chorus-dev/chat-runtime:0.1.0, and the
 #                                             same build as :0.2.0 and :0.3.0, so releases
@@ -13,6 +13,9 @@
 #   $CHORUS_CACHE/images/chorus-backup.tar    ghcr.io/chorus-dev/chorus-backup:0.1.0: Debian's
 #                                             PostgreSQL 15 client binaries (pg_dump, pg_restore,
 #                                             psql), busybox (busybox-static) and backup/chorus-backup
+#   $CHORUS_CACHE/images/nats-server.tar      localhost/chorus/nats-server:<version>: nats-server
+#                                             as scripts/build-tools.sh builds it from its Go
+#                                             module, for the in-cluster NATS broker test
 #
 # Each image holds the binary, the shared libraries `ldd` names, and
 # /etc/passwd with the non-root user 65532; entrypoint, user and ports are the
@@ -22,9 +25,9 @@
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(runtime operator backup)
+[ ${#want[@]} -gt 0 ] || want=(runtime operator backup nats)
 for w in "${want[@]}"; do
-  case "$w" in runtime|operator|backup) ;; *) die "unknown image '$w': choose from runtime, operator, backup" ;; esac
+  case "$w" in runtime|operator|backup|nats) ;; *) die "unknown image '$w': choose from runtime, operator, backup, nats" ;; esac
 done
 wants() { [[ " ${want[*]} " == *" $1 "* ]]; }
 
@@ -113,6 +116,14 @@ if wants backup; then
     --out "$out/chorus-backup.tar" --entrypoint /usr/local/bin/chorus-backup --user 65532:65532 \
     --env HOME=/home/nonroot
   built+=("$out/chorus-backup.tar")
+fi
+if wants nats; then
+  "$CHORUS_ROOT/scripts/build-tools.sh"
+  nats_version=$(sed 's/.*@v//' "$TOOLS_BIN/nats-server.stamp")
+  rootfs "$TOOLS_BIN/nats-server" "$work/nats"
+  "$CP_BIN/chorus-image" --rootfs "$work/nats" --tag "localhost/chorus/nats-server:$nats_version" \
+    --out "$out/nats-server.tar" --entrypoint /usr/local/bin/nats-server --user 65532:65532 --port 4222
+  built+=("$out/nats-server.tar")
 fi
 
 # Import into every running local node.

@@ -1,6 +1,7 @@
 //! NetworkPolicies `<name>-default-deny` and `<name>-allow`: nothing reaches
 //! or leaves the runtime pods except chat traffic from the named namespaces,
-//! metrics scrapes, DNS and the database server (plus listed egress CIDRs).
+//! metrics scrapes, DNS, the database server and the NATS servers of the
+//! NATS broker (plus listed egress CIDRs).
 //! With `spec.rollout.analysis`, the operator's own pods (label
 //! `app.kubernetes.io/name: chorus-operator`, any namespace) may scrape the
 //! admin port too: the release analysis reads `/metrics` by pod IP.
@@ -34,6 +35,47 @@ fn tcp(port: i32) -> NetworkPolicyPort {
         port: Some(IntOrString::Int(port)),
         ..NetworkPolicyPort::default()
     }
+}
+
+/// `ip/32` (or `/128`) when `host` is an IP address: a rule's destination
+/// pinned to it. `None` for a DNS name (NetworkPolicy cannot match names,
+/// so such a rule allows the port to any destination).
+fn pinned(host: &str) -> Option<Vec<NetworkPolicyPeer>> {
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()?;
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    Some(vec![NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: format!("{ip}/{len}"),
+            except: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    }])
+}
+
+/// Egress to the NATS servers of `spec.runtime.broker.nats.url` (comma-
+/// separated `nats://` / `tls://` URLs, port 4222 when none is given): one
+/// rule per server, pinned like the database rule. Without it a tenant with
+/// a NetworkPolicy and the NATS broker could not reach NATS. Servers a NATS
+/// cluster announces later (gossiped cluster URLs) are not known here: list
+/// their CIDR under `allowEgressTo`.
+fn nats_egress(url: &str) -> Vec<NetworkPolicyEgressRule> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .filter_map(|u| u.parse::<http::Uri>().ok())
+        .filter_map(|uri| {
+            let host = uri.host()?.to_string();
+            let port = uri.port_u16().unwrap_or(4222);
+            Some(NetworkPolicyEgressRule {
+                to: pinned(&host),
+                ports: Some(vec![tcp(i32::from(port))]),
+            })
+        })
+        .collect()
 }
 
 fn namespace_peer(ns: &NamespacePeer) -> NetworkPolicyPeer {
@@ -121,20 +163,17 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
     // The database: pinned to its address when the server Secret names an
     // IP; by port only when it names a host (NetworkPolicy cannot match DNS
     // names; add a CIDR under allowEgressTo to pin it).
-    let db_to = inputs.database_host.parse::<IpAddr>().ok().map(|ip| {
-        let len = if ip.is_ipv4() { 32 } else { 128 };
-        vec![NetworkPolicyPeer {
-            ip_block: Some(IPBlock {
-                cidr: format!("{ip}/{len}"),
-                except: None,
-            }),
-            ..NetworkPolicyPeer::default()
-        }]
-    });
     egress.push(NetworkPolicyEgressRule {
-        to: db_to,
+        to: pinned(&inputs.database_host),
         ports: Some(vec![tcp(i32::from(inputs.database_port))]),
     });
+    if let Some(crate::crd::BrokerSpec {
+        kind: crate::crd::BrokerType::Nats,
+        nats: Some(nats),
+    }) = &t.spec.runtime.broker
+    {
+        egress.extend(nats_egress(&nats.url));
+    }
     for peer in &np.allow_egress_to {
         egress.push(NetworkPolicyEgressRule {
             to: Some(vec![NetworkPolicyPeer {
@@ -221,6 +260,38 @@ mod tests {
         assert_eq!(
             db.ports.as_ref().unwrap()[0].port,
             Some(IntOrString::Int(5432))
+        );
+    }
+
+    #[test]
+    fn the_nats_servers_are_reachable_through_the_policy() {
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
+            ct.spec.runtime.broker = serde_json::from_value(serde_json::json!({
+                "type": "Nats",
+                "nats": {"url": "nats://nats.nats.svc:4223, tls://u:p@10.1.2.3, nats://[fd00::7]:4300"}
+            }))
+            .unwrap();
+        });
+        let nps = build_network_policies(&t, &inputs(&plan));
+        let egress = nps[1].spec.as_ref().unwrap().egress.clone().unwrap();
+        let nats: Vec<(Option<String>, Option<IntOrString>)> = egress[2..]
+            .iter()
+            .map(|r| {
+                (
+                    r.to.as_ref()
+                        .map(|to| to[0].ip_block.as_ref().unwrap().cidr.clone()),
+                    r.ports.as_ref().unwrap()[0].port.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            nats,
+            vec![
+                (None, Some(IntOrString::Int(4223))),
+                (Some("10.1.2.3/32".into()), Some(IntOrString::Int(4222))),
+                (Some("fd00::7/128".into()), Some(IntOrString::Int(4300))),
+            ]
         );
     }
 
