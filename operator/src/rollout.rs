@@ -1016,6 +1016,22 @@ mod tests {
         spec.rollout.canary = None;
     }
 
+    /// The scenario so far: canary of V2 at 25 %, promoted, settled
+    /// (stable G on V2, B kept at 4 for the rollback window), then `then`.
+    fn after_promoted_canary(then: Vec<Op>) -> Vec<Op> {
+        let mut ops = vec![
+            Edit(|s| canary(s, V2, 25)),
+            Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
+            Promote,
+            Settle,
+            Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
+            Settle,
+            Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+        ];
+        ops.extend(then);
+        ops
+    }
+
     fn run(name: &str, setup: fn(&mut ChatTenantSpec), ops: &[Op]) {
         let mut sim = Sim::new(setup);
         let mut last: Option<Plan> = None;
@@ -1212,14 +1228,7 @@ mod tests {
             (
                 "a drain follows the current drainSeconds",
                 none,
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Edit(|s| s.rollout.drain_seconds = 600),
                     Wait(10),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
@@ -1227,7 +1236,7 @@ mod tests {
                     Edit(|s| s.rollout.drain_seconds = 0),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
                     Draining(None),
-                ],
+                ]),
             ),
             (
                 "abort before promote",
@@ -1264,14 +1273,7 @@ mod tests {
             (
                 "abort after the cut-over rolls back within the drain window",
                 none,
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Wait(60),
                     Abort,
                     Expect(Phase::Aborted, (B, V1, 4), (G, V2, 0), 0),
@@ -1284,24 +1286,17 @@ mod tests {
                         s.rollout.canary = None;
                     }),
                     Expect(Phase::Idle, (B, V1, 4), (G, V1, 0), 0),
-                ],
+                ]),
             ),
             (
                 "abort after the drain window does nothing",
                 none,
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Wait(301),
                     Abort,
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
                     Reason("Promoted"),
-                ],
+                ]),
             ),
             (
                 "stale promoteRevision of another release does nothing",
@@ -1319,14 +1314,7 @@ mod tests {
             (
                 "a leftover promoteRevision never promotes a later release of the same image",
                 none,
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Edit(|s| finish(s, V2)),
                     Expect(Phase::Idle, (G, V2, 4), (B, V1, 4), 0),
                     // Rollback by image: the stable slot rolls in place.
@@ -1345,7 +1333,7 @@ mod tests {
                         ("Promoted", 1),
                         ("ReleaseStarted", 2),
                     ]),
-                ],
+                ]),
             ),
             (
                 "a superseded candidate is a new release; the old revision does nothing",
@@ -1627,14 +1615,7 @@ mod tests {
             (
                 "analysis failing in the rollback window rolls back at once; after it, nothing",
                 |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Judge(Verdict::Fail),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
                     Judge(Verdict::Fail),
@@ -1650,26 +1631,19 @@ mod tests {
                         s.rollout.canary = None;
                     }),
                     Expect(Phase::Idle, (B, V1, 4), (G, V1, 0), 0),
-                ],
+                ]),
             ),
             (
                 "analysis failures after the rollback window do nothing",
                 |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
-                vec![
-                    Edit(|s| canary(s, V2, 25)),
-                    Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
-                    Promote,
-                    Settle,
-                    Expect(Phase::Promoting, (B, V1, 4), (G, V2, 4), 50),
-                    Settle,
-                    Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
+                after_promoted_canary(vec![
                     Wait(301),
                     Judge(Verdict::Fail),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
                     Judge(Verdict::Fail),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 0), 0),
                     Reason("Promoted"),
-                ],
+                ]),
             ),
             (
                 "rollback by image without a release rolls the stable slot in place",
