@@ -164,7 +164,7 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
     // IP; by port only when it names a host (NetworkPolicy cannot match DNS
     // names; add a CIDR under allowEgressTo to pin it).
     egress.push(NetworkPolicyEgressRule {
-        to: pinned(&inputs.database_host),
+        to: pinned(inputs.database_host),
         ports: Some(vec![tcp(i32::from(inputs.database_port))]),
     });
     if let Some(crate::crd::BrokerSpec {

@@ -162,6 +162,24 @@ pub async fn create_room(base: &str, token: &str, name: &str, kind: &str) -> Res
         .ok_or_else(|| HarnessError::Manifest(format!("room {name}: HTTP {status} {body}")))
 }
 
+/// Joins room `room` as the holder of `token`.
+pub async fn join_room(base: &str, token: &str, room: i64) -> Result<()> {
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/rooms/{room}/join"),
+        Some(token),
+        None,
+    )
+    .await?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(HarnessError::Manifest(format!(
+            "joining room {room}: HTTP {status} {body}"
+        )))
+    }
+}
+
 /// A WebSocket connection to the runtime.
 pub struct ChatSocket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

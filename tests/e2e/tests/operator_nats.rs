@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use chorus_e2e::{
-    chat::{ChatSocket, create_room, reachable_service_url, request, signup},
+    chat::{ChatSocket, create_room, join_room, reachable_service_url, signup},
     operator::{OperatorEnv, TEST_RESOURCES},
 };
 use k8s_openapi::api::{
@@ -133,15 +133,7 @@ async fn replicas_on_two_pods_share_presence_and_messages_over_an_authenticated_
     let room = create_room(&url, &alice, "general", "public")
         .await
         .unwrap();
-    let (status, joined) = request(
-        "POST",
-        &format!("{url}/api/v1/rooms/{room}/join"),
-        Some(&bob),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{joined}");
+    join_room(&url, &bob, room).await.unwrap();
     let mut sa = socket_on_another_pod(&url, &alice, None).await;
     let pod_a = sa.hello["server"].as_str().unwrap().to_string();
     let mut sb = socket_on_another_pod(&url, &bob, Some(&pod_a)).await;

@@ -16,7 +16,7 @@ use std::{
 };
 
 use chorus_e2e::{
-    chat::{ChatSocket, Closed, create_room, reachable_service_url, request, signup},
+    chat::{ChatSocket, Closed, create_room, join_room, reachable_service_url, request, signup},
     operator::{OperatorEnv, secret_text},
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -90,15 +90,7 @@ async fn tenants_chat_through_their_service_and_stay_apart() {
     let room = create_room(&url_a, &alice, "general", "public")
         .await
         .unwrap();
-    let (status, joined) = request(
-        "POST",
-        &format!("{url_a}/api/v1/rooms/{room}/join"),
-        Some(&bob),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{joined}");
+    join_room(&url_a, &bob, room).await.unwrap();
     let mut sa = ChatSocket::connect(&url_a, &alice).await.unwrap();
     let mut sb = ChatSocket::connect(&url_a, &bob).await.unwrap();
     for s in [&mut sa, &mut sb] {
