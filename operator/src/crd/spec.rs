@@ -323,9 +323,8 @@ pub struct DatabaseSpec {
     /// `Database` (default): the tenant gets a database of its own, owned by
     /// its role. `Schema`: the tenant gets a schema of its own, owned by its
     /// role, in a database shared by the Schema tenants of the server
-    /// (`sharedDatabase`); 0.45 MB instead of 8.3 MB per tenant before any
-    /// data, for servers with many small tenants (docs/operations.md,
-    /// "Database or schema per tenant").
+    /// (`sharedDatabase`); about 8 MB less per tenant, for servers with many
+    /// small tenants (docs/operations.md, "Database or schema per tenant").
     /// Immutable: the data does not move.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.isolation is immutable: the data would not move between a database and a schema; create a new ChatTenant and restore a backup into it"))]
