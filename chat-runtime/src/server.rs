@@ -115,7 +115,10 @@ impl Server {
         store.migrate().await?;
         let epoch = store.epoch().await.map_err(StartError::Epoch)?;
         let broker: Arc<dyn Broker> = match &config.broker {
-            config::Broker::Postgres => PgBroker::new(store.pool.clone()),
+            config::Broker::Postgres => {
+                let schema = store.schema().await.map_err(StartError::Database)?;
+                PgBroker::new(store.pool.clone(), &schema)
+            }
             config::Broker::Nats {
                 url,
                 subject_prefix,

@@ -138,12 +138,20 @@ pub fn compute(
             types::DATABASE_READY,
             true,
             "Provisioned",
-            format!(
-                "database {} and role {} are provisioned; credentials in Secret {}",
-                t.database.name,
-                t.database.name,
-                db_secret_name(t)
-            ),
+            match t.database.schema() {
+                None => format!(
+                    "database {} and role {} are provisioned; credentials in Secret {}",
+                    t.database.name,
+                    t.database.name,
+                    db_secret_name(t)
+                ),
+                Some(schema) => format!(
+                    "schema {schema} in the shared database {}, and role {}, are provisioned; credentials in Secret {}",
+                    t.database.database(),
+                    t.database.name,
+                    db_secret_name(t)
+                ),
+            },
             g,
             now,
         ),
@@ -399,8 +407,9 @@ pub fn compute(
         },
     });
     s.database = Some(DatabaseStatus {
-        name: t.database.name.to_string(),
+        name: t.database.database().to_string(),
         role: t.database.name.to_string(),
+        schema: t.database.schema().map(ToString::to_string),
         secret_name: db_secret_name(t),
         password_changed_at: obs.password_changed_at.clone(),
         rotation_request_handled: obs.rotation_request_handled.clone(),

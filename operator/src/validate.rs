@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     crd::ChatTenant,
-    database::{Ident, TenantDatabase},
+    database::{Ident, Isolation, TenantDatabase},
     model::{Slot, Tenant},
 };
 
@@ -26,6 +26,10 @@ pub enum InvalidSpec {
     /// `spec.database.name` is not a safe identifier.
     #[error("spec.database.name: {0}")]
     DatabaseName(#[from] crate::database::IdentError),
+    /// `spec.database.sharedDatabase` is not a safe identifier, or leaves
+    /// no room for its members role (`<name>_members`).
+    #[error("spec.database.sharedDatabase: {0}")]
+    SharedDatabase(crate::database::IdentError),
     /// `spec.tenantId` is malformed.
     #[error("spec.tenantId: {0:?} must be a lowercase DNS label of at most 32 characters")]
     TenantId(String),
@@ -92,10 +96,17 @@ pub fn validate(ct: &ChatTenant) -> Result<Tenant, InvalidSpec> {
         .and_then(|s| s.stable.as_ref())
         .and_then(|s| Slot::parse(&s.slot))
         .unwrap_or(Slot::Blue);
+    let isolation = match spec.database.shared_database() {
+        None => Isolation::Database,
+        Some(shared) => Ident::new(shared)
+            .and_then(Isolation::schema)
+            .map_err(InvalidSpec::SharedDatabase)?,
+    };
     let database = TenantDatabase {
         name: db_name,
         connection_limit: spec.database.connection_limit,
         owner: format!("{namespace}/{name}"),
+        isolation,
     };
     Ok(Tenant {
         name,
@@ -414,6 +425,36 @@ spec:
         let mut ct = sample();
         ct.spec.database.name = "x\"; DROP ROLE postgres; --".into();
         assert!(matches!(validate(&ct), Err(InvalidSpec::DatabaseName(_))));
+    }
+
+    #[test]
+    fn schema_isolation_names_the_shared_database_and_its_members() {
+        use crate::crd::DatabaseIsolation;
+        let mut ct = sample();
+        assert_eq!(
+            validate(&ct).unwrap().database.isolation,
+            Isolation::Database
+        );
+        ct.spec.database.isolation = DatabaseIsolation::Schema;
+        let t = validate(&ct).unwrap();
+        assert_eq!(t.database.database().as_str(), "chorus_tenants");
+        assert_eq!(t.database.schema().map(Ident::as_str), Some("chat_acme"));
+        assert!(matches!(
+            &t.database.isolation,
+            Isolation::Schema { members, .. } if members.as_str() == "chorus_tenants_members"
+        ));
+        ct.spec.database.shared_database = Some("small_tenants".into());
+        assert_eq!(
+            validate(&ct).unwrap().database.database().as_str(),
+            "small_tenants"
+        );
+        for bad in ["x\"; --", "pg_x", &"a".repeat(56)] {
+            ct.spec.database.shared_database = Some(bad.to_string());
+            assert!(
+                matches!(validate(&ct), Err(InvalidSpec::SharedDatabase(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! notifying transaction's commit until it returns). `chat_ephemeral`
 //! carries typing and presence. A dedicated connection listens (not a pooled
 //! one: LISTEN does not survive transaction pooling). A wake-up lost in a
-//! crash is covered by the poll.
+//! crash is covered by the poll. Channels are per database: when the tables
+//! live in a schema other than `public` (tenants sharing a database), both
+//! names carry the schema ([`crate::store::scoped_name`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,30 +15,49 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::mpsc;
 
 use super::broker::{Broker, Inbound, inbound_channel, parse_wakeups, spawn_coalescer};
-use crate::store::{EVENTS_CHANNEL, RoomId, Seq};
+use crate::store::{EVENTS_CHANNEL, RoomId, Seq, scoped_name};
 
 /// Channel of typing and presence messages.
 pub const EPHEMERAL_CHANNEL: &str = "chat_ephemeral";
+
+/// The two channel names of one tenant.
+#[derive(Clone, Debug)]
+struct Channels {
+    events: Arc<str>,
+    ephemeral: Arc<str>,
+}
 
 /// Publishes through NOTIFY on the pool; receives on its own LISTEN
 /// connection.
 pub struct PgBroker {
     pool: PgPool,
+    channels: Channels,
     wakeups: mpsc::UnboundedSender<(RoomId, Seq)>,
 }
 
 impl PgBroker {
-    /// A broker publishing on `pool` (spawns the coalescing notifier).
-    pub fn new(pool: PgPool) -> Arc<Self> {
+    /// A broker publishing on `pool`, whose tables live in `schema`
+    /// ([`crate::store::Store::schema`]); spawns the coalescing notifier.
+    pub fn new(pool: PgPool, schema: &str) -> Arc<Self> {
+        let channels = Channels {
+            events: scoped_name(EVENTS_CHANNEL, schema).into(),
+            ephemeral: scoped_name(EPHEMERAL_CHANNEL, schema).into(),
+        };
         let notify_pool = pool.clone();
-        let wakeups = spawn_coalescer(move |payload| notify(notify_pool.clone(), payload));
-        Arc::new(Self { pool, wakeups })
+        let events = channels.events.clone();
+        let wakeups =
+            spawn_coalescer(move |payload| notify(notify_pool.clone(), events.clone(), payload));
+        Arc::new(Self {
+            pool,
+            channels,
+            wakeups,
+        })
     }
 }
 
-async fn notify(pool: PgPool, payload: String) {
+async fn notify(pool: PgPool, channel: Arc<str>, payload: String) {
     if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
+        .bind(&*channel)
         .bind(payload)
         .execute(&pool)
         .await
@@ -53,7 +74,7 @@ impl Broker for PgBroker {
     fn publish_ephemeral(&self, message: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(EPHEMERAL_CHANNEL)
+                .bind(&*self.channels.ephemeral)
                 .bind(message)
                 .execute(&self.pool)
                 .await
@@ -65,14 +86,14 @@ impl Broker for PgBroker {
 
     fn subscribe(&self) -> BoxStream<'static, Inbound> {
         let (tx, stream) = inbound_channel();
-        tokio::spawn(listen(self.pool.clone(), tx));
+        tokio::spawn(listen(self.pool.clone(), self.channels.clone(), tx));
         stream
     }
 }
 
 /// Listens until `to` is dropped. After a lost connection (the listener
 /// reconnects by itself) it asks for a resync, so nothing is missed.
-async fn listen(pool: PgPool, to: mpsc::Sender<Inbound>) {
+async fn listen(pool: PgPool, channels: Channels, to: mpsc::Sender<Inbound>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -83,7 +104,7 @@ async fn listen(pool: PgPool, to: mpsc::Sender<Inbound>) {
             }
         };
         if let Err(e) = listener
-            .listen_all([EVENTS_CHANNEL, EPHEMERAL_CHANNEL])
+            .listen_all([&*channels.events, &*channels.ephemeral])
             .await
         {
             tracing::warn!(error = %e, "LISTEN failed; retrying in 1s");
@@ -95,7 +116,7 @@ async fn listen(pool: PgPool, to: mpsc::Sender<Inbound>) {
         }
         loop {
             let message = match listener.try_recv().await {
-                Ok(Some(n)) if n.channel() == EVENTS_CHANNEL => {
+                Ok(Some(n)) if n.channel() == &*channels.events => {
                     Inbound::Wakeups(parse_wakeups(n.payload()))
                 }
                 Ok(Some(n)) => Inbound::Ephemeral(n.payload().to_string()),

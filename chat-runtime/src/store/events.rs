@@ -707,8 +707,13 @@ impl Store {
             return Ok(false);
         }
         let mut conn = self.pool.acquire().await?;
+        let (schema,): (Option<String>,) = sqlx::query_as("SELECT current_schema()")
+            .fetch_one(&mut *conn)
+            .await?;
+        // Per schema: tenants sharing a database build their own indexes.
+        let lock = super::scoped_lock_key(LOCK, schema.as_deref().unwrap_or("public"));
         let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK)
+            .bind(lock)
             .fetch_one(&mut *conn)
             .await?;
         if !locked {
@@ -740,7 +745,7 @@ impl Store {
         }
         .await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK)
+            .bind(lock)
             .execute(&mut *conn)
             .await;
         Ok(result?)

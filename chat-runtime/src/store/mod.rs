@@ -47,6 +47,37 @@ pub fn migration_lock_key(database: &str) -> i64 {
 /// Channel carrying `<room>:<seq>[,<room>:<seq>...]` wake-ups after commits.
 pub const EVENTS_CHANNEL: &str = "chat_events";
 
+/// A NOTIFY channel name (or advisory lock name) of this tenant: `base` as
+/// is when the tables live in schema `public` (a database per tenant), else
+/// `<base>_<schema>`. Tenants sharing a database (one schema each, the
+/// operator's Schema isolation) must not share channels: NOTIFY channels
+/// and advisory locks are per database, not per schema. A name that would
+/// pass PostgreSQL's 63-byte limit takes 16 hex digits of the schema's
+/// SHA-256 instead.
+pub fn scoped_name(base: &str, schema: &str) -> String {
+    if schema == "public" {
+        return base.to_string();
+    }
+    let name = format!("{base}_{schema}");
+    if name.len() <= 63 {
+        return name;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(schema.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{base}_{hex}")
+}
+
+/// An advisory lock key of this tenant: `base` in schema `public`, else
+/// mixed with the schema's CRC-32 (see [`scoped_name`]).
+pub fn scoped_lock_key(base: i64, schema: &str) -> i64 {
+    if schema == "public" {
+        return base;
+    }
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    base ^ (i64::from(CRC.checksum(schema.as_bytes())) << 16)
+}
+
 /// Storage failures and refusals, mapped to REST errors and error frames.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -201,10 +232,16 @@ impl Store {
         if read_only == "on" {
             return applied_read_only(&mut conn).await;
         }
-        let (database,): (String,) = sqlx::query_as("SELECT current_database()")
-            .fetch_one(&mut *conn)
-            .await?;
-        let key = migration_lock_key(&database);
+        let (database, schema): (String, Option<String>) =
+            sqlx::query_as("SELECT current_database(), current_schema()")
+                .fetch_one(&mut *conn)
+                .await?;
+        // A database of its own: sqlx's key. One schema of a shared
+        // database: a key of its own, so tenants do not wait for each other.
+        let key = match schema.as_deref() {
+            None | Some("public") => migration_lock_key(&database),
+            Some(schema) => migration_lock_key(&format!("{database}.{schema}")),
+        };
         loop {
             let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(key)
@@ -229,6 +266,16 @@ impl Store {
         result?;
         unlocked?;
         Ok(())
+    }
+
+    /// The schema the tables live in (`current_schema()`; `public` when
+    /// the search path names none that exists): tenants sharing a database
+    /// each have their own ([`scoped_name`]).
+    pub async fn schema(&self) -> Result<String, sqlx::Error> {
+        let (schema,): (Option<String>,) = sqlx::query_as("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(schema.unwrap_or_else(|| "public".into()))
     }
 
     /// The resume epoch: a hash of this database's instance id (written by
@@ -319,5 +366,23 @@ mod tests {
             Some(Some(3))
         );
         assert!(super::timeline_or_not_permitted(Err(sqlx::Error::PoolTimedOut)).is_err());
+    }
+
+    #[test]
+    fn channels_and_locks_are_per_schema_except_in_public() {
+        use super::{scoped_lock_key, scoped_name};
+        assert_eq!(scoped_name("chat_events", "public"), "chat_events");
+        assert_eq!(scoped_name("chat_events", "chat_a"), "chat_events_chat_a");
+        assert_ne!(
+            scoped_name("chat_ephemeral", "chat_a"),
+            scoped_name("chat_ephemeral", "chat_b")
+        );
+        let long = "a".repeat(63);
+        let scoped = scoped_name("chat_ephemeral", &long);
+        assert!(scoped.len() <= 63, "{scoped}");
+        assert_ne!(scoped, scoped_name("chat_ephemeral", &"b".repeat(63)));
+        assert_eq!(scoped_lock_key(7, "public"), 7);
+        assert_ne!(scoped_lock_key(7, "chat_a"), scoped_lock_key(7, "chat_b"));
+        assert_ne!(scoped_lock_key(7, "chat_a"), 7);
     }
 }

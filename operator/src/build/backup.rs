@@ -1,7 +1,8 @@
 //! CronJob `<name>` when `spec.backup` is set: each Job runs the backup
 //! image's `chorus-backup` script (`backup/chorus-backup`), which runs
 //! `pg_dump --format=custom` as the tenant's own role (the `uri` key of
-//! Secret `<name>-db`; never the server's admin credentials), writes
+//! Secret `<name>-db`; never the server's admin credentials; with Schema
+//! isolation `--schema=<name>`, from `BACKUP_SCHEMA`), writes
 //! `<name>-<UTC timestamp>.dump` into the claim mounted at `/backups`,
 //! deletes this tenant's dumps beyond the retention, and reports
 //! `{"file","sizeBytes","deleted"}` as the container's termination message.
@@ -156,6 +157,11 @@ fn container(t: &Tenant, b: &BackupSpec) -> Container {
         env("BACKUP_PREFIX", t.name.clone()),
         env("BACKUP_DIR", BACKUP_MOUNT.into()),
     ];
+    // Schema isolation: only the tenant's schema of the shared database
+    // (its role may read nothing else there).
+    if let Some(schema) = t.database.schema() {
+        vars.push(env("BACKUP_SCHEMA", schema.to_string()));
+    }
     if let Some(count) = b.retention.count {
         vars.push(env("KEEP_COUNT", count.to_string()));
     } else if let Some(days) = b.retention.days {
@@ -264,6 +270,7 @@ mod tests {
         assert_eq!(env["BACKUP_DIR"], "/backups");
         assert_eq!(env["KEEP_COUNT"], "7");
         assert!(!env.contains_key("KEEP_DAYS"));
+        assert!(!env.contains_key("BACKUP_SCHEMA"));
         let vol = &p.volumes.unwrap()[0];
         assert_eq!(
             vol.persistent_volume_claim.as_ref().unwrap().claim_name,
@@ -274,6 +281,24 @@ mod tests {
             Some("FallbackToLogsOnError")
         );
         assert_eq!(p.security_context.unwrap().run_as_user, Some(65532));
+    }
+
+    #[test]
+    fn schema_isolation_dumps_only_the_tenants_schema() {
+        let (t, _) = tenant_and_plan(|ct| {
+            ct.spec.database.isolation = crate::crd::DatabaseIsolation::Schema;
+            ct.spec.backup = Some(
+                serde_json::from_value(serde_json::json!({
+                    "schedule": "0 3 * * *",
+                    "retention": {"count": 2},
+                    "destination": {"persistentVolumeClaim": {"claimName": "backups"}},
+                }))
+                .unwrap(),
+            );
+        });
+        let env = env_of(&pod(&build_backup(&t).unwrap()).containers[0]);
+        assert_eq!(env["BACKUP_SCHEMA"], "chat_acme");
+        assert_eq!(env["DATABASE_URL"], "secret:acme-db/uri");
     }
 
     #[test]

@@ -23,24 +23,32 @@ fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }
 
-/// The connection Secret for `role` with `password` on `server`.
+/// The connection Secret for `role` with `password` on `server`: to the
+/// tenant's database, or with Schema isolation to the shared database (key
+/// `schema` then names the tenant's schema, the role's `search_path`).
 pub fn build_db_secret(t: &Tenant, server: &ServerConfig, role: &Ident, password: &str) -> Secret {
+    let db = t.database.database();
     let data: BTreeMap<String, ByteString> = [
         ("username", role.as_str().to_string()),
         (DB_SECRET_PASSWORD_KEY, password.to_string()),
         ("host", server.host.clone()),
         ("port", server.port.to_string()),
-        ("dbname", role.as_str().to_string()),
-        (DB_SECRET_URI_KEY, server.tenant_uri(role, password, role)),
+        ("dbname", db.as_str().to_string()),
+        (DB_SECRET_URI_KEY, server.tenant_uri(role, password, db)),
         (
             "jdbc-uri",
             format!(
                 "jdbc:postgresql://{}:{}/{}?user={}&sslmode={}",
-                server.host, server.port, role, role, server.ssl_mode
+                server.host, server.port, db, role, server.ssl_mode
             ),
         ),
     ]
     .into_iter()
+    .chain(
+        t.database
+            .schema()
+            .map(|s| ("schema", s.as_str().to_string())),
+    )
     .map(|(k, v)| (k.to_string(), bytes(&v)))
     .collect();
     Secret {
@@ -95,6 +103,22 @@ mod tests {
             "postgres://chat_acme:pw123@pg.db.svc:5432/chat_acme?sslmode=require"
         );
         assert!(!secret_value(&s, "jdbc-uri").unwrap().contains("pw123"));
+        assert!(secret_value(&s, "schema").is_none());
+
+        let (t, _) = tenant_and_plan(|ct| {
+            ct.spec.database.isolation = crate::crd::DatabaseIsolation::Schema;
+        });
+        let s = build_db_secret(&t, &server, &t.database.name, "pw123");
+        assert_eq!(
+            secret_value(&s, "uri").unwrap(),
+            "postgres://chat_acme:pw123@pg.db.svc:5432/chorus_tenants?sslmode=require"
+        );
+        assert_eq!(secret_value(&s, "dbname").unwrap(), "chorus_tenants");
+        assert_eq!(secret_value(&s, "schema").unwrap(), "chat_acme");
+        assert_eq!(
+            secret_value(&s, "jdbc-uri").unwrap(),
+            "jdbc:postgresql://pg.db.svc:5432/chorus_tenants?user=chat_acme&sslmode=require"
+        );
     }
 
     #[test]

@@ -24,9 +24,11 @@ pub(super) async fn cleanup(
     api: &Api<ChatTenant>,
 ) -> Result<Action> {
     let db_name = &ct.spec.database.name;
+    let shared = ct.spec.database.shared_database().map(String::from);
     if ct.spec.database.reclaim_policy == ReclaimPolicy::Retain {
         let event = Event::DatabaseRetained {
             database: db_name.clone(),
+            shared,
         };
         ctx.publish(&ct, event).await;
         return Ok(Action::await_change());
@@ -50,13 +52,19 @@ pub(super) async fn cleanup(
                 .inc_by(outcome.executed.len() as u64);
             let event = Event::DatabaseDropped {
                 database: db_name.clone(),
+                shared,
             };
             ctx.publish(&ct, event).await;
             Ok(Action::await_change())
         }
         Err(e) => {
             let message = format!(
-                "deletion waits: cannot drop database {db_name} ({e}); the ChatTenant stays until the server is reachable. To keep the data instead, set spec.database.reclaimPolicy to Retain"
+                "deletion waits: cannot drop {} {db_name} ({e}); the ChatTenant stays until the server is reachable. To keep the data instead, set spec.database.reclaimPolicy to Retain",
+                if shared.is_some() {
+                    "schema"
+                } else {
+                    "database"
+                }
             );
             let new = deletion_blocked(&ct, &message);
             ctx.write_status(api, &ct, &new).await?;

@@ -18,7 +18,8 @@ use crate::{
     build::secret::build_db_secret,
     crd::{ChatTenant, ChatTenantStatus},
     database::{
-        DatabaseError, EnsureOutcome, LoginCheck, PasswordAction, ServerConfig, generate_password,
+        DatabaseError, EnsureOutcome, Isolation, LoginCheck, PasswordAction, ServerConfig,
+        generate_password,
     },
     error::Error,
     model::Tenant,
@@ -163,7 +164,13 @@ pub(super) fn provisioning_events(
         });
     }
     if outcome.created_database {
-        events.push(Event::DatabaseCreated { role: role.clone() });
+        events.push(Event::DatabaseCreated {
+            role: role.clone(),
+            shared: t
+                .database
+                .schema()
+                .map(|_| t.database.database().to_string()),
+        });
     }
     if password.is_new() {
         events.push(Event::SecretCreated {
@@ -182,9 +189,11 @@ pub(super) fn provisioning_events(
             request: requested.unwrap_or_default().to_string(),
         });
     }
-    let other_ddl = outcome.executed.len()
-        - usize::from(outcome.created_role)
-        - usize::from(outcome.created_database) * 2;
+    let other_ddl = outcome
+        .executed
+        .len()
+        .saturating_sub(usize::from(outcome.created_role))
+        .saturating_sub(usize::from(outcome.created_database) * 2);
     if !outcome.created_role
         && !outcome.created_database
         && other_ddl > 0
@@ -364,9 +373,14 @@ pub(super) async fn provision(
         ),
         Ok(LoginCheck::NoConnectPrivilege { owner }) => retry(
             "NoConnectPrivilege",
-            format!(
-                "it may not connect to database {role} (owner is now {owner}); the operator gives the database back to {role} and retries"
-            ),
+            match &t.database.isolation {
+                Isolation::Database => format!(
+                    "it may not connect to database {role} (owner is now {owner}); the operator gives the database back to {role} and retries"
+                ),
+                Isolation::Schema { database, members } => format!(
+                    "it may not connect to the shared database {database} (a grant was revoked outside the operator?); the operator grants CONNECT to {members} and membership in it to {role} again and retries"
+                ),
+            },
         ),
         Ok(LoginCheck::ServerFull(why)) => {
             let (state, e) = retry(
@@ -381,7 +395,8 @@ pub(super) async fn provision(
             DatabaseState::NotReady {
                 reason: "LoginRefused",
                 message: format!(
-                    "the server refused role {role}'s login to database {role}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods"
+                    "the server refused role {role}'s login to database {}: {why}; allow it in the server's pg_hba.conf for the operator and the tenant's pods",
+                    t.database.database()
                 ),
             },
             None,
@@ -395,7 +410,7 @@ pub(super) async fn provision(
         uri_hash: Some(key_checksum(&server.tenant_uri(
             role,
             password.value(),
-            role,
+            t.database.database(),
         ))),
         error,
     }

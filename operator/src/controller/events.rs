@@ -50,8 +50,10 @@ pub enum Event {
     },
     /// The database was created.
     DatabaseCreated {
-        /// Database (and owner role) name.
+        /// Database (and owner role) name; with Schema isolation the schema.
         role: String,
+        /// The shared database holding the schema (Schema isolation).
+        shared: Option<String>,
     },
     /// The connection Secret was written for the first time.
     SecretCreated {
@@ -149,8 +151,10 @@ pub enum Event {
     },
     /// Deletion with `reclaimPolicy: Retain`.
     DatabaseRetained {
-        /// Database and role name.
+        /// Database and role name; with Schema isolation the schema.
         database: String,
+        /// The shared database holding the schema (Schema isolation).
+        shared: Option<String>,
     },
     /// Deletion with `reclaimPolicy: Delete` found a name not this tenant's.
     DatabaseLeftAlone {
@@ -159,8 +163,10 @@ pub enum Event {
     },
     /// Deletion dropped the database and role.
     DatabaseDropped {
-        /// Database and role name.
+        /// Database and role name; with Schema isolation the schema.
         database: String,
+        /// The shared database that held the schema (Schema isolation).
+        shared: Option<String>,
     },
     /// Deletion waits for the database server (`message` is also the
     /// condition's).
@@ -276,9 +282,15 @@ impl Event {
             } => format!(
                 "created role {role} (LOGIN, no CREATEDB/CREATEROLE/SUPERUSER, connection limit {connection_limit})"
             ),
-            Event::DatabaseCreated { role } => {
+            Event::DatabaseCreated { role, shared: None } => {
                 format!("created database {role} owned by {role}; PUBLIC revoked")
             }
+            Event::DatabaseCreated {
+                role,
+                shared: Some(db),
+            } => format!(
+                "created schema {role} owned by {role} in the shared database {db}; no other tenant role may use it"
+            ),
             Event::SecretCreated { secret } => {
                 format!("wrote connection details to Secret {secret}")
             }
@@ -321,14 +333,30 @@ impl Event {
                 step,
                 weight,
             } => format!("release {number}: step {step}, candidate at {weight}% of traffic"),
-            Event::DatabaseRetained { database } => {
-                format!("reclaimPolicy Retain: database and role {database} are kept")
-            }
+            Event::DatabaseRetained {
+                database,
+                shared: None,
+            } => format!("reclaimPolicy Retain: database and role {database} are kept"),
+            Event::DatabaseRetained {
+                database,
+                shared: Some(db),
+            } => format!(
+                "reclaimPolicy Retain: schema {database} (in database {db}) and role {database} are kept"
+            ),
             Event::DatabaseLeftAlone { why } => {
                 format!("reclaimPolicy Delete: dropped nothing: {why}")
             }
-            Event::DatabaseDropped { database } => format!(
+            Event::DatabaseDropped {
+                database,
+                shared: None,
+            } => format!(
                 "reclaimPolicy Delete: terminated sessions, dropped database and role {database}"
+            ),
+            Event::DatabaseDropped {
+                database,
+                shared: Some(db),
+            } => format!(
+                "reclaimPolicy Delete: terminated sessions, dropped schema {database} (in database {db}) with its tables, then role {database}"
             ),
         }
     }

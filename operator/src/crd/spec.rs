@@ -310,6 +310,8 @@ fn default_memory_target() -> i32 {
 /// The tenant's database on a shared PostgreSQL server.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sharedDatabase) || self.isolation == 'Schema'").message("spec.database.sharedDatabase is only read with spec.database.isolation Schema: set the isolation or remove it"))]
+#[x_kube(validation = Rule::new("(has(self.sharedDatabase) ? self.sharedDatabase : 'chorus_tenants') == (has(oldSelf.sharedDatabase) ? oldSelf.sharedDatabase : 'chorus_tenants')").message("spec.database.sharedDatabase is immutable: the tenant's schema stays in the database it was created in"))]
 pub struct DatabaseSpec {
     /// The PostgreSQL server to provision on. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.serverRef is immutable: a tenant cannot move servers"))]
@@ -339,6 +341,54 @@ pub struct DatabaseSpec {
     /// An explicit request to rotate the role's password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotation: Option<PasswordRotation>,
+
+    /// `Database` (default): the tenant gets a database of its own, owned by
+    /// its role. `Schema`: the tenant gets a schema of its own, owned by its
+    /// role, in a database shared by the Schema tenants of the server
+    /// (`sharedDatabase`); about 8 MB less per tenant, for servers with many
+    /// small tenants (docs/operations.md, "Database or schema per tenant").
+    /// Immutable: the data does not move.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.database.isolation is immutable: the data would not move between a database and a schema; create a new ChatTenant and restore a backup into it"))]
+    pub isolation: DatabaseIsolation,
+
+    /// With `isolation: Schema`, the database the schema is created in,
+    /// shared with the other Schema tenants of the server that name it.
+    /// Created by the operator when missing, with role `<name>_members`
+    /// (the roles that may connect to it). Default `chorus_tenants`. Same
+    /// rules as `name`, at most 55 characters. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!(self in ['postgres', 'template0', 'template1', 'public']) && !self.startsWith('pg_')").message("spec.database.sharedDatabase is reserved by PostgreSQL: choose another name"))]
+    #[schemars(length(min = 1, max = 55), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub shared_database: Option<String>,
+}
+
+/// The shared database of Schema tenants when `sharedDatabase` is not set.
+pub const DEFAULT_SHARED_DATABASE: &str = "chorus_tenants";
+
+impl DatabaseSpec {
+    /// The shared database of a Schema tenant (`None` with Database
+    /// isolation).
+    pub fn shared_database(&self) -> Option<&str> {
+        match self.isolation {
+            DatabaseIsolation::Database => None,
+            DatabaseIsolation::Schema => Some(
+                self.shared_database
+                    .as_deref()
+                    .unwrap_or(DEFAULT_SHARED_DATABASE),
+            ),
+        }
+    }
+}
+
+/// How a tenant's data is separated from other tenants' on its server.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DatabaseIsolation {
+    /// A database per tenant, owned by the tenant's role.
+    #[default]
+    Database,
+    /// A schema per tenant, owned by the tenant's role, in a shared database.
+    Schema,
 }
 
 fn default_connection_limit() -> i32 {

@@ -105,12 +105,15 @@ pub struct TrafficStatus {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseStatus {
-    /// Database name.
+    /// Database name (with Schema isolation: the shared database).
     pub name: String,
-    /// Role that owns the database.
+    /// Role that owns the database (or the schema).
     pub role: String,
+    /// The tenant's schema in the shared database (Schema isolation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Secret with the connection details (`username`, `password`, `host`,
-    /// `port`, `dbname`, `uri`).
+    /// `port`, `dbname`, `uri`; `schema` with Schema isolation).
     pub secret_name: String,
     /// RFC 3339 time the password was last set by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,17 @@ pub fn claimed_by(comment: Option<&str>) -> Option<&str> {
     comment?.strip_prefix(CLAIM_PREFIX)
 }
 
+/// The comment on a database shared by Schema tenants.
+pub const SHARED_DATABASE_MARK: &str = "chorus.dev/shared-database";
+/// Prefix of the comment on the role whose members may connect to a shared
+/// database (`<prefix><database>`).
+pub const MEMBERS_MARK_PREFIX: &str = "chorus.dev/shared-database-members=";
+
+/// Whether a comment marks a shared database or its members role.
+pub fn is_shared_mark(comment: Option<&str>) -> bool {
+    comment.is_some_and(|c| c == SHARED_DATABASE_MARK || c.starts_with(MEMBERS_MARK_PREFIX))
+}
+
 /// Why the operator will not touch an existing role or database.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimError {
@@ -46,14 +57,42 @@ pub enum ClaimError {
     },
     /// It exists but Chorus did not create it.
     #[error(
-        "{object} {name:?} already exists on the server and was not created by Chorus, so the operator leaves it alone. Use another spec.database.name (delete and re-create this ChatTenant: the field is immutable), or hand the existing role and database to this tenant: COMMENT ON ROLE \"{name}\" IS '{mark}'; COMMENT ON DATABASE \"{name}\" IS '{mark}' (the operator then sets a new password in the role and the tenant's Secret)"
+        "{object} {name:?} already exists on the server and was not created by Chorus, so the operator leaves it alone. Use another spec.database.name (delete and re-create this ChatTenant: the field is immutable), or hand the existing role and {} to this tenant: COMMENT ON ROLE \"{name}\" IS '{mark}'; COMMENT ON {container} \"{name}\" IS '{mark}' (the operator then sets a new password in the role and the tenant's Secret)", .container.to_lowercase()
     )]
     NotChorus {
-        /// "role" or "database".
+        /// "role", "database" or "schema".
         object: &'static str,
         /// The name.
         name: String,
         /// The comment that would hand it over.
+        mark: String,
+        /// `DATABASE` or `SCHEMA`: what holds the tenant's tables.
+        container: &'static str,
+    },
+    /// It is the shared database of Schema tenants, or the role of its
+    /// members: never a tenant's own.
+    #[error(
+        "{object} {name:?} is the shared database of Schema tenants on this server (or the role of its members); a tenant cannot use it as its own. Delete this ChatTenant and create it with another spec.database.name (the field is immutable)"
+    )]
+    Shared {
+        /// "role" or "database".
+        object: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The shared database (or its members role) a Schema tenant names
+    /// exists, but is not one the operator made for Schema tenants.
+    #[error(
+        "{object} {name:?} cannot be used for the shared database of Schema tenants: it {what}, so the operator leaves it alone. Use another spec.database.sharedDatabase (delete and re-create this ChatTenant: the field is immutable), or, if it was made for this purpose, mark it as the admin: COMMENT ON {} \"{name}\" IS '{mark}'", .object.to_uppercase()
+    )]
+    NotShared {
+        /// "role" or "database".
+        object: &'static str,
+        /// The name.
+        name: String,
+        /// "belongs to ChatTenant ..." or "was not created by Chorus".
+        what: String,
+        /// The comment that would make it the shared one.
         mark: String,
     },
 }
@@ -80,17 +119,8 @@ pub fn check(
     if name == admin {
         return Err(ClaimError::AdminRole { name: name.into() });
     }
-    let refuse = |object: &'static str, comment: Option<&str>| match claimed_by(comment) {
-        Some(holder) => ClaimError::OtherTenant {
-            object,
-            name: name.into(),
-            holder: holder.into(),
-        },
-        None => ClaimError::NotChorus {
-            object,
-            name: name.into(),
-            mark: claim_comment(owner),
-        },
+    let refuse = |object: &'static str, comment: Option<&str>| {
+        refusal(object, name, owner, comment, "DATABASE")
     };
     let role_is_ours = match role {
         None => false,
@@ -105,6 +135,37 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Why `owner` may not use existing object `name` whose comment is
+/// `comment`; `container` is `DATABASE` or `SCHEMA` (for the hand-over
+/// commands).
+pub fn refusal(
+    object: &'static str,
+    name: &str,
+    owner: &str,
+    comment: Option<&str>,
+    container: &'static str,
+) -> ClaimError {
+    if is_shared_mark(comment) {
+        return ClaimError::Shared {
+            object,
+            name: name.into(),
+        };
+    }
+    match claimed_by(comment) {
+        Some(holder) => ClaimError::OtherTenant {
+            object,
+            name: name.into(),
+            holder: holder.into(),
+        },
+        None => ClaimError::NotChorus {
+            object,
+            name: name.into(),
+            mark: claim_comment(owner),
+            container,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -202,5 +263,40 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_shared_database_is_never_a_tenants_own() {
+        let err = check(
+            "chorus_tenants",
+            OWNER,
+            "postgres",
+            None,
+            Some((with(Some(SHARED_DATABASE_MARK)), "postgres")),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClaimError::Shared {
+                    object: "database",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let members = format!("{MEMBERS_MARK_PREFIX}chorus_tenants");
+        let err = check("x", OWNER, "postgres", Some(with(Some(&members))), None).unwrap_err();
+        assert!(
+            matches!(err, ClaimError::Shared { object: "role", .. }),
+            "{err}"
+        );
+        // Hand-over commands name what holds the tables.
+        let err = refusal("schema", "x", OWNER, None, "SCHEMA").to_string();
+        assert!(
+            err.contains("COMMENT ON SCHEMA \"x\" IS 'chorus.dev/tenant=tenants/acme'"),
+            "{err}"
+        );
+        assert!(err.contains("existing role and schema"), "{err}");
     }
 }

@@ -1,10 +1,12 @@
-//! The tenant's PostgreSQL database: identifiers, server settings,
-//! provisioning, login checks and reclaim.
+//! The tenant's PostgreSQL database (or schema in a shared database:
+//! [`schema`]): identifiers, server settings, provisioning, login checks and
+//! reclaim.
 
 pub mod claim;
 pub mod ident;
 pub mod pool;
 pub mod provision;
+pub mod schema;
 pub mod server;
 
 use futures::future::BoxFuture;
@@ -14,8 +16,9 @@ pub use claim::ClaimError;
 pub use ident::{Ident, IdentError};
 pub use pool::AdminPools;
 pub use provision::{
-    DropOutcome, EnsureOutcome, LoginCheck, LoginRoleState, PasswordAction, TenantDatabase,
-    check_claim, check_login, classify_login, drop_tenant, ensure, secure_public_schema,
+    DropOutcome, EnsureOutcome, Isolation, LoginCheck, LoginRoleState, PasswordAction,
+    TenantDatabase, check_claim, check_login, classify_login, drop_tenant, ensure,
+    secure_public_schema,
 };
 pub use server::{ServerConfig, ServerConfigError};
 

@@ -1,5 +1,6 @@
 //! One small pool of admin connections (to the maintenance database
-//! `postgres`) per database server, shared by every reconcile. A resync of
+//! `postgres`, and to the shared database of Schema tenants when there are
+//! any) per database server, shared by every reconcile. A resync of
 //! N tenants on one server then reuses at most [`ADMIN_POOL_SIZE`]
 //! connections instead of opening (and tearing down) several per tenant;
 //! the operator's own footprint on a server stays bounded however many
@@ -25,8 +26,8 @@ pub const ADMIN_POOL_SIZE: u32 = 4;
 /// of the operator's connections between resyncs).
 pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A server: host, port, admin login.
-type ServerKey = (String, u16, String);
+/// A server and database: host, port, admin login, database.
+type ServerKey = (String, u16, String, String);
 
 /// Admin pools by server, each with the settings it was made with.
 #[derive(Default)]
@@ -44,15 +45,20 @@ impl std::fmt::Debug for AdminPools {
 impl AdminPools {
     /// The pool of `server`; a changed password or sslmode replaces it (the
     /// old one closes its connections as they are returned).
-    fn pool(&self, server: &ServerConfig) -> PgPool {
-        let key = (server.host.clone(), server.port, server.username.clone());
+    fn pool(&self, server: &ServerConfig, database: &str) -> PgPool {
+        let key = (
+            server.host.clone(),
+            server.port,
+            server.username.clone(),
+            database.to_string(),
+        );
         let Ok(mut pools) = self.pools.lock() else {
-            return new_pool(server);
+            return new_pool(server, database);
         };
         match pools.get(&key) {
             Some((config, pool)) if config.as_ref() == server => pool.clone(),
             _ => {
-                let pool = new_pool(server);
+                let pool = new_pool(server, database);
                 if let Some((_, old)) = pools.insert(key, (Arc::new(server.clone()), pool.clone()))
                 {
                     tokio::spawn(async move { old.close().await });
@@ -71,8 +77,18 @@ impl AdminPools {
         &self,
         server: &ServerConfig,
     ) -> Result<PoolConnection<Postgres>, DatabaseError> {
+        self.acquire_in(server, "postgres").await
+    }
+
+    /// [`AdminPools::acquire`], to `database` (a pool of its own, of the
+    /// same size).
+    pub async fn acquire_in(
+        &self,
+        server: &ServerConfig,
+        database: &str,
+    ) -> Result<PoolConnection<Postgres>, DatabaseError> {
         let address = format!("{}:{}", server.host, server.port);
-        match self.pool(server).acquire().await {
+        match self.pool(server, database).acquire().await {
             Ok(conn) => Ok(conn),
             // The pool retried until its timeout: a full server (53300,
             // retried by sqlx), every pooled connection in use, or a server
@@ -124,11 +140,11 @@ async fn diagnose(server: &ServerConfig, address: String) -> DatabaseError {
     }
 }
 
-fn new_pool(server: &ServerConfig) -> PgPool {
+fn new_pool(server: &ServerConfig, database: &str) -> PgPool {
     PoolOptions::<Postgres>::new()
         .max_connections(ADMIN_POOL_SIZE)
         .min_connections(0)
         .idle_timeout(ADMIN_IDLE_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(server.admin_options())
+        .connect_lazy_with(server.admin_options().database(database))
 }

@@ -7,21 +7,68 @@ use sqlx::{Connection, PgConnection, Row};
 use super::{
     DatabaseError,
     claim::{self, ClaimError, Existing, claim_comment},
-    ident::{Ident, quote_literal},
+    ident::{Ident, IdentError, quote_literal},
     pool::AdminPools,
+    schema::{self, Shared},
     server::{CONNECT_TIMEOUT, ServerConfig},
 };
 
 /// What the tenant needs on the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantDatabase {
-    /// Database name; the owning role has the same name.
+    /// Database name (with [`Isolation::Schema`]: schema name); the owning
+    /// role has the same name.
     pub name: Ident,
     /// `CONNECTION LIMIT` of the role.
     pub connection_limit: i32,
     /// The ChatTenant, `<namespace>/<name>`: role and database carry it as
     /// their ownership mark ([`claim`]).
     pub owner: String,
+    /// A database of its own, or a schema in a shared database.
+    pub isolation: Isolation,
+}
+
+/// Where the tenant's tables live (`spec.database.isolation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Database `name`, owned by role `name`.
+    Database,
+    /// Schema `name`, owned by role `name`, in this database shared by the
+    /// Schema tenants of the server ([`super::schema`]).
+    Schema {
+        /// The shared database.
+        database: Ident,
+        /// The role whose members may connect to it
+        /// ([`super::schema::members_role`]).
+        members: Ident,
+    },
+}
+
+impl Isolation {
+    /// Schema isolation in shared database `database`; refused when the
+    /// name leaves no room for its members role.
+    pub fn schema(database: Ident) -> Result<Self, IdentError> {
+        let members = super::schema::members_role(&database)?;
+        Ok(Self::Schema { database, members })
+    }
+}
+
+impl TenantDatabase {
+    /// The database the tenant's role connects to.
+    pub fn database(&self) -> &Ident {
+        match &self.isolation {
+            Isolation::Database => &self.name,
+            Isolation::Schema { database, .. } => database,
+        }
+    }
+
+    /// The tenant's schema, with [`Isolation::Schema`].
+    pub fn schema(&self) -> Option<&Ident> {
+        match self.isolation {
+            Isolation::Database => None,
+            Isolation::Schema { .. } => Some(&self.name),
+        }
+    }
 }
 
 /// The role as the catalog shows it.
@@ -119,7 +166,7 @@ pub struct Statement {
 }
 
 impl Statement {
-    fn plain(sql: String) -> Self {
+    pub(super) fn plain(sql: String) -> Self {
         Self {
             redacted: sql.clone(),
             sql,
@@ -172,49 +219,8 @@ fn role_drift(role: &RoleRow, limit: i32) -> Vec<String> {
 /// has checked the claim ([`Observed::check_claim`]).
 pub fn plan(db: &TenantDatabase, observed: &Observed, password: &PasswordAction) -> Vec<Statement> {
     let name = db.name.quoted();
-    let limit = db.connection_limit;
     let mark = quote_literal(&claim_comment(&db.owner));
-    let mut out = Vec::new();
-    let scram = |p: &str| postgres_protocol::password::scram_sha_256(p.as_bytes());
-    let verifier = match (password, &observed.role) {
-        (PasswordAction::Set(p), _) => Some(scram(p)),
-        // The Secret already holds this password: a role created now, or
-        // one with no password at all, gets it.
-        (PasswordAction::Keep(p), None) => Some(scram(p)),
-        (PasswordAction::Keep(p), Some(r)) if r.has_password == Some(false) => Some(scram(p)),
-        (PasswordAction::Keep(_), Some(_)) => None,
-    };
-    match &observed.role {
-        None => {
-            // One simple-query message runs as one transaction: the role
-            // never exists without its mark.
-            let base =
-                format!("CREATE ROLE {name} WITH {ROLE_ATTRIBUTES} CONNECTION LIMIT {limit}");
-            let comment = format!("COMMENT ON ROLE {name} IS {mark}");
-            out.push(match &verifier {
-                Some(v) => Statement {
-                    sql: format!("{base} PASSWORD {}; {comment}", quote_literal(v)),
-                    redacted: format!("{base} PASSWORD '***'; {comment}"),
-                },
-                None => Statement::plain(format!("{base}; {comment}")),
-            });
-        }
-        Some(role) => {
-            let drift = role_drift(role, limit);
-            if !drift.is_empty() {
-                out.push(Statement::plain(format!(
-                    "ALTER ROLE {name} WITH {}",
-                    drift.join(" ")
-                )));
-            }
-            if let Some(v) = &verifier {
-                out.push(Statement {
-                    sql: format!("ALTER ROLE {name} PASSWORD {}", quote_literal(v)),
-                    redacted: format!("ALTER ROLE {name} PASSWORD '***'"),
-                });
-            }
-        }
-    }
+    let mut out = plan_role(db, observed.role.as_ref(), password);
     // Without superuser, acting as the database's owner needs membership in
     // the owner role.
     if !observed.admin.superuser && !observed.admin.member_of_tenant {
@@ -253,6 +259,61 @@ pub fn plan(db: &TenantDatabase, observed: &Observed, password: &PasswordAction)
     out
 }
 
+/// The DDL of the tenant's role: created marked, with the password when
+/// missing; otherwise only its drift and the password when one must be set.
+/// Pure.
+pub(super) fn plan_role(
+    db: &TenantDatabase,
+    role: Option<&RoleRow>,
+    password: &PasswordAction,
+) -> Vec<Statement> {
+    let name = db.name.quoted();
+    let limit = db.connection_limit;
+    let mark = quote_literal(&claim_comment(&db.owner));
+    let mut out = Vec::new();
+    let scram = |p: &str| postgres_protocol::password::scram_sha_256(p.as_bytes());
+    let verifier = match (password, role) {
+        (PasswordAction::Set(p), _) => Some(scram(p)),
+        // The Secret already holds this password: a role created now, or
+        // one with no password at all, gets it.
+        (PasswordAction::Keep(p), None) => Some(scram(p)),
+        (PasswordAction::Keep(p), Some(r)) if r.has_password == Some(false) => Some(scram(p)),
+        (PasswordAction::Keep(_), Some(_)) => None,
+    };
+    match role {
+        None => {
+            // One simple-query message runs as one transaction: the role
+            // never exists without its mark.
+            let base =
+                format!("CREATE ROLE {name} WITH {ROLE_ATTRIBUTES} CONNECTION LIMIT {limit}");
+            let comment = format!("COMMENT ON ROLE {name} IS {mark}");
+            out.push(match &verifier {
+                Some(v) => Statement {
+                    sql: format!("{base} PASSWORD {}; {comment}", quote_literal(v)),
+                    redacted: format!("{base} PASSWORD '***'; {comment}"),
+                },
+                None => Statement::plain(format!("{base}; {comment}")),
+            });
+        }
+        Some(role) => {
+            let drift = role_drift(role, limit);
+            if !drift.is_empty() {
+                out.push(Statement::plain(format!(
+                    "ALTER ROLE {name} WITH {}",
+                    drift.join(" ")
+                )));
+            }
+            if let Some(v) = &verifier {
+                out.push(Statement {
+                    sql: format!("ALTER ROLE {name} PASSWORD {}", quote_literal(v)),
+                    redacted: format!("ALTER ROLE {name} PASSWORD '***'"),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// What [`ensure`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnsureOutcome {
@@ -260,11 +321,12 @@ pub struct EnsureOutcome {
     pub executed: Vec<String>,
     /// True when the role was created by this run.
     pub created_role: bool,
-    /// True when the database was created by this run.
+    /// True when the database (with Schema isolation: the schema) was
+    /// created by this run.
     pub created_database: bool,
 }
 
-async fn connect(
+pub(super) async fn connect(
     options: &sqlx::postgres::PgConnectOptions,
     server: &ServerConfig,
 ) -> Result<PgConnection, DatabaseError> {
@@ -293,6 +355,20 @@ fn has_password_column(superuser: bool) -> &'static str {
 
 /// Reads the catalog rows for the tenant and the admin login.
 pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, DatabaseError> {
+    let (admin, role) = observe_role(conn, name).await?;
+    let database = observe_database(conn, name).await?;
+    Ok(Observed {
+        admin,
+        role,
+        database,
+    })
+}
+
+/// Reads the admin login and role `name` (shared catalogs: any database).
+pub(super) async fn observe_role(
+    conn: &mut PgConnection,
+    name: &Ident,
+) -> Result<(AdminRow, Option<RoleRow>), DatabaseError> {
     let admin = sqlx::query(
         "SELECT current_user::text AS name, r.rolsuper, \
                 EXISTS (SELECT 1 FROM pg_roles t \
@@ -340,7 +416,15 @@ pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, 
     })
     .transpose()
     .map_err(DatabaseError::query("decoding pg_roles"))?;
-    let database = sqlx::query(
+    Ok((admin, role))
+}
+
+/// Reads database `name`'s row.
+pub(super) async fn observe_database(
+    conn: &mut PgConnection,
+    name: &Ident,
+) -> Result<Option<DatabaseRow>, DatabaseError> {
+    sqlx::query(
         "SELECT pg_get_userbyid(datdba)::text AS owner, \
                 (datacl IS NULL OR EXISTS (SELECT 1 FROM unnest(datacl) a WHERE a::text LIKE '=%')) AS public_privs, \
                 shobj_description(oid, 'pg_database') AS comment \
@@ -358,12 +442,7 @@ pub async fn observe(conn: &mut PgConnection, name: &Ident) -> Result<Observed, 
         })
     })
     .transpose()
-    .map_err(DatabaseError::query("decoding pg_database"))?;
-    Ok(Observed {
-        admin,
-        role,
-        database,
-    })
+    .map_err(DatabaseError::query("decoding pg_database"))
 }
 
 /// Checks, without changing anything, that the tenant may use its role and
@@ -375,12 +454,15 @@ pub async fn check_claim(
     server: &ServerConfig,
     db: &TenantDatabase,
 ) -> Result<(), DatabaseError> {
+    if let Some(shared) = Shared::of(db) {
+        return schema::check_claim(pools, server, db, shared).await;
+    }
     let mut conn = pools.acquire(server).await?;
     let observed = observe(&mut conn, &db.name).await?;
     Ok(observed.check_claim(db)?)
 }
 
-async fn execute(conn: &mut PgConnection, st: &Statement) -> Result<(), DatabaseError> {
+pub(super) async fn execute(conn: &mut PgConnection, st: &Statement) -> Result<(), DatabaseError> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(st.sql.clone()))
         .execute(&mut *conn)
         .await
@@ -403,6 +485,9 @@ pub async fn ensure(
     db: &TenantDatabase,
     password: &PasswordAction,
 ) -> Result<EnsureOutcome, DatabaseError> {
+    if let Some(shared) = Shared::of(db) {
+        return schema::ensure(pools, server, db, shared, password).await;
+    }
     let mut conn = pools.acquire(server).await?;
     let observed = observe(&mut conn, &db.name).await?;
     observed.check_claim(db)?;
@@ -597,7 +682,7 @@ async fn login_role_state(
         has_password_column(admin.superuser)
     )))
     .bind(db.name.as_str())
-    .bind(db.name.as_str())
+    .bind(db.database().as_str())
     .fetch_optional(&mut *conn)
     .await
     .map_err(DatabaseError::query("reading the tenant role after a failed login"))?;
@@ -628,8 +713,13 @@ pub async fn check_login(
     db: &TenantDatabase,
     password: &str,
 ) -> Result<LoginCheck, DatabaseError> {
-    let options = server.tenant_options(&db.name, password, &db.name);
+    let options = server.tenant_options(&db.name, password, db.database());
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) if db.schema().is_some() => {
+            // Schema `public` of the shared database is checked by `ensure`.
+            let _ = conn.close().await;
+            Ok(LoginCheck::Ok)
+        }
         Ok(Ok(mut conn)) => {
             let drift = public_schema_drift(&mut conn, db).await;
             let _ = conn.close().await;
@@ -682,12 +772,16 @@ pub struct DropOutcome {
 }
 
 /// Terminates the tenant's sessions, drops its database, then its role, when
-/// both are this tenant's. Idempotent: missing objects are skipped.
+/// both are this tenant's. Idempotent: missing objects are skipped. With
+/// Schema isolation: [`schema::drop_tenant`].
 pub async fn drop_tenant(
     pools: &AdminPools,
     server: &ServerConfig,
     db: &TenantDatabase,
 ) -> Result<DropOutcome, DatabaseError> {
+    if let Some(shared) = Shared::of(db) {
+        return schema::drop_tenant(pools, server, db, shared).await;
+    }
     let mut conn = pools.acquire(server).await?;
     let observed = observe(&mut conn, &db.name).await?;
     if let Err(e) = observed.check_claim(db) {
@@ -730,6 +824,7 @@ mod tests {
             name: Ident::new("chat_acme").unwrap(),
             connection_limit: 50,
             owner: "tenants/acme".into(),
+            isolation: Isolation::Database,
         }
     }
 

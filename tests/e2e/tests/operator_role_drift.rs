@@ -15,7 +15,7 @@ use chorus_e2e::{
     unique_suffix,
 };
 use chorus_operator::database::{
-    AdminPools, DatabaseError, Ident, LoginCheck, PasswordAction, Postgres, Provisioner,
+    AdminPools, DatabaseError, Ident, Isolation, LoginCheck, PasswordAction, Postgres, Provisioner,
     ServerConfig, TenantDatabase, check_login, ensure, pool::ADMIN_POOL_SIZE,
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -38,6 +38,7 @@ fn tenant(prefix: &str, limit: i32) -> TenantDatabase {
         name: Ident::new(&format!("chat_{prefix}_{}", unique_suffix())).unwrap(),
         connection_limit: limit,
         owner: format!("e2e/{prefix}"),
+        isolation: Isolation::Database,
     }
 }
 

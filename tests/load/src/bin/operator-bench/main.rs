@@ -14,7 +14,9 @@
 //!   tenant, and how many tenants' DatabaseReady left True meanwhile.
 //!
 //! PostgreSQL needs about 8 MB of disk per tenant (each database is a copy
-//! of `template1`): 8 GB for 1,000 tenants.
+//! of `template1`): 8 GB for 1,000 tenants. With `--isolation schema` the
+//! tenants get `spec.database.isolation: Schema` (a role and a schema each
+//! in one shared database), which is how 10,000 tenants fit on one disk.
 //!
 //! ```text
 //! operator-bench --kubeconfig K --database-url postgres://... --operator target/release/chorus-operator --tenants 1000
@@ -79,12 +81,38 @@ struct Args {
     /// Restart the operator after the idle resync and measure it converging.
     #[arg(long)]
     restart: bool,
+    /// `spec.database.isolation` of every tenant: `database` (a database
+    /// each) or `schema` (a schema each in one shared database).
+    #[arg(long, value_enum, default_value_t = Isolation::Database)]
+    isolation: Isolation,
+    /// `spec.runtime.replicas` of every tenant (kwok pods; the control plane's
+    /// 4 fake nodes take 3,000 pods each).
+    #[arg(long, default_value_t = 2)]
+    replicas: u32,
     /// Give up waiting for Ready after this long.
     #[arg(long, default_value_t = 900)]
     timeout_seconds: u64,
     /// The CRD manifest.
     #[arg(long, default_value = "crds/chattenants.chorus.dev.yaml")]
     crd: PathBuf,
+}
+
+/// `--isolation`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Isolation {
+    /// `Database`.
+    Database,
+    /// `Schema`.
+    Schema,
+}
+
+impl Isolation {
+    fn spec_value(self) -> &'static str {
+        match self {
+            Isolation::Database => "Database",
+            Isolation::Schema => "Schema",
+        }
+    }
 }
 
 const NS: &str = "bench";
@@ -350,10 +378,16 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     };
 
     println!(
-        "applying {} ChatTenants at once (operator concurrency {}, resync {} s)",
-        args.tenants, args.concurrency, args.resync_seconds
+        "applying {} ChatTenants at once ({} pods each, operator concurrency {}, resync {} s, isolation {})",
+        args.tenants,
+        args.replicas,
+        args.concurrency,
+        args.resync_seconds,
+        args.isolation.spec_value()
     );
     let start = Instant::now();
+    let isolation = args.isolation.spec_value();
+    let replicas = args.replicas;
     futures::stream::iter(0..args.tenants)
         .map(|i| {
             let tenants = tenants.clone();
@@ -363,9 +397,10 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
                     "metadata": {"name": format!("t-{i}"), "namespace": NS},
                     "spec": {
                         "tenantId": format!("t-{i}"),
-                        "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0",
+                        "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0", "replicas": replicas,
                                     "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
-                        "database": {"serverRef": {"name": "shared-pg"}, "name": format!("chat_bench_{i}")}
+                        "database": {"serverRef": {"name": "shared-pg"}, "name": format!("chat_bench_{i}"),
+                                     "isolation": isolation}
                     }
                 }))?;
                 tenants.create(&PostParams::default(), &ct).await?;
