@@ -79,7 +79,9 @@ pub fn metric(text: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.
+        + 0.0
 }
 
 /// `label=value` pairs of a labelled counter, e.g. `reason=conflict: 3`
