@@ -29,9 +29,10 @@ setsid nohup "$launcher" --bin-dir "$CP_BIN" --state-dir "$state" --kwok-only --
   --exit-with-pid $$ >"$state/launcher.log" 2>&1 < /dev/null &
 cp_pid=$!
 db=test-bench-operator
+# The bench's PostgreSQL holds about 8 MB per tenant: deleted at the end.
 stop() {
   kill -TERM "$cp_pid" 2>/dev/null || true
-  "$CHORUS_ROOT/scripts/db.sh" down "$db" >/dev/null 2>&1 || true
+  "$CHORUS_ROOT/scripts/db.sh" purge "$db" >/dev/null 2>&1 || true
 }
 trap stop EXIT
 for _ in $(seq 1 1440); do
@@ -42,7 +43,17 @@ done
 [ -f "$state/ready" ] || die "the control plane was not ready after 360s; logs in $state"
 DB=$("$CHORUS_ROOT/scripts/db.sh" up "$db")
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-step "operator-bench ${ARGS:-}"
+# The CPU time of each component is reported per phase: the launcher's
+# children (etcd, kube-apiserver, ...) and PostgreSQL's postmaster (whose
+# children's time includes every backend that exited).
+cpu=()
+for pid in $(pgrep -P "$cp_pid" || true); do
+  cpu+=(--cpu "$(cat "/proc/$pid/comm")=$pid")
+done
+pg_pid=$("$CHORUS_ROOT/scripts/db.sh" pid "$db" || true)
+[ -n "$pg_pid" ] && cpu+=(--cpu "postgres=$pg_pid")
+step "operator-bench ${ARGS:-} (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 # shellcheck disable=SC2086 # ARGS is a list of flags
 "$BIN/operator-bench" --kubeconfig "$state/kubeconfig" --database-url "$DB" \
-  --operator "$BIN/chorus-operator" --restart ${ARGS:-}
+  --operator "$BIN/chorus-operator" "${cpu[@]}" --restart ${ARGS:-}
+step "done (load average: $(cut -d' ' -f1-3 /proc/loadavg))"

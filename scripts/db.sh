@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# db.sh up|down|status|url [NAME] [PORT]
+# db.sh up|down|purge|pid|status|url [NAME] [PORT]
 #
 # A real PostgreSQL server for development and tests, on a loopback port, with
 # password (scram-sha-256) authentication. `up` installs the Debian postgresql
 # package if no server binaries exist, runs initdb on first use, starts the
 # server and prints the admin URL. NAME selects the cluster (default "dev");
 # NAME=test* clusters are recreated from scratch on every `up` and run with
-# fsync off (throwaway data, faster tests).
+# fsync off (throwaway data, faster tests); `purge` stops a test* cluster and
+# deletes its data (a benchmark's gigabytes); `pid` prints the postmaster's pid.
 #
 # PostgreSQL refuses to run as root; as root the server runs as the `postgres`
 # user and its data lives under /var/tmp/chorus-pg (root's cache dir is not
@@ -107,6 +108,17 @@ up)
 down)
   if stop; then step "PostgreSQL '$name' stopped"; else step "PostgreSQL '$name' not running"; fi
   ;;
+purge)
+  # Stops a test* server and deletes its data (a bench's databases).
+  case $name in test*) ;; *) die "purge only deletes test* servers" ;; esac
+  stop || true
+  rm -rf "$dir"
+  step "PostgreSQL '$name' stopped and deleted"
+  ;;
+pid)
+  # The postmaster's pid (empty when it is not running).
+  running && server_pid
+  ;;
 status)
   if running; then echo "running: $(admin_url)"; else echo "not running"; exit 1; fi
   ;;
@@ -114,5 +126,5 @@ url)
   running || die "PostgreSQL '$name' is not running; start it with: make db-up"
   admin_url
   ;;
-*) die "usage: db.sh up|down|status|url [NAME] [PORT]" ;;
+*) die "usage: db.sh up|down|purge|pid|status|url [NAME] [PORT]" ;;
 esac

@@ -71,6 +71,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<ChatTenant>, u32>>,
     /// The release analysis' last scrapes.
     pub(super) scrapes: super::analysis::Scrapes,
+    /// Tenants whose database was found in order a moment ago.
+    pub(super) verified: super::verified::Verified,
 }
 
 impl Context {
@@ -105,6 +107,7 @@ impl Context {
             gateway_cache: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             scrapes: super::analysis::Scrapes::default(),
+            verified: super::verified::Verified::default(),
         }
     }
 

@@ -7,12 +7,14 @@
 //! yet ([`Password::decide`], pure). Ordering keeps the password known
 //! outside the server at every moment: a new Secret is written before the
 //! role gets its password; a rotated password reaches the Secret only after
-//! the role has it. A name that is not this tenant's gets no Secret.
+//! the role has it. A name that is not this tenant's gets no Secret. A
+//! tenant verified a moment ago skips the catalog and the login
+//! ([`super::verified`]).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use super::{Context, ServerSecretError, events::Event};
+use super::{Context, ServerSecretError, events::Event, verified};
 use crate::{
     apply::{Observed, apply_one},
     build::secret::build_db_secret,
@@ -263,6 +265,30 @@ pub(super) async fn provision(
     let action = password.action();
     let role = &t.database.name;
     let db_secret = build_db_secret(t, server, role, password.value());
+    let uri_hash = key_checksum(&server.tenant_uri(role, password.value(), t.database.database()));
+
+    // Verified a moment ago with the same settings and password: only the
+    // Secret is compared (a no-op when it is as built).
+    let verify_key = verified::key(server, &t.database, password.value());
+    if matches!(password, Password::Keep(_))
+        && ctx
+            .verified
+            .fresh(ct, verify_key, verified::window(ctx.settings.resync))
+    {
+        let observed = Observed::Known(existing.map(std::sync::Arc::new));
+        if let Err(e) = apply_one(&ctx.client, &t.namespace, &db_secret, observed).await {
+            ctx.verified.forget(ct);
+            return fail("SecretWriteFailed", e.into(), changed_at, handled);
+        }
+        return DatabaseOutcome {
+            state: DatabaseState::Ready,
+            password_changed_at: changed_at,
+            rotation_request_handled: handled,
+            uri_hash: Some(uri_hash),
+            error: None,
+        };
+    }
+    ctx.verified.forget(ct);
 
     if password.is_new() {
         if let Err(e) = ctx.databases.check_claim(server, &t.database).await {
@@ -403,15 +429,14 @@ pub(super) async fn provision(
         ),
         Err(e) => return fail(failure_reason(&e), e.into(), changed_at, handled),
     };
+    if state == DatabaseState::Ready && error.is_none() {
+        ctx.verified.record(ct, verify_key);
+    }
     DatabaseOutcome {
         state,
         password_changed_at: changed_at,
         rotation_request_handled: handled,
-        uri_hash: Some(key_checksum(&server.tenant_uri(
-            role,
-            password.value(),
-            t.database.database(),
-        ))),
+        uri_hash: Some(uri_hash),
         error,
     }
 }

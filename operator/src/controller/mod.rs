@@ -41,6 +41,7 @@ mod database;
 mod dereference;
 pub mod events;
 mod referenced;
+mod verified;
 mod watches;
 
 pub use context::{Context, DEFAULT_CONCURRENCY, Settings};
@@ -81,6 +82,7 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
             Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
             Finalizer::Cleanup(ct) => {
                 ctx.metrics.tenants.forget(&ns, &ct.name_any());
+                ctx.verified.forget(&ct);
                 cleanup::cleanup(ct, &ctx, &api).await
             }
         }

@@ -219,9 +219,18 @@ fn trigger<K: ChildKind>(
     }
 }
 
+/// The Deployment status fields a reconcile reads
+/// (`dereference::observe_deployments`).
+const DEPLOYMENT_STATUS_READ: [&str; 4] = [
+    "observedGeneration",
+    "replicas",
+    "updatedReplicas",
+    "availableReplicas",
+];
+
 /// A hash of what a reconcile reads of an owned child: the object without
-/// `metadata.resourceVersion` and, except for Deployments (whose status the
-/// rollout reads), without `status`. Pure.
+/// `metadata.resourceVersion` and without `status`, except for the fields
+/// of a Deployment's status the rollout reads. Pure.
 fn trigger_hash<K: ChildKind>(obj: &K) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut v = serde_json::to_value(obj).unwrap_or_default();
@@ -232,10 +241,20 @@ fn trigger_hash<K: ChildKind>(obj: &K) -> u64 {
         meta.remove("resourceVersion");
         meta.remove("managedFields");
     }
-    if K::kind(&()) != "Deployment"
-        && let Some(o) = v.as_object_mut()
-    {
-        o.remove("status");
+    if let Some(o) = v.as_object_mut() {
+        match o.remove("status") {
+            // Only the fields the rollout and the status read: the
+            // controller manager rewrites the rest (readyReplicas,
+            // condition times) several times while pods come up.
+            Some(status) if K::kind(&()) == "Deployment" => {
+                let read: serde_json::Map<String, serde_json::Value> = DEPLOYMENT_STATUS_READ
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), status.get(*k)?.clone())))
+                    .collect();
+                o.insert("status".into(), read.into());
+            }
+            _ => {}
+        }
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     v.to_string().hash(&mut h);
@@ -298,6 +317,15 @@ mod tests {
             "Deployment status is read"
         );
         assert!(!fire(watcher::Event::Apply(deployment(1))));
+        let mut ready_only = deployment(1);
+        if let Some(st) = ready_only.status.as_mut() {
+            st.ready_replicas = Some(2);
+            st.conditions = Some(vec![Default::default()]);
+        }
+        assert!(
+            !fire(watcher::Event::Apply(ready_only)),
+            "status fields the reconcile does not read"
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ import (
 const (
 	fakeNodeTaint      = "kwok.x-k8s.io/node"
 	fakeNodeAnnotation = "kwok.x-k8s.io/node=fake"
+	// kwok renews each fake node's Lease in kube-node-lease; the kubelet's
+	// default.
+	fakeNodeLeaseSeconds = 40
 )
 
 // admin is the launcher's own API client (the admin identity).
@@ -96,6 +99,11 @@ func startKwok(ctx context.Context, sup *supervisor, binDir, stateDir, kubeconfi
 		"--manage-nodes-with-annotation-selector="+fakeNodeAnnotation,
 		"--cidr=10.245.0.0/16",
 		fmt.Sprintf("--server-address=127.0.0.1:%d", port),
+		// The heartbeat stage renews a node's status only every 10 to 20
+		// minutes and counts on its Lease for liveness: without one the node
+		// lifecycle controller finds every fake node NotReady after 50 s and
+		// marks its pods not Ready (and never back).
+		fmt.Sprintf("--node-lease-duration-seconds=%d", fakeNodeLeaseSeconds),
 	)
 	if err != nil {
 		return err

@@ -41,7 +41,10 @@ use chorus_operator::crd::ChatTenant;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Secret},
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -92,6 +95,10 @@ struct Args {
     /// Give up waiting for Ready after this long.
     #[arg(long, default_value_t = 900)]
     timeout_seconds: u64,
+    /// Processes whose CPU time to report per phase, `name=pid` (the
+    /// control plane's components, PostgreSQL's postmaster); repeatable.
+    #[arg(long = "cpu", value_parser = parse_process)]
+    cpu: Vec<(String, u32)>,
     /// The CRD manifest.
     #[arg(long, default_value = "crds/chattenants.chorus.dev.yaml")]
     crd: PathBuf,
@@ -115,9 +122,62 @@ impl Isolation {
     }
 }
 
+fn parse_process(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((name.to_string(), pid.parse().map_err(|e| format!("{e}"))?))
+}
+
+/// CPU seconds of the watched processes (and the operator, and this
+/// bench) at one moment.
+struct CpuSample(Vec<(String, f64)>);
+
+impl CpuSample {
+    fn take(args: &Args, operator: u32) -> Self {
+        let mut v: Vec<(String, f64)> = args
+            .cpu
+            .iter()
+            .map(|(name, pid)| (name.clone(), probe::cpu_seconds(*pid).unwrap_or_default()))
+            .collect();
+        v.push((
+            "chorus-operator".into(),
+            probe::cpu_seconds(operator).unwrap_or_default(),
+        ));
+        v.push((
+            "operator-bench".into(),
+            probe::cpu_seconds(std::process::id()).unwrap_or_default(),
+        ));
+        Self(v)
+    }
+
+    /// `name s, ...` of the CPU used since `earlier`, largest first, with
+    /// the total and the wall time.
+    fn since(&self, earlier: &Self, wall: Duration) -> String {
+        let mut used: Vec<(String, f64)> = self
+            .0
+            .iter()
+            .zip(&earlier.0)
+            .map(|((name, now), (_, then))| (name.clone(), now - then))
+            .collect();
+        used.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = used.iter().map(|u| u.1).sum();
+        let parts: Vec<String> = used
+            .iter()
+            .map(|(name, s)| format!("{name} {s:.1}"))
+            .collect();
+        format!(
+            "{total:.1} CPU s in {:.1} s wall ({:.2} cores): {}",
+            wall.as_secs_f64(),
+            total / wall.as_secs_f64().max(0.001),
+            parts.join(", ")
+        )
+    }
+}
+
 const NS: &str = "bench";
 const SERVER_NS: &str = "chorus-system";
 const MANAGER: &str = "operator-bench";
+/// The label naming a child's tenant.
+const TENANT_LABEL: &str = chorus_operator::names::TENANT_LABEL;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -283,12 +343,15 @@ impl Operator {
         self.child.id().unwrap_or_default()
     }
 
-    async fn reconciles(&self) -> u64 {
-        let text = probe::http_get(self.port, "/metrics")
+    async fn metrics(&self) -> String {
+        probe::http_get(self.port, "/metrics")
             .await
             .map(|(_, b)| b)
-            .unwrap_or_default();
-        probe::metric(&text, "chorus_reconciles_total") as u64
+            .unwrap_or_default()
+    }
+
+    async fn reconciles(&self) -> u64 {
+        probe::metric(&self.metrics().await, "chorus_reconciles_total") as u64
     }
 
     async fn stop(mut self) {
@@ -301,11 +364,19 @@ impl Operator {
     }
 }
 
-/// What the ChatTenant watch saw.
+/// What the ChatTenant and Deployment watches saw.
 #[derive(Default)]
 struct Seen {
     /// When each tenant was first Ready.
     ready_at: HashMap<String, Instant>,
+    /// When each tenant's DatabaseReady was first True.
+    database_ready_at: HashMap<String, Instant>,
+    /// When each tenant's first Deployment was first seen (the operator
+    /// applied its children).
+    deployment_at: HashMap<String, Instant>,
+    /// When each tenant's Deployment first had an available pod (the
+    /// controller manager, the scheduler and kwok did their part).
+    available_at: HashMap<String, Instant>,
     /// Tenants whose DatabaseReady was not True after `flaps_since`.
     flapped: HashSet<String>,
     flaps_since: Option<Instant>,
@@ -336,10 +407,42 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
                 if condition(&ct, "Ready").as_deref() == Some("True") {
                     s.ready_at.entry(ct.name_any()).or_insert_with(Instant::now);
                 }
+                if condition(&ct, "DatabaseReady").as_deref() == Some("True") {
+                    s.database_ready_at
+                        .entry(ct.name_any())
+                        .or_insert_with(Instant::now);
+                }
                 if s.flaps_since.is_some()
                     && condition(&ct, "DatabaseReady").as_deref() != Some("True")
                 {
                     s.flapped.insert(ct.name_any());
+                }
+            }
+        })
+    };
+
+    let deployments = {
+        let seen = seen.clone();
+        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Ok(Some(d)) = stream.try_next().await {
+                let Some(tenant) = d.labels().get(TENANT_LABEL).cloned() else {
+                    continue;
+                };
+                let available = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0);
+                let Ok(mut s) = seen.lock() else { break };
+                let now = Instant::now();
+                s.deployment_at.entry(tenant.clone()).or_insert(now);
+                if available > 0 {
+                    s.available_at.entry(tenant).or_insert(now);
                 }
             }
         })
@@ -385,6 +488,8 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         args.resync_seconds,
         args.isolation.spec_value()
     );
+    let cpu0 = CpuSample::take(args, operator.pid());
+    let requests0 = (apiserver_requests(client).await, counter.counts().await?);
     let start = Instant::now();
     let isolation = args.isolation.spec_value();
     let replicas = args.replicas;
@@ -425,16 +530,18 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut times: Vec<Duration> = seen
+    let since_start = |at: &HashMap<String, Instant>| -> Vec<Duration> {
+        let mut v: Vec<Duration> = at
+            .values()
+            .map(|t| t.saturating_duration_since(start))
+            .collect();
+        v.sort();
+        v
+    };
+    let times = seen
         .lock()
-        .map(|s| {
-            s.ready_at
-                .values()
-                .map(|t| t.saturating_duration_since(start))
-                .collect()
-        })
+        .map(|s| since_start(&s.ready_at))
         .unwrap_or_default();
-    times.sort();
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!(
         "Ready: {}/{}; first {}, p50 {}, p99 {}, all {}",
@@ -448,6 +555,56 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         } else {
             "not reached".into()
         },
+    );
+
+    let burst = start.elapsed();
+    println!(
+        "CPU until all Ready: {}",
+        CpuSample::take(args, operator.pid()).since(&cpu0, burst)
+    );
+    let requests1 = (apiserver_requests(client).await, counter.counts().await?);
+    if let Ok(s) = seen.lock() {
+        print_phases(&s, since_start);
+    }
+    let operator_requests = requests1.1 - requests0.1;
+    println!(
+        "operator requests until all Ready: {} writes, {} LISTs, {} other reads",
+        operator_requests.writes, operator_requests.lists, operator_requests.others
+    );
+    let mut all: Vec<(String, f64)> = requests1
+        .0
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v - requests0.0.get(k).copied().unwrap_or_default(),
+            )
+        })
+        .filter(|(k, v)| *v > 0.0 && !k.starts_with("WATCH"))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = all.iter().map(|a| a.1).sum();
+    let top: Vec<String> = all
+        .iter()
+        .take(14)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "apiserver requests until all Ready (every client): {total}; {}",
+        top.join(", ")
+    );
+    let metrics = operator.metrics().await;
+    println!(
+        "operator during the burst: {} reconciles, {} failed ({}), {} status writes, {} DDL statements; reconcile time p50 <= {} s, mean {:.2} s",
+        probe::metric(&metrics, "chorus_reconciles_total"),
+        probe::metric(&metrics, "chorus_reconcile_failures_total"),
+        probe::labelled(&metrics, "chorus_reconcile_failures_total", "reason"),
+        probe::metric(&metrics, "chorus_status_writes_total"),
+        probe::metric(&metrics, "chorus_database_ddl_statements_total"),
+        probe::histogram_quantile(&metrics, "chorus_reconcile_duration_seconds", 0.5)
+            .map_or("?".to_string(), |q| q.to_string()),
+        probe::metric(&metrics, "chorus_reconcile_duration_seconds_sum")
+            / probe::metric(&metrics, "chorus_reconcile_duration_seconds_count").max(1.0),
     );
 
     // One idle resync interval: every tenant reconciles at least once.
@@ -478,11 +635,16 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         }
         let restarted = Instant::now();
         operator = Operator::start(args).await?;
+        let cpu0 = CpuSample::take(args, operator.pid());
         let deadline = restarted + Duration::from_secs(args.timeout_seconds);
         while operator.reconciles().await < args.tenants as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let flapped = seen.lock().map(|s| s.flapped.len()).unwrap_or_default();
+        println!(
+            "CPU of the restart: {}",
+            CpuSample::take(args, operator.pid()).since(&cpu0, restarted.elapsed())
+        );
         println!(
             "restart: {} reconciles in {:.1} s; tenants whose DatabaseReady left True: {flapped}",
             operator.reconciles().await,
@@ -498,5 +660,53 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     );
     operator.stop().await;
     watch.abort();
+    deployments.abort();
     Ok(())
+}
+
+/// The apiserver's request counters (empty when unreadable).
+async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
+    let Ok(req) = http::Request::get("/metrics").body(Vec::new()) else {
+        return HashMap::new();
+    };
+    match client.request_text(req).await {
+        Ok(text) => probe::apiserver_requests(&text),
+        Err(_) => HashMap::new(),
+    }
+}
+
+/// Where each tenant's time to Ready went: p50 and last of each milestone
+/// (from the first create), then the per-tenant gaps between them.
+fn print_phases(s: &Seen, since_start: impl Fn(&HashMap<String, Instant>) -> Vec<Duration>) {
+    let secs = |d: Duration| format!("{:.1}", d.as_secs_f64());
+    let row = |name: &str, v: Vec<Duration>| {
+        println!(
+            "  {name:<22} {:>5}  first {:>6} s  p50 {:>6} s  p99 {:>6} s  last {:>6} s",
+            v.len(),
+            secs(v.first().copied().unwrap_or_default()),
+            secs(probe::percentile(&v, 50.0)),
+            secs(probe::percentile(&v, 99.0)),
+            secs(v.last().copied().unwrap_or_default()),
+        );
+    };
+    println!("phases (tenants, time from the first create):");
+    row("DatabaseReady", since_start(&s.database_ready_at));
+    row("Deployment applied", since_start(&s.deployment_at));
+    row("a pod available", since_start(&s.available_at));
+    row("Ready", since_start(&s.ready_at));
+    // Per tenant: how long each step took after the one before.
+    let gap = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+        let mut v: Vec<Duration> = to
+            .iter()
+            .filter_map(|(k, t)| Some(t.saturating_duration_since(*from.get(k)?)))
+            .collect();
+        v.sort();
+        v
+    };
+    println!("per tenant (time after the step before):");
+    row(
+        "Deployment -> available",
+        gap(&s.deployment_at, &s.available_at),
+    );
+    row("available -> Ready", gap(&s.available_at, &s.ready_at));
 }
