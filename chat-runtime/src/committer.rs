@@ -35,8 +35,11 @@ pub const MAX_BATCH: usize = 1024;
 /// Sends waiting per room before new ones are refused.
 pub const QUEUE: usize = 4096;
 /// Transactions in flight at most (each on its own pooled connection):
-/// while one waits for its WAL flush, the next one is being built.
-pub const WORKERS: usize = 3;
+/// while some wait for their WAL flush, others are being built. With
+/// `synchronous_commit` on, a flush can take tens of milliseconds on a busy
+/// disk; six in flight kept the durable rate within reach of the relaxed
+/// one in `make bench` (docs/runtime.md).
+pub const WORKERS: usize = 6;
 
 struct Pending {
     send: RoomSend,
