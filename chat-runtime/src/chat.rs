@@ -99,18 +99,16 @@ pub struct Chat {
 /// A send queued for its room's group commit; [`PendingSend::ack`] waits
 /// for it. Splitting the two lets a WebSocket reader queue pipelined sends
 /// in order and move on.
-#[must_use = "a queued send is published only when its ack is awaited"]
+#[must_use = "a queued send is answered only when its ack is awaited"]
 pub struct PendingSend {
-    room: RoomId,
     reply: oneshot::Receiver<StoreResult<SendAck>>,
-    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     started: Instant,
 }
 
 impl PendingSend {
-    /// Waits for the commit; a new message is counted and published, a
-    /// retried one (`duplicate`) only counted. Either way the time since
+    /// Waits for the commit (the committer published it); a new message
+    /// and a retried one (`duplicate`) are counted apart. Either way the time since
     /// [`Chat::submit`] goes to `chat_send_ack_seconds`; a failure is
     /// counted in `chat_send_errors_total`.
     pub async fn ack(self) -> StoreResult<SendAck> {
@@ -129,11 +127,12 @@ impl PendingSend {
         };
         self.metrics
             .send_acked(self.started.elapsed().as_secs_f64());
+        // A new message was published by the committer (the hub's
+        // `deliver_committed`), once per room and transaction.
         if ack.duplicate {
             self.metrics.duplicate_sends.inc();
         } else {
             self.metrics.messages_in.inc();
-            self.hub.committed(self.room, ack.seq);
         }
         Ok(ack)
     }
@@ -203,9 +202,7 @@ impl Chat {
         validate_message(&message, self.max_message_bytes).map_err(ChatError::Rejected)?;
         let reply = self.committer.enqueue(room, user.clone(), message)?;
         Ok(PendingSend {
-            room,
             reply,
-            hub: self.hub.clone(),
             metrics: self.metrics.clone(),
             started,
         })

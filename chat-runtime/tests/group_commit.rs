@@ -8,7 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use chat_runtime::store::{Store, events::NewMessage, rooms::RoomKind};
+use chat_runtime::store::{
+    Store,
+    events::{NewMessage, RoomSend},
+    rooms::RoomKind,
+};
 use serde_json::json;
 use support::{TwoInARoom, Ws, fresh_db, http, two_in_a_room};
 
@@ -67,6 +71,117 @@ async fn a_refused_message_fails_alone_in_its_batch() {
         .send_batch(room, &[(alice.clone(), message("a1", "first"))])
         .await;
     assert!(retry[0].as_ref().unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn one_transaction_serves_many_rooms_each_in_order() {
+    let db = fresh_db().await;
+    let store = Store::connect(&db, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let alice = store.create_user("alice", "Alice", "x").await.unwrap();
+    let bob = store.create_user("bob", "Bob", "x").await.unwrap();
+    let public = store
+        .create_room(&alice, RoomKind::Public, "general", "")
+        .await
+        .unwrap()
+        .id;
+    let private = store
+        .create_room(&alice, RoomKind::Private, "secret", "")
+        .await
+        .unwrap()
+        .id;
+    let before = |room| {
+        let store = store.clone();
+        async move { store.last_seq(room).await.unwrap() }
+    };
+    let (p0, q0) = (before(public).await, before(private).await);
+    let send = |room, user: &chat_runtime::store::accounts::User, id: &str| RoomSend {
+        room,
+        user: user.clone(),
+        message: message(id, "hi"),
+    };
+    let batch = vec![
+        send(private, &alice, "q1"),
+        send(public, &alice, "p1"),
+        send(public, &bob, "not-a-member"),
+        send(private, &bob, "not-a-member-either"),
+        send(999_999, &alice, "no-such-room"),
+        send(private, &alice, "q2"),
+        send(public, &alice, "p1"), // a retry within the batch
+        send(public, &alice, "p2"),
+    ];
+    let done = store.send_many(&batch).await;
+    let seqs: Vec<Option<(i64, bool)>> = done
+        .results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|a| (a.seq, a.duplicate)))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            Some((q0 + 1, false)),
+            Some((p0 + 1, false)),
+            None,
+            None,
+            None,
+            Some((q0 + 2, false)),
+            Some((p0 + 1, true)),
+            Some((p0 + 2, false)),
+        ]
+    );
+    let code = |i: usize| done.results[i].as_ref().unwrap_err().code();
+    assert_eq!(
+        code(2),
+        chat_runtime::protocol::ErrorCode::Forbidden,
+        "public: join first"
+    );
+    assert_eq!(
+        code(3),
+        chat_runtime::protocol::ErrorCode::NotFound,
+        "private: looks absent"
+    );
+    assert_eq!(code(4), chat_runtime::protocol::ErrorCode::NotFound);
+    // Each room's events, in seq order, as the fan-out serves them.
+    let events: Vec<(i64, Vec<i64>)> = done
+        .events
+        .iter()
+        .map(|(room, list)| (*room, list.iter().map(|e| e.seq).collect()))
+        .collect();
+    assert!(
+        events.contains(&(public, vec![p0 + 1, p0 + 2])),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&(private, vec![q0 + 1, q0 + 2])),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 2);
+    // What was stored is what the fan-out got.
+    assert_eq!(before(public).await, p0 + 2);
+    let stored = store.events_after(public, p0, 10).await.unwrap();
+    let (_, fresh) = done.events.iter().find(|(r, _)| *r == public).unwrap();
+    for (row, event) in stored.iter().zip(fresh) {
+        let from_db = serde_json::to_value(&row.payload).unwrap();
+        let committed: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(from_db, committed);
+        assert_eq!(row.created_ms, event.created_ms);
+    }
+    // One refused message in a batch of two rooms fails alone.
+    let batch = vec![
+        send(public, &alice, "p3"),
+        RoomSend {
+            room: private,
+            user: alice.clone(),
+            message: message("bad", "nul \u{0}"),
+        },
+        send(private, &alice, "q3"),
+    ];
+    let done = store.send_many(&batch).await;
+    assert_eq!(done.results[0].as_ref().unwrap().seq, p0 + 3);
+    assert!(done.results[1].is_err());
+    assert_eq!(done.results[2].as_ref().unwrap().seq, q0 + 3);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ pub mod pg;
 pub mod presence;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -28,10 +28,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     metrics::Metrics,
-    protocol::{ServerFrame, UserRef, encode},
-    store::{RoomId, Seq, Store, UserId, accounts::User, events::EventRow},
+    protocol::{ServerFrame, UserRef, encode, server::encode_event_json},
+    store::{
+        RoomId, Seq, Store, UserId,
+        accounts::User,
+        events::{CommittedEvent, EventRow},
+    },
 };
-use outbox::{Item, Outbox, Push};
+use outbox::{Item, Outbox, Push, SubscribeRequest};
 
 pub use broker::{Broker, Inbound, receive};
 use presence::PresenceBook;
@@ -39,6 +43,15 @@ pub use presence::Status;
 
 /// Identifies one socket on this replica.
 pub type SessionId = u64;
+
+/// How [`Hub::subscribe`] went.
+#[derive(Debug)]
+pub enum Subscription {
+    /// Done: the subscribe item is in the socket's queue.
+    Queued,
+    /// Registered; the caller checks membership and queues the item.
+    Check(Box<SubscribeRequest>),
+}
 
 /// Events read per database round trip by the pump.
 const PUMP_BATCH: i64 = 500;
@@ -72,6 +85,9 @@ pub enum Ephemeral {
 struct RoomState {
     delivered: Seq,
     subscribers: HashMap<SessionId, Subscriber>,
+    /// Users known to be members as of `delivered` (checked by a
+    /// subscription; forgotten when an event ends their membership).
+    members: HashSet<UserId>,
     pumping: bool,
     pending: bool,
 }
@@ -234,38 +250,104 @@ impl Hub {
         (before, after)
     }
 
-    /// Subscribes a socket to a room's live events. Events at or below the
-    /// returned seq are the caller's to read from the database.
-    pub async fn subscribe(&self, id: SessionId, room: RoomId) -> crate::store::StoreResult<Seq> {
-        let (user, outbox) = {
+    /// Subscribes a socket to a room's live events.
+    ///
+    /// When the hub can vouch for the socket's membership, the subscription
+    /// completes here: the socket is registered and its subscribe item
+    /// queued, positioned at what was delivered, in one step under the
+    /// rooms lock (no event can slip in between), with no query when the
+    /// room is active. It can when the room was not active (its state is
+    /// created from one query that reads membership and position together),
+    /// or when an earlier check found this user a member and no event since
+    /// ended that. Otherwise the socket is registered and
+    /// [`Subscription::Check`] hands the request back: the caller checks
+    /// membership (after registering, so that a membership ending meanwhile
+    /// is seen either there or by the fan-out), reports it with
+    /// [`Hub::member_checked`] and queues the item.
+    pub async fn subscribe(
+        &self,
+        id: SessionId,
+        user: UserId,
+        mut req: Box<SubscribeRequest>,
+    ) -> crate::store::StoreResult<Subscription> {
+        let room = req.room;
+        let outbox = {
             let mut sessions = lock(&self.sessions);
             let Some(entry) = sessions.get_mut(&id) else {
-                return Ok(0);
+                return Ok(Subscription::Queued);
             };
             entry.rooms.insert(room);
-            (entry.user.id, entry.outbox.clone())
+            entry.outbox.clone()
         };
         let subscriber = || Subscriber {
             user,
             outbox: outbox.clone(),
         };
-        let existing = lock(&self.rooms).get_mut(&room).map(|state| {
+        // The room becomes active or goes idle between the query and the
+        // lock only in a race with other sockets; a few rounds settle it.
+        for _ in 0..4 {
+            if !lock(&self.rooms).contains_key(&room) {
+                let last = match self.store.member_last_seq(room, user).await {
+                    Ok(last) => last,
+                    Err(e) => {
+                        if let Some(entry) = lock(&self.sessions).get_mut(&id) {
+                            entry.rooms.remove(&room);
+                        }
+                        return Err(e);
+                    }
+                };
+                if let Entry::Vacant(vacant) = lock(&self.rooms).entry(room) {
+                    let mut state = RoomState {
+                        delivered: last,
+                        subscribers: HashMap::new(),
+                        members: HashSet::new(),
+                        pumping: false,
+                        pending: false,
+                    };
+                    state.members.insert(user);
+                    state.subscribers.insert(id, subscriber());
+                    vacant.insert(state);
+                    req.room_last_seq = Some(last);
+                    outbox.push(Item::Subscribe(req));
+                    return Ok(Subscription::Queued);
+                }
+                // Another socket made the room active meanwhile: as below.
+            }
+            let mut rooms = lock(&self.rooms);
+            let Some(state) = rooms.get_mut(&room) else {
+                // Gone idle meanwhile (its last subscriber left): again.
+                continue;
+            };
             state.subscribers.insert(id, subscriber());
-            state.delivered
-        });
-        if let Some(delivered) = existing {
-            return Ok(delivered);
+            // A resume from beyond what this replica delivered (the client
+            // saw more on another one) needs the database's position.
+            let within = req.last_seq.is_none_or(|s| s <= state.delivered);
+            if within && state.members.contains(&user) {
+                req.room_last_seq = Some(state.delivered);
+                outbox.push(Item::Subscribe(req));
+                return Ok(Subscription::Queued);
+            }
+            return Ok(Subscription::Check(req));
         }
-        let last = self.store.last_seq(room).await?;
-        let mut rooms = lock(&self.rooms);
-        let state = rooms.entry(room).or_insert_with(|| RoomState {
-            delivered: last,
-            subscribers: HashMap::new(),
-            pumping: false,
-            pending: false,
-        });
-        state.subscribers.insert(id, subscriber());
-        Ok(state.delivered)
+        if let Some(entry) = lock(&self.sessions).get_mut(&id) {
+            entry.rooms.remove(&room);
+        }
+        Err(crate::store::StoreError::Invalid(format!(
+            "room {room} is busy starting and stopping; subscribe again"
+        )))
+    }
+
+    /// The caller of [`Hub::subscribe`] found `user` a member of `room` as
+    /// of the room's seq `last`: later subscriptions of the user need no
+    /// query, as long as nothing after `last` was delivered yet (an event
+    /// in between could have ended the membership; every later one that
+    /// does is seen by the fan-out, which forgets the user).
+    pub fn member_checked(&self, room: RoomId, user: UserId, last: Seq) {
+        if let Some(state) = lock(&self.rooms).get_mut(&room)
+            && state.delivered <= last
+        {
+            state.members.insert(user);
+        }
     }
 
     /// Whether a socket is subscribed to a room.
@@ -370,16 +452,18 @@ impl Hub {
         }
     }
 
-    /// Events this replica just committed (from the committer, right after
-    /// the commit, in seq order): pushed to local subscribers at once, with
-    /// no read back from the database. When they do not follow what was
-    /// delivered (another replica's event in between, or a pump running),
-    /// the room is woken instead and the pump reads them in order.
-    pub fn deliver_committed(self: &Arc<Self>, room: RoomId, events: Vec<EventRow>) {
+    /// Messages this replica just committed (from the committer, right
+    /// after the commit, in seq order): the other replicas are told, and
+    /// local subscribers get them at once, with no read back from the
+    /// database. When they do not follow what was delivered (another
+    /// replica's event in between, or a pump running), the room is woken
+    /// instead and the pump reads them in order.
+    pub fn deliver_committed(self: &Arc<Self>, room: RoomId, events: Vec<CommittedEvent>) {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
         let (first, last) = (first.seq, last.seq);
+        self.broker.publish_wakeup(room, last);
         let follows = |state: &RoomState| !state.pumping && first == state.delivered + 1;
         // (The guard is dropped before `wake`, which takes the lock.)
         let direct = lock(&self.rooms).get(&room).map(follows);
@@ -388,7 +472,17 @@ impl Hub {
             Some(true) => {}
             Some(false) => return self.wake(room, last),
         }
-        let frames = self.encode_frames(room, &events);
+        let epoch = self.epoch();
+        let frames: Vec<PumpFrame> = events
+            .iter()
+            .map(|e| PumpFrame {
+                seq: e.seq,
+                text: encode_event_json(room, e.seq, &epoch, &e.payload),
+                created_ms: e.created_ms,
+                // A message never ends a membership.
+                ends: None,
+            })
+            .collect();
         let ended = {
             let mut rooms = lock(&self.rooms);
             let Some(state) = rooms.get_mut(&room) else {
@@ -448,6 +542,7 @@ impl Hub {
             // A member who left, or was kicked or banned, gets this
             // event and nothing after it.
             if let Some(user) = f.ends {
+                state.members.remove(&user);
                 state.subscribers.retain(|sid, sub| {
                     let keep = sub.user != user;
                     if !keep {
@@ -807,23 +902,23 @@ mod tests {
         )
     }
 
-    fn message(seq: Seq) -> EventRow {
-        EventRow {
+    fn message(seq: Seq) -> CommittedEvent {
+        let sender = crate::protocol::User {
+            id: 1,
+            username: "alice".into(),
+            display_name: "Alice".into(),
+        };
+        let payload = crate::protocol::event::MessagePayload::new(
+            &sender,
+            "c1",
+            "hi",
+            None,
+            &[],
+            "2026-12-01T00:00:00.000Z",
+        );
+        CommittedEvent {
             seq,
-            payload: crate::protocol::RoomEvent::Message {
-                sender: crate::protocol::User {
-                    id: 1,
-                    username: "alice".into(),
-                    display_name: "Alice".into(),
-                },
-                client_msg_id: format!("c{seq}"),
-                body: "hi".into(),
-                thread_root: None,
-                attachments: vec![],
-                created_at: Some("2026-12-01T00:00:00.000Z".into()),
-                deleted: false,
-            }
-            .into(),
+            payload: serde_json::to_string(&payload).unwrap(),
             created_ms: 0,
         }
     }
@@ -843,6 +938,7 @@ mod tests {
         let state = |delivered, pumping| RoomState {
             delivered,
             subscribers: HashMap::new(),
+            members: HashSet::new(),
             pumping,
             pending: false,
         };

@@ -57,6 +57,9 @@ pub struct SubscribeRequest {
     pub epoch: Option<String>,
     /// The client's last seen seq, if resuming.
     pub last_seq: Option<Seq>,
+    /// The room's latest seq, read with the membership check after the hub
+    /// registered the socket (`None`: the writer reads it).
+    pub room_last_seq: Option<Seq>,
 }
 
 impl Item {

@@ -85,6 +85,44 @@ pub enum RoomEvent {
     },
 }
 
+/// A new message's payload, borrowed from the send (nothing copied): the
+/// JSON of [`RoomEvent::Message`] with `created_at` set and `deleted` false
+/// (a test holds the two shapes equal). The group commit serializes it once,
+/// stores those bytes and builds the event frame from them.
+#[derive(Serialize)]
+pub struct MessagePayload<'a> {
+    kind: &'static str,
+    sender: &'a User,
+    client_msg_id: &'a str,
+    body: &'a str,
+    thread_root: Option<Seq>,
+    attachments: &'a [Attachment],
+    created_at: &'a str,
+}
+
+impl<'a> MessagePayload<'a> {
+    /// The payload of a message from `sender`, committed at `created_at`
+    /// (RFC 3339).
+    pub fn new(
+        sender: &'a User,
+        client_msg_id: &'a str,
+        body: &'a str,
+        thread_root: Option<Seq>,
+        attachments: &'a [Attachment],
+        created_at: &'a str,
+    ) -> Self {
+        Self {
+            kind: "message",
+            sender,
+            client_msg_id,
+            body,
+            thread_root,
+            attachments,
+            created_at,
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -227,6 +265,33 @@ mod tests {
             serde_json::to_value(&m).unwrap(),
             json!({"kind": "message", "sender": {"id": 1, "username": "alice", "display_name": "Alice"},
                    "client_msg_id": "c1", "body": "hi", "thread_root": null, "attachments": []})
+        );
+    }
+
+    #[test]
+    fn a_borrowed_message_payload_is_a_message_event() {
+        let attachments = vec![Attachment {
+            url: "https://x.example/a.png".into(),
+            content_type: "image/png".into(),
+            size_bytes: 3,
+            name: None,
+        }];
+        let at = "2026-12-01T10:00:00.000Z";
+        let sender = alice();
+        let borrowed = MessagePayload::new(&sender, "c1", "hi \"you\"", Some(4), &attachments, at);
+        let owned = RoomEvent::Message {
+            sender: alice(),
+            client_msg_id: "c1".into(),
+            body: "hi \"you\"".into(),
+            thread_root: Some(4),
+            attachments: attachments.clone(),
+            created_at: Some(at.into()),
+            deleted: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&borrowed).unwrap(),
+            serde_json::to_string(&owned).unwrap(),
+            "same fields, same order"
         );
     }
 

@@ -253,6 +253,33 @@ pub fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
     }
 }
 
+/// An event frame from a payload already serialized as a JSON object
+/// (`{"kind": ...}`): the frame's own fields, then the payload's, as
+/// [`ServerFrame::event`] encodes them, without parsing the payload again.
+/// A payload that is not an object is sent as no fields (as
+/// [`StoredEvent::Unknown`] does).
+pub fn encode_event_json(room: RoomId, seq: Seq, epoch: &str, payload: &str) -> Utf8Bytes {
+    let fields = payload
+        .trim()
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    let epoch = serde_json::to_string(epoch).unwrap_or_else(|_| "\"\"".into());
+    let mut text = String::with_capacity(payload.len() + epoch.len() + 64);
+    use std::fmt::Write as _;
+    let _ = write!(
+        text,
+        r#"{{"type":"event","room":{room},"seq":{seq},"epoch":{epoch}"#
+    );
+    if let Some(fields) = fields {
+        text.push(',');
+        text.push_str(fields);
+    }
+    text.push('}');
+    text.into()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
@@ -262,6 +289,35 @@ mod tests {
 
     fn value(f: &ServerFrame<'_>) -> Value {
         serde_json::from_str(encode(f).as_str()).unwrap()
+    }
+
+    #[test]
+    fn event_frames_from_serialized_payloads_are_the_same_frames() {
+        let e = StoredEvent::from(RoomEvent::Reaction {
+            message_seq: 43,
+            emoji: "👍".into(),
+            on: true,
+            user: UserRef {
+                id: 2,
+                username: "bob".into(),
+            },
+        });
+        let json = serde_json::to_string(&e).unwrap();
+        let spliced = encode_event_json(7, 44, "ep", &json);
+        assert_eq!(
+            spliced.as_str(),
+            encode(&ServerFrame::event(7, 44, "ep", &e)).as_str()
+        );
+        // Not an object, or empty: the frame's own fields only.
+        for odd in ["[1]", "{}", " { } ", "3"] {
+            let v: Value =
+                serde_json::from_str(encode_event_json(1, 2, "e\"p", odd).as_str()).unwrap();
+            assert_eq!(
+                v,
+                json!({"type": "event", "room": 1, "seq": 2, "epoch": "e\"p"}),
+                "{odd}"
+            );
+        }
     }
 
     #[test]

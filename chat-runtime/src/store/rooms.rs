@@ -133,6 +133,28 @@ impl Store {
         }
     }
 
+    /// The room's latest seq, for a member: membership and position in one
+    /// query (the subscribe path). A non-member is refused as
+    /// [`Store::require_member`] refuses.
+    pub async fn member_last_seq(&self, room: RoomId, user: UserId) -> StoreResult<Seq> {
+        let row: Option<(Seq, String, bool)> = sqlx::query_as(
+            "SELECT r.last_seq, r.kind, EXISTS (SELECT 1 FROM room_members m \
+               WHERE m.room_id = r.id AND m.user_id = $2) \
+             FROM rooms r WHERE r.id = $1",
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some((last, _, true)) => Ok(last),
+            Some((_, kind, false)) if kind == "public" => Err(StoreError::Forbidden(format!(
+                "you are not a member of room {room}; join it first"
+            ))),
+            _ => Err(room_absent(room)),
+        }
+    }
+
     /// The refusal for a caller who is not a member of `room`: `forbidden`
     /// for a public room (anyone may see it and join), and for a private
     /// room or DM exactly the answer for a room that does not exist

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     auth::Principal,
     hub::{
-        SessionId, Status,
+        SessionId, Status, Subscription,
         outbox::{Item, Outbox, SubscribeRequest},
     },
     metrics::CloseClass,
@@ -241,24 +241,36 @@ async fn handle_text(
                     "at most 500 rooms per connection",
                 )));
             }
-            if let Err(e) = state.hub.subscribe(sid, room).await {
-                return answer(store_error_frame(id.as_deref(), &e));
-            }
+            let request = Box::new(SubscribeRequest {
+                id: id.clone(),
+                room,
+                epoch,
+                last_seq,
+                room_last_seq: None,
+            });
+            let mut request = match state.hub.subscribe(sid, user.id, request).await {
+                Ok(Subscription::Queued) => return,
+                Ok(Subscription::Check(request)) => request,
+                Err(e) => return answer(store_error_frame(id.as_deref(), &e)),
+            };
             // Membership is checked after the subscription, so that a
             // membership ending meanwhile is seen either here or by the
             // fan-out (which unsubscribes only sockets it knows). Until the
             // writer has the room's cursor it writes none of its events, so
-            // a refused socket never sees one.
-            if let Err(e) = store.require_member(room, user.id).await {
-                state.hub.unsubscribe(sid, room);
-                return answer(store_error_frame(id.as_deref(), &e));
+            // a refused socket never sees one. The room's position comes
+            // with the check (one query): every event after it reaches this
+            // socket's queue live.
+            match store.member_last_seq(room, user.id).await {
+                Ok(last) => {
+                    state.hub.member_checked(room, user.id, last);
+                    request.room_last_seq = Some(last);
+                    outbox.push(Item::Subscribe(request));
+                }
+                Err(e) => {
+                    state.hub.unsubscribe(sid, room);
+                    answer(store_error_frame(id.as_deref(), &e));
+                }
             }
-            outbox.push(Item::Subscribe(Box::new(SubscribeRequest {
-                id,
-                room,
-                epoch,
-                last_seq,
-            })));
         }
         ClientFrame::Unsubscribe { id, room } => {
             state.hub.unsubscribe(sid, room);

@@ -129,6 +129,11 @@ struct Writer<S, H> {
     resume_limit: u32,
     user: UserId,
     cursors: HashMap<RoomId, Seq>,
+    /// Per room without a cursor, the highest seq of a live event dropped
+    /// (queued between the hub's subscription and the subscribe item, or
+    /// after an unsubscribe): a subscription that starts below it reads the
+    /// rest from the database, so no event waits for the next one.
+    dropped: HashMap<RoomId, Seq>,
 }
 
 impl<S, H> Writer<S, H>
@@ -200,40 +205,15 @@ where
         flush: bool,
     ) -> Result<(), WriteError> {
         let Some(&cursor) = self.cursors.get(&room) else {
+            let highest = self.dropped.entry(room).or_insert(seq);
+            *highest = (*highest).max(seq);
             return Ok(());
         };
         if seq <= cursor {
             return Ok(());
         }
-        if seq > cursor + 1 {
-            // A gap (lost wake-up, overtaken pump): read it from the database.
-            // Every seq below a committed one is committed, so a short read
-            // is a hole: never skip it, have the client resume instead.
-            let epoch = self.history.epoch();
-            let rows = match self.history.events_between(room, cursor, seq - 1).await {
-                Ok(rows) if rows.len() as i64 == seq - 1 - cursor => rows,
-                Ok(rows) => {
-                    return Err(WriteError::Hole(format!(
-                        "room {room}: {} of the events {}..={} exist",
-                        rows.len(),
-                        cursor + 1,
-                        seq - 1
-                    )));
-                }
-                Err(e) => return Err(WriteError::Hole(format!("room {room}: {e}"))),
-            };
-            for r in rows {
-                self.send(
-                    encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
-                    false,
-                )
-                .await?;
-                self.metrics.deliveries.inc();
-                self.cursors.insert(room, r.seq);
-                if self.ended(room, r.payload.membership_ended()).await? {
-                    return Ok(());
-                }
-            }
+        if seq > cursor + 1 && self.fill(room, cursor, seq - 1, false).await? {
+            return Ok(());
         }
         self.send(text, flush).await?;
         self.metrics.deliveries.inc();
@@ -242,17 +222,62 @@ where
         Ok(())
     }
 
+    /// Writes the events in `(cursor, upto]` from the database (a gap: lost
+    /// wake-up, overtaken pump, or events dropped before the subscription
+    /// started). Every seq below a committed one is committed, so a short
+    /// read is a hole: never skip it, have the client resume instead.
+    /// Flushes after the last when `flush`. Returns whether one of them
+    /// ended the socket's membership.
+    async fn fill(
+        &mut self,
+        room: RoomId,
+        cursor: Seq,
+        upto: Seq,
+        flush: bool,
+    ) -> Result<bool, WriteError> {
+        let epoch = self.history.epoch();
+        let rows = match self.history.events_between(room, cursor, upto).await {
+            Ok(rows) if rows.len() as i64 == upto - cursor => rows,
+            Ok(rows) => {
+                return Err(WriteError::Hole(format!(
+                    "room {room}: {} of the events {}..={upto} exist",
+                    rows.len(),
+                    cursor + 1,
+                )));
+            }
+            Err(e) => return Err(WriteError::Hole(format!("room {room}: {e}"))),
+        };
+        let n = rows.len();
+        for (i, r) in rows.into_iter().enumerate() {
+            self.send(
+                encode(&ServerFrame::event(room, r.seq, &epoch, &r.payload)),
+                flush && i + 1 == n,
+            )
+            .await?;
+            self.metrics.deliveries.inc();
+            self.cursors.insert(room, r.seq);
+            if self.ended(room, r.payload.membership_ended()).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn subscribe(&mut self, req: SubscribeRequest) -> Result<(), WriteError> {
         let history = self.history.clone();
         let epoch = history.epoch();
         let room = req.room;
-        let last = match history.last_seq(room).await {
-            Ok(l) => l,
-            Err(e) => {
-                return self
-                    .send(store_error_frame(req.id.as_deref(), &e), true)
-                    .await;
-            }
+        let dropped = self.dropped.remove(&room);
+        let last = match req.room_last_seq {
+            Some(l) => l,
+            None => match history.last_seq(room).await {
+                Ok(l) => l,
+                Err(e) => {
+                    return self
+                        .send(store_error_frame(req.id.as_deref(), &e), true)
+                        .await;
+                }
+            },
         };
         let limit = i64::from(self.resume_limit);
         let (reason, rows) = match (req.epoch.as_deref(), req.last_seq) {
@@ -313,6 +338,9 @@ where
             }
         }
         self.cursors.insert(room, cursor);
+        if let Some(upto) = dropped.filter(|&d| d > cursor) {
+            self.fill(room, cursor, upto, true).await?;
+        }
         Ok(())
     }
 }
@@ -336,6 +364,7 @@ where
         resume_limit: cx.resume_limit,
         user: cx.user,
         cursors: HashMap::new(),
+        dropped: HashMap::new(),
     };
     let mut end = WriterEnd::Closed;
     while let Some(item) = outbox.pop().await {
@@ -507,6 +536,7 @@ mod tests {
             room: ROOM,
             epoch: epoch.map(str::to_string),
             last_seq,
+            room_last_seq: None,
         }))
     }
 
@@ -592,6 +622,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_dropped_before_a_subscription_read_with_its_check_are_filled() {
+        // The session read last_seq 5 with the membership check; event 6
+        // reached the queue before the subscribe item (and was dropped):
+        // the subscription writes it from the database at once, without
+        // waiting for a next event.
+        let log = Log::new(9, [6]);
+        let mut sub = subscribe(None, None);
+        if let Item::Subscribe(req) = &mut sub {
+            req.room_last_seq = Some(5);
+        }
+        let (_, seen) = run(log, vec![live(&row(6, None)), sub]).await;
+        assert_eq!(seen.frames[0]["type"], "subscribed");
+        assert_eq!(seen.frames[0]["last_seq"], 5, "the session's figure");
+        assert_eq!(seen.event_seqs(), [6]);
+    }
+
+    #[tokio::test]
     async fn a_gap_is_filled_from_history_in_order() {
         let log = Log::new(5, [6, 7, 8]);
         let eight = row(8, None);
@@ -650,6 +697,7 @@ mod tests {
             room: 99,
             epoch: None,
             last_seq: None,
+            room_last_seq: None,
         }));
         let (_, seen) = run(Log::new(0, []), vec![item]).await;
         let e = &seen.frames[0];
