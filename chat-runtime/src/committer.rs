@@ -17,11 +17,15 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
-use crate::store::{
-    RoomId, Store, StoreError, StoreResult,
-    accounts::User,
-    events::{EventRow, NewMessage, SendAck},
+use crate::{
+    store::{
+        RoomId, Store, StoreError, StoreResult,
+        accounts::User,
+        events::{EventRow, NewMessage, SendAck},
+    },
+    telemetry::TRACE_TARGET,
 };
 
 /// Called with a room's newly committed events, in seq order, once per
@@ -39,6 +43,9 @@ struct Pending {
     user: User,
     message: NewMessage,
     reply: oneshot::Sender<StoreResult<SendAck>>,
+    /// The span the send was queued in (`chat.send`, or an HTTP request):
+    /// the commit's parent or link in traces.
+    span: tracing::Span,
 }
 
 /// The per-room queues.
@@ -72,6 +79,7 @@ impl Committer {
             user,
             message,
             reply,
+            span: tracing::Span::current(),
         };
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..2 {
@@ -141,9 +149,20 @@ impl Committer {
                 .iter()
                 .map(|p| (p.user.clone(), p.message.clone()))
                 .collect();
-            let (results, events) = self.store.send_batch_events(room, &items).await;
+            // Traces: the transaction is a child of the first send's span and
+            // linked from the others; the local fan-out a child of the commit.
+            let commit = tracing::info_span!(target: TRACE_TARGET, parent: &batch[0].span, "chat.commit", room, messages = batch.len());
+            for p in &batch[1..] {
+                commit.follows_from(&p.span);
+            }
+            let (results, events) = self
+                .store
+                .send_batch_events(room, &items)
+                .instrument(commit.clone())
+                .await;
             if !events.is_empty() {
-                (self.on_commit)(room, events);
+                let fanout = tracing::info_span!(target: TRACE_TARGET, parent: &commit, "chat.fanout", room, events = events.len());
+                fanout.in_scope(|| (self.on_commit)(room, events));
             }
             for (p, r) in batch.into_iter().zip(results) {
                 let _ = p.reply.send(r);

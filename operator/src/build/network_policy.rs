@@ -135,6 +135,9 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
         to: db_to,
         ports: Some(vec![tcp(i32::from(inputs.database_port))]),
     });
+    if let Some(rule) = tracing_egress(t) {
+        egress.push(rule);
+    }
     for peer in &np.allow_egress_to {
         egress.push(NetworkPolicyEgressRule {
             to: Some(vec![NetworkPolicyPeer {
@@ -158,6 +161,37 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
         }),
     };
     vec![deny, allow]
+}
+
+/// The OTLP receiver of `spec.runtime.tracing`: pinned to its address when
+/// the endpoint names an IP, to its namespace when it names a Service
+/// (`<service>.<namespace>.svc[.<cluster domain>]`, or a bare `<service>` of
+/// the tenant's namespace), by port only otherwise (NetworkPolicy cannot
+/// match DNS names; add a CIDR under allowEgressTo to pin it).
+fn tracing_egress(t: &Tenant) -> Option<NetworkPolicyEgressRule> {
+    let (host, port) = t.spec.runtime.tracing.as_ref()?.host_port()?;
+    let to = if let Ok(ip) = host.parse::<IpAddr>() {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        Some(vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: format!("{ip}/{len}"),
+                except: None,
+            }),
+            ..NetworkPolicyPeer::default()
+        }])
+    } else {
+        let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+        let namespace = match labels.as_slice() {
+            [_service] => Some(t.namespace.clone()),
+            [_service, ns, "svc", ..] => Some((*ns).to_string()),
+            _ => None,
+        };
+        namespace.map(|namespace| vec![namespace_peer(&NamespacePeer { namespace })])
+    };
+    Some(NetworkPolicyEgressRule {
+        to,
+        ports: Some(vec![tcp(i32::from(port))]),
+    })
 }
 
 #[cfg(test)]
@@ -222,6 +256,48 @@ mod tests {
             db.ports.as_ref().unwrap()[0].port,
             Some(IntOrString::Int(5432))
         );
+    }
+
+    #[test]
+    fn the_tracing_receiver_is_reachable_and_pinned_where_it_can_be() {
+        let rule = |endpoint: &str| {
+            let (t, plan) = tenant_and_plan(|ct| {
+                ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
+                ct.spec.runtime.tracing = Some(
+                    serde_json::from_value(serde_json::json!({"endpoint": endpoint})).unwrap(),
+                );
+            });
+            let nps = build_network_policies(&t, &inputs(&plan));
+            let egress = nps[1].spec.as_ref().unwrap().egress.clone().unwrap();
+            assert_eq!(egress.len(), 3, "dns, database, tracing");
+            egress[2].clone()
+        };
+        let port = |r: &NetworkPolicyEgressRule| r.ports.as_ref().unwrap()[0].port.clone();
+        let namespace = |r: &NetworkPolicyEgressRule| {
+            r.to.as_ref().unwrap()[0]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubernetes.io/metadata.name"]
+                .clone()
+        };
+        let svc = rule("http://otel-collector.observability.svc.cluster.local:4318");
+        assert_eq!(namespace(&svc), "observability");
+        assert_eq!(port(&svc), Some(IntOrString::Int(4318)));
+        let bare = rule("http://collector");
+        assert_eq!(namespace(&bare), "tenants");
+        assert_eq!(port(&bare), Some(IntOrString::Int(4318)));
+        let ip = rule("http://10.1.2.3:14318/");
+        assert_eq!(
+            ip.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr,
+            "10.1.2.3/32"
+        );
+        assert_eq!(port(&ip), Some(IntOrString::Int(14318)));
+        let external = rule("https://otlp.example.com");
+        assert!(external.to.is_none(), "by port only");
+        assert_eq!(port(&external), Some(IntOrString::Int(443)));
     }
 
     #[test]

@@ -301,6 +301,15 @@ fn the_chart_readme_covers_every_value_and_the_schema_refuses_bad_ones() {
             "databaseServers[0].name=pg,databaseServers[0].host=h",
             "password",
         ),
+        (
+            "tracing.otlpEndpoint=otel-collector:4318",
+            "/tracing/otlpEndpoint",
+        ),
+        ("tracing.samplingRatio=2", "/tracing/samplingRatio"),
+        (
+            "monitoring.prometheusRule.databaseConnectionsRatio=80",
+            "/monitoring/prometheusRule/databaseConnectionsRatio",
+        ),
     ] {
         let err = run(
             &helm,
