@@ -22,11 +22,7 @@ use std::{
 };
 
 use tracing::{Level, Span};
-use tracing_subscriber::{
-    EnvFilter, Layer,
-    filter::{FilterExt, Targets, filter_fn},
-    prelude::*,
-};
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, prelude::*};
 
 mod format;
 mod otlp;
@@ -168,13 +164,20 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let level = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(options.level));
-    let not_trace_only = filter_fn(|meta| meta.target() != TRACE_TARGET);
+    let mut level =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(options.level));
+    // Trace-only spans are off for the log layer. (One EnvFilter with exact
+    // callsite interest: a `filter_fn` beside it, whose interest is
+    // "sometimes", made tracing-subscriber drop the next event after one
+    // that every per-layer filter refused.)
+    if let Ok(off) = format!("{TRACE_TARGET}=off").parse() {
+        level = level.add_directive(off);
+    }
     tracing_subscriber::fmt::layer()
         .json()
         .event_format(JsonLines::new(options.ids, options.span_list, trace_ids))
         .with_writer(writer)
-        .with_filter(level.and(not_trace_only))
+        .with_filter(level)
 }
 
 /// The trace layer over `provider`: the service's own spans and events
@@ -193,8 +196,12 @@ where
     let targets = Targets::new()
         .with_target(TRACE_TARGET, Level::INFO)
         .with_target(crate_target.to_string(), Level::INFO);
+    // Without context activation a span's parent is the enclosing tracing
+    // span (as the log lines see it), not a thread-local OpenTelemetry
+    // context: nothing here uses the OpenTelemetry API directly.
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_context_activation(false)
         .with_threads(false)
         .with_location(false)
         .with_filter(targets)

@@ -26,6 +26,10 @@ async fn a_reconcile_is_a_span_with_a_child_per_step() {
         let _default = tracing::subscriber::set_default(subscriber);
         // The first adds the finalizer, the second provisions.
         for _ in 0..2 {
+            // Other tests hit the same span call sites on their threads, with
+            // no subscriber: a call site registered there while this
+            // dispatcher was being added may have cached "never".
+            tracing::callsite::rebuild_interest_cache();
             let ct = verifier.tenant(&tenant_path("tenants", "acme"));
             let result = tokio::time::timeout(Duration::from_secs(5), reconcile(ct, ctx.clone()))
                 .await
