@@ -42,9 +42,7 @@ fn operator_env(set: &str) -> Vec<(String, Value)> {
 fn tracing_is_off_by_default_and_sets_the_standard_variables_when_on() {
     let off = operator_env("replicaCount=2");
     assert!(off.iter().all(|(n, _)| !n.starts_with("OTEL_")), "{off:?}");
-    let on = operator_env(
-        "tracing.otlpEndpoint=http://otel-collector.observability:4318,tracing.samplingRatio=0.5",
-    );
+    let on = operator_env("tracing.otlpEndpoint=http://otel-collector.observability:4318");
     let get = |name: &str| {
         on.iter()
             .find(|(n, _)| n == name)
@@ -57,7 +55,7 @@ fn tracing_is_off_by_default_and_sets_the_standard_variables_when_on() {
     );
     assert_eq!(get("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf");
     assert_eq!(get("OTEL_TRACES_SAMPLER"), "parentbased_traceidratio");
-    assert_eq!(get("OTEL_TRACES_SAMPLER_ARG"), "0.5");
+    assert_eq!(get("OTEL_TRACES_SAMPLER_ARG"), "1");
     assert_eq!(get("OTEL_SERVICE_NAME"), "chorus-operator");
     assert!(get("OTEL_RESOURCE_ATTRIBUTES").contains("k8s.pod.name=$(POD_NAME)"));
     // $(POD_NAME) expands only when POD_NAME comes first.
