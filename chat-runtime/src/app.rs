@@ -184,8 +184,42 @@ async fn request_id(req: Request, next: axum::middleware::Next) -> Response {
             rand::rng().fill_bytes(&mut b);
             b.iter().map(|x| format!("{x:02x}")).collect()
         });
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let mut response = next.run(req).instrument(span).await;
+    // The route template (`/api/v1/rooms/{room}`) names the span in traces;
+    // unrouted requests have none.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        http.route = route.as_deref(),
+        http.response.status_code = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // Trace-only fields: recorded only when traces are on, so that log
+    // lines stay as they are otherwise.
+    let traced = chorus_telemetry::enabled();
+    if traced {
+        let name = format!(
+            "{} {}",
+            req.method(),
+            route.as_deref().unwrap_or("unrouted")
+        );
+        span.record("otel.name", name.as_str());
+        span.record("otel.kind", "server");
+        chorus_telemetry::continue_remote_trace(&span, req.headers());
+    }
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if traced && status >= 500 {
+        span.record("otel.status_code", "error");
+    }
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

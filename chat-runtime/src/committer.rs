@@ -19,11 +19,15 @@ use std::{
 };
 
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
-use crate::store::{
-    RoomId, Store, StoreError, StoreResult,
-    accounts::User,
-    events::{CommittedEvent, NewMessage, RoomSend, SendAck},
+use crate::{
+    store::{
+        RoomId, Store, StoreError, StoreResult,
+        accounts::User,
+        events::{CommittedEvent, NewMessage, RoomSend, SendAck},
+    },
+    telemetry::TRACE_TARGET,
 };
 
 /// Called with a room's newly committed events, in seq order, once per
@@ -44,6 +48,9 @@ pub const WORKERS: usize = 6;
 struct Pending {
     send: RoomSend,
     reply: oneshot::Sender<StoreResult<SendAck>>,
+    /// The span the send was queued in (`chat.send`, or an HTTP request):
+    /// the commit's parent or link in traces.
+    span: tracing::Span,
 }
 
 /// One room's queue.
@@ -158,6 +165,7 @@ impl Committer {
                     message,
                 },
                 reply,
+                span: tracing::Span::current(),
             });
             // A room that was busy or queued already is taken by a worker
             // that is running.
@@ -207,11 +215,23 @@ impl Committer {
                 }
                 taken
             };
+            // Traces: the transaction is a child of the first send's span
+            // and linked from the others; each room's local fan-out is a
+            // child of the commit.
+            let commit = tracing::info_span!(target: TRACE_TARGET, parent: &batch[0].span, "chat.commit", rooms = rooms.len(), messages = batch.len());
+            for p in &batch[1..] {
+                commit.follows_from(&p.span);
+            }
             let (sends, replies): (Vec<RoomSend>, Vec<_>) =
                 batch.into_iter().map(|p| (p.send, p.reply)).unzip();
-            let committed = self.store.send_many(&sends).await;
+            let committed = self
+                .store
+                .send_many(&sends)
+                .instrument(commit.clone())
+                .await;
             for (room, events) in committed.events {
-                (self.on_commit)(room, events);
+                let fanout = tracing::info_span!(target: TRACE_TARGET, parent: &commit, "chat.fanout", room, events = events.len());
+                fanout.in_scope(|| (self.on_commit)(room, events));
             }
             for (reply, result) in replies.into_iter().zip(committed.results) {
                 let _ = reply.send(result);
@@ -251,6 +271,7 @@ mod tests {
                 },
             },
             reply: oneshot::channel().0,
+            span: tracing::Span::none(),
         }
     }
 

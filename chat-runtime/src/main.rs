@@ -9,12 +9,15 @@ use chat_runtime::{
 };
 use clap::Parser;
 
+/// How long the last spans may take to export at exit.
+const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Migrate(args)) => {
-            telemetry::init(&args.log_level, &[]);
+            let _telemetry = telemetry::init(&args.log_level, &[], false);
             let Some(url) = args.database_url.filter(|u| !u.is_empty()) else {
                 eprintln!(
                     "CHAT_DATABASE_URL: is required: set it to postgres://user:password@host:5432/db"
@@ -47,20 +50,24 @@ async fn serve(args: chat_runtime::config::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(
+    let telemetry = telemetry::init(
         &level,
         &[("tenant", &config.tenant_id), ("pod", &config.pod_name)],
+        true,
     );
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
             // One clear line, like a configuration error.
             eprintln!("chat-runtime: start-up failed: {e}");
+            telemetry.shutdown(TRACE_FLUSH).await;
             return ExitCode::FAILURE;
         }
     };
     wait_for_sigterm().await;
     server.drain().await;
+    // The spans of the drain's last sends go out before the process ends.
+    telemetry.shutdown(TRACE_FLUSH).await;
     ExitCode::SUCCESS
 }
 

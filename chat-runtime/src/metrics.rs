@@ -172,6 +172,13 @@ pub struct StatusLabels {
     pub status_class: StatusClass,
 }
 
+/// Label of `chat_database_pool_connections`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    /// `in_use` or `idle`.
+    pub state: String,
+}
+
 /// Buckets of `chat_send_ack_seconds` (seconds).
 pub const SEND_ACK_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -219,6 +226,12 @@ pub struct Metrics {
     /// Public listener responses by status class
     /// (`chat_http_responses_total`).
     pub http_responses: Family<StatusLabels, Counter>,
+    /// The database pool's connections by state, read at each scrape
+    /// (`chat_database_pool_connections{state}`).
+    pub db_pool: Family<PoolStateLabels, Gauge>,
+    /// The pool's size limit (`chat_database_pool_max_connections`,
+    /// `CHAT_DB_POOL_SIZE`).
+    pub db_pool_max: Gauge,
 }
 
 impl Default for Metrics {
@@ -247,6 +260,8 @@ impl Default for Metrics {
             send_ack: Histogram::new(SEND_ACK_BUCKETS),
             websocket_closes: Family::default(),
             http_responses: Family::default(),
+            db_pool: Family::default(),
+            db_pool_max: Gauge::default(),
             registry: Registry::default(),
         };
         for reason in SendErrorReason::ALL {
@@ -351,6 +366,16 @@ impl Default for Metrics {
             "Responses of the public listener, by status class",
             m.http_responses.clone(),
         );
+        r.register(
+            "database_pool_connections",
+            "Connections of the replica's database pool, by state (in_use, idle)",
+            m.db_pool.clone(),
+        );
+        r.register(
+            "database_pool_max_connections",
+            "Most connections the replica's database pool opens (CHAT_DB_POOL_SIZE)",
+            m.db_pool_max.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 }
@@ -363,6 +388,21 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Sets the pool gauges: `size` connections open, `idle` of them idle,
+    /// at most `max`.
+    pub fn observe_pool(&self, size: u32, idle: usize, max: u32) {
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        let size = i64::from(size);
+        for (state, n) in [("in_use", (size - idle).max(0)), ("idle", idle)] {
+            self.db_pool
+                .get_or_create(&PoolStateLabels {
+                    state: state.into(),
+                })
+                .set(n);
+        }
+        self.db_pool_max.set(i64::from(max));
     }
 
     /// Counts a resume outcome.

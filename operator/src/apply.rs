@@ -25,6 +25,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::{
     build::http_route::http_route_resource,
@@ -35,6 +36,7 @@ use crate::{
         FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, TENANT_LABEL, key_checksum,
         tenant_children_selector,
     },
+    telemetry::TRACE_TARGET,
 };
 
 /// Annotation on every applied object: [`key_checksum`] of the object as
@@ -245,10 +247,22 @@ async fn apply_value<K>(
 where
     K: Clone + DeserializeOwned + Debug,
 {
+    // Traces: one span per child object (`apply Deployment/acme-blue`),
+    // whether it was written or found up to date.
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "apply",
+        otel.name = %format_args!("apply {kind}/{name}"),
+        kind,
+        name,
+        written = tracing::field::Empty,
+    );
     if live.is_some_and(|l| up_to_date(desired, l)) {
+        span.record("written", false);
         return Ok(false);
     }
     api.patch(name, &params(), &Patch::Apply(desired))
+        .instrument(span.clone())
         .await
         .map_err(|source| ApplyError {
             verb: "apply",
@@ -256,6 +270,7 @@ where
             name: name.to_string(),
             source,
         })?;
+    span.record("written", true);
     Ok(true)
 }
 

@@ -65,7 +65,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(&args.log_level);
+    let telemetry = telemetry::init(&args.log_level);
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -108,13 +108,16 @@ async fn main() -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
-    match runner::run(client, config, shutdown).await {
+    let code = match runner::run(client, config, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "operator stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last reconciles' spans go out before the process ends.
+    telemetry.shutdown(Duration::from_secs(3)).await;
+    code
 }
 
 async fn wait_for_signal() {

@@ -15,6 +15,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label of the per-server gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// `host:port` of a database server.
+    pub server: String,
+}
+
 /// All operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -32,6 +39,12 @@ pub struct Metrics {
     pub leader: Gauge,
     /// `chorus_tenant_*{namespace,tenant}`.
     pub tenants: crate::tenant_metrics::TenantMetrics,
+    /// `chorus_database_server_connections{server}`: client sessions open
+    /// on a database server the operator provisions on.
+    pub server_connections: Family<ServerLabel, Gauge>,
+    /// `chorus_database_server_max_connections{server}`: its
+    /// `max_connections`.
+    pub server_max_connections: Family<ServerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -75,6 +88,18 @@ impl Default for Metrics {
         );
         let tenants = crate::tenant_metrics::TenantMetrics::default();
         tenants.register(&mut registry);
+        let server_connections = Family::<ServerLabel, Gauge>::default();
+        let server_max_connections = Family::<ServerLabel, Gauge>::default();
+        registry.register(
+            "database_server_connections",
+            "Client sessions open on a database server the operator provisions on",
+            server_connections.clone(),
+        );
+        registry.register(
+            "database_server_max_connections",
+            "max_connections of a database server the operator provisions on",
+            server_max_connections.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -84,6 +109,8 @@ impl Default for Metrics {
             status_writes,
             leader,
             tenants,
+            server_connections,
+            server_max_connections,
         }
     }
 }
@@ -105,6 +132,21 @@ impl Metrics {
             start: Instant::now(),
             histogram: self.duration.clone(),
         }
+    }
+
+    /// Sets the per-server and per-tenant connection gauges from a
+    /// collection; servers that gave no figures lose their series.
+    pub fn observe_connections(&self, servers: &[crate::database::ServerConnections]) {
+        self.server_connections.clear();
+        self.server_max_connections.clear();
+        for s in servers {
+            let l = ServerLabel {
+                server: s.server.clone(),
+            };
+            self.server_connections.get_or_create(&l).set(s.total);
+            self.server_max_connections.get_or_create(&l).set(s.max);
+        }
+        self.tenants.observe_connections(servers);
     }
 
     /// Counts a failure.

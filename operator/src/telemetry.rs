@@ -1,18 +1,20 @@
-//! Structured JSON logs on stdout.
+//! Structured JSON logs on stdout and, when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, OpenTelemetry traces
+//! over OTLP/HTTP ([`chorus_telemetry`]): one `reconcile` span per
+//! reconcile (tenant, namespace) with a child span per step. Lines logged
+//! inside a traced span carry `trace_id` and `span_id`.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+pub use chorus_telemetry::{TRACE_TARGET, Telemetry};
 
 /// Installs the global subscriber: JSON lines, level from `RUST_LOG` or
 /// `level` (for example `info`, `chorus_operator=debug`).
-pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true),
-        )
-        .try_init();
+pub fn init(level: &str) -> Telemetry {
+    chorus_telemetry::init(&chorus_telemetry::Options {
+        level,
+        ids: &[],
+        service: "chorus-operator",
+        crate_target: "chorus_operator",
+        span_list: true,
+        traces: true,
+    })
 }

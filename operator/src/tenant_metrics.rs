@@ -9,8 +9,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::{collections::HashMap, sync::Mutex};
+
 use crate::{
     crd::{ChatTenantStatus, ReleaseState},
+    database::ServerConnections,
     model::Tenant,
 };
 
@@ -42,6 +45,12 @@ pub struct TenantMetrics {
     /// `spec.backup.schedule` (the next two), for "backup older than its
     /// schedule".
     pub backup_interval: Family<TenantLabels, Gauge>,
+    /// `chorus_tenant_database_connections`: sessions of the tenant's role
+    /// on its server now (runtime pods, backups, anything logged in as
+    /// it), read every [`crate::database::connections::INTERVAL`].
+    pub connections: Family<TenantLabels, Gauge>,
+    /// Each tenant's server (`host:port`) and role, for `connections`.
+    roles: Mutex<HashMap<TenantLabels, (String, String)>>,
 }
 
 impl TenantMetrics {
@@ -66,6 +75,11 @@ impl TenantMetrics {
             "tenant_backup_last_success_timestamp_seconds",
             "Unix time of the tenant's last successful backup",
             self.backup_last_success.clone(),
+        );
+        r.register(
+            "tenant_database_connections",
+            "Sessions of the tenant's database role on its server",
+            self.connections.clone(),
         );
         r.register(
             "tenant_backup_interval_seconds",
@@ -103,9 +117,43 @@ impl TenantMetrics {
         }
     }
 
+    /// Remembers that the tenant's role lives on `server` (`host:port`).
+    pub fn database_server(&self, t: &Tenant, server: String) {
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.insert(
+                labels(&t.namespace, &t.name),
+                (server, t.database.name.to_string()),
+            );
+        }
+    }
+
+    /// Sets `connections` of every known tenant from its server's figures;
+    /// the series of tenants whose server gave none this time are removed
+    /// (no stale figure to alert on).
+    pub fn observe_connections(&self, servers: &[ServerConnections]) {
+        let Ok(roles) = self.roles.lock() else {
+            return;
+        };
+        for (l, (server, role)) in roles.iter() {
+            match servers.iter().find(|s| &s.server == server) {
+                Some(figures) => {
+                    let n = figures.by_role.get(role).copied().unwrap_or(0);
+                    self.connections.get_or_create(l).set(n);
+                }
+                None => {
+                    self.connections.remove(l);
+                }
+            }
+        }
+    }
+
     /// Removes the tenant's series (it was deleted).
     pub fn forget(&self, namespace: &str, name: &str) {
         let l = labels(namespace, name);
+        self.connections.remove(&l);
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.remove(&l);
+        }
         self.ready.remove(&l);
         self.release_aborted.remove(&l);
         self.connection_limit.remove(&l);
@@ -175,6 +223,42 @@ fn schedule_interval(schedule: &str, now: jiff::Timestamp) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::build::tests::tenant_and_plan;
+
+    #[test]
+    fn tenant_connections_follow_their_servers_figures() {
+        let m = TenantMetrics::default();
+        let (t, _) = tenant_and_plan(|_| {});
+        m.database_server(&t, "db:5432".into());
+        let l = labels("tenants", "acme");
+        let figures = |server: &str, n: i64| ServerConnections {
+            server: server.into(),
+            max: 100,
+            total: n + 1,
+            by_role: [("chat_acme".to_string(), n)].into(),
+        };
+        m.observe_connections(&[figures("db:5432", 7)]);
+        assert_eq!(m.connections.get_or_create(&l).get(), 7);
+        // Another server's figures say nothing of this tenant: its series goes.
+        m.observe_connections(&[figures("other:5432", 3)]);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(!text.contains("tenant_database_connections{"), "{text}");
+        // No session of the role: 0.
+        m.observe_connections(&[ServerConnections {
+            server: "db:5432".into(),
+            max: 100,
+            total: 1,
+            by_role: HashMap::new(),
+        }]);
+        assert_eq!(m.connections.get_or_create(&l).get(), 0);
+        m.forget("tenants", "acme");
+        m.observe_connections(&[figures("db:5432", 9)]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(!text.contains("tenant_database_connections{"), "{text}");
+    }
 
     #[test]
     fn schedule_intervals() {

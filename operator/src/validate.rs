@@ -150,6 +150,9 @@ const HOST_RULE: &str = "must be a DNS host name (dot-separated labels of lowerc
 const SECRET_KEY_RULE: &str = "must be a Secret key (letters, digits, '-', '_' and '.')";
 const ENV_NAME_RULE: &str = "must be an environment variable name ([-._a-zA-Z][-._a-zA-Z0-9]*), as every supported Kubernetes version requires";
 const ANNOTATION_RULE: &str = "must be an annotation key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters ([A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9])";
+const OTEL_ENV_RULE: &str = "is set by the operator from spec.runtime.tracing: remove it, or remove spec.runtime.tracing to set OTEL_* by hand";
+const TRACING_ENDPOINT_RULE: &str = "must be an http:// or https:// URL with a host, such as http://otel-collector.observability:4318";
+const SAMPLING_RULE: &str = "must be between 0 and 1";
 const IMAGE_RULE: &str = "must be a container image reference without spaces";
 
 /// Checks every string the operator turns into an object name, label
@@ -196,6 +199,26 @@ fn check_names(name: &str, spec: &crate::crd::ChatTenantSpec) -> Result<(), Inva
             &format!("spec.runtime.env[{i}].name"),
             &e.name,
             ENV_NAME_RULE,
+        )?;
+        check(
+            spec.runtime.tracing.is_none() || !e.name.starts_with("OTEL_"),
+            &format!("spec.runtime.env[{i}].name"),
+            &e.name,
+            OTEL_ENV_RULE,
+        )?;
+    }
+    if let Some(tr) = &spec.runtime.tracing {
+        check(
+            tr.host_port().is_some() && !tr.endpoint.contains(char::is_whitespace),
+            "spec.runtime.tracing.endpoint",
+            &tr.endpoint,
+            TRACING_ENDPOINT_RULE,
+        )?;
+        check(
+            (0.0..=1.0).contains(&tr.sampling_ratio),
+            "spec.runtime.tracing.samplingRatio",
+            &tr.sampling_ratio.to_string(),
+            SAMPLING_RULE,
         )?;
     }
     check(
@@ -724,6 +747,68 @@ spec:
         assert_eq!(revision_of("a:1"), revision_of("a:1"));
         assert_ne!(revision_of("a:1"), revision_of("a:2"));
         assert_eq!(revision_of("a:1").len(), 10);
+    }
+
+    #[test]
+    fn tracing_needs_a_url_a_ratio_and_no_otel_variables_by_hand() {
+        let with = |tracing: serde_json::Value, env: serde_json::Value| {
+            let mut ct = sample();
+            ct.spec.runtime.tracing = Some(serde_json::from_value(tracing).unwrap());
+            ct.spec.runtime.env = serde_json::from_value(env).unwrap();
+            validate(&ct)
+        };
+        let ok = serde_json::json!({"endpoint": "http://otel-collector.observability:4318"});
+        assert!(with(ok.clone(), serde_json::json!([])).is_ok());
+        assert!(
+            with(
+                serde_json::json!({"endpoint": "https://[fd00::1]", "samplingRatio": 1.0}),
+                serde_json::json!([])
+            )
+            .is_ok()
+        );
+        let field_of = |r: Result<Tenant, InvalidSpec>| match r {
+            Err(InvalidSpec::Field { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        for bad in [
+            "otel-collector:4318",
+            "grpc://collector:4317",
+            "http://",
+            "http://a b",
+        ] {
+            assert_eq!(
+                field_of(with(
+                    serde_json::json!({"endpoint": bad}),
+                    serde_json::json!([])
+                )),
+                "spec.runtime.tracing.endpoint",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            field_of(with(
+                serde_json::json!({"endpoint": "http://c:4318", "samplingRatio": 1.5}),
+                serde_json::json!([])
+            )),
+            "spec.runtime.tracing.samplingRatio"
+        );
+        let e = with(
+            ok,
+            serde_json::json!([{"name": "OTEL_SERVICE_NAME", "value": "x"}]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("spec.runtime.env[0].name: \"OTEL_SERVICE_NAME\" is set by the operator"),
+            "{e}"
+        );
+        // Without spec.runtime.tracing, OTEL_* by hand is the user's business.
+        let mut ct = sample();
+        ct.spec.runtime.env = serde_json::from_value(
+            serde_json::json!([{"name": "OTEL_SERVICE_NAME", "value": "x"}]),
+        )
+        .unwrap();
+        assert!(validate(&ct).is_ok());
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 
 /// `GET /metrics`: OpenMetrics text.
 pub async fn metrics(State(s): State<AppState>) -> Response {
+    let pool = &s.hub.store().pool;
+    s.metrics
+        .observe_pool(pool.size(), pool.num_idle(), s.config.db_pool_size);
     (
         [(
             header::CONTENT_TYPE,

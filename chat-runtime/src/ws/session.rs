@@ -12,6 +12,7 @@ use std::{
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::StreamExt;
+use tracing::{Instrument, Span};
 
 use super::{
     ack_order::AckOrder,
@@ -31,6 +32,7 @@ use crate::{
     },
     state::AppState,
     store::{RoomId, Seq, StoreResult, events::NewMessage},
+    telemetry::TRACE_TARGET,
 };
 
 /// Frames queued per socket before it is closed as too slow.
@@ -77,6 +79,8 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
         },
     ));
 
+    // The upgrade request's span (the socket runs in it): frames link to it.
+    let socket_span = Span::current();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = Instant::now();
@@ -116,9 +120,14 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
+                        // Each frame is a trace of its own (a socket may live for
+                        // hours), linked to the socket's upgrade request. A
+                        // disabled span (traces off) costs a branch.
+                        let frame = tracing::info_span!(target: TRACE_TARGET, parent: None, "ws.frame", frame.type = tracing::field::Empty);
+                        frame.follows_from(&socket_span);
                         // Boxed: the handler's futures (database calls) are large, and
                         // an idle socket should not carry them around.
-                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, &mut acks, text.as_str())).await;
+                        Box::pin(handle_text(&state, sid, &principal, &outbox, &mut throttle, &mut acks, text.as_str(), &frame).instrument(frame.clone())).await;
                     }
                     Message::Binary(bytes) => {
                         // Refused, but with its id when one can be read.
@@ -200,6 +209,24 @@ pub async fn run(socket: WebSocket, state: AppState, principal: Principal) {
     tracing::info!(user = principal.user.id, reason, "websocket closed");
 }
 
+/// The `type` of a client frame, as the protocol spells it.
+fn frame_type(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Edit { .. } => "edit",
+        ClientFrame::Delete { .. } => "delete",
+        ClientFrame::React { .. } => "react",
+        ClientFrame::Read { .. } => "read",
+        ClientFrame::Typing { .. } => "typing",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::Ping { .. } => "ping",
+        ClientFrame::Pong { .. } => "pong",
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the reader's state, borrowed per frame
 async fn handle_text(
     state: &AppState,
     sid: SessionId,
@@ -208,6 +235,7 @@ async fn handle_text(
     throttle: &mut Throttle,
     acks: &mut AckOrder,
     text: &str,
+    span: &Span,
 ) {
     let frame = match decode(text) {
         Ok(f) => f,
@@ -221,6 +249,7 @@ async fn handle_text(
             return;
         }
     };
+    span.record("frame.type", frame_type(&frame));
     let chat = &state.chat;
     let store = state.hub.store();
     let user = &principal.user;
@@ -295,9 +324,12 @@ async fn handle_text(
                 attachments,
             };
             // Queued in order, acked when stored: the reader moves on, so a
-            // client may pipeline sends; its messages keep their order.
+            // client may pipeline sends; its messages keep their order. The
+            // send's span runs until the ack is queued; the committer
+            // parents (or links) its commit to it.
             let started = Instant::now();
-            let pending = match chat.submit(user, room, m) {
+            let send = tracing::info_span!(target: TRACE_TARGET, "chat.send", room);
+            let pending = match send.in_scope(|| chat.submit(user, room, m)) {
                 Ok(p) => p,
                 Err(e) => {
                     if matches!(e, crate::chat::ChatError::Rejected(_)) {
@@ -308,25 +340,28 @@ async fn handle_text(
             };
             let (metrics, outbox) = (state.metrics.clone(), outbox.clone());
             let mut turn = acks.take_turn();
-            tokio::spawn(async move {
-                let frame = match pending.ack().await {
-                    Ok(ack) => {
-                        metrics.db_latency.observe(started.elapsed().as_secs_f64());
-                        encode(&ServerFrame::Ack {
-                            id: id.as_deref().map(Cow::Borrowed),
-                            room,
-                            seq: Some(ack.seq),
-                            client_msg_id: Some(Cow::Owned(ack.client_msg_id)),
-                            duplicate: Some(ack.duplicate),
-                            unchanged: None,
-                        })
-                    }
-                    Err(e) => store_error_frame(id.as_deref(), &e),
-                };
-                turn.wait().await;
-                outbox.push(Item::Reply(frame));
-                turn.done();
-            });
+            tokio::spawn(
+                async move {
+                    let frame = match pending.ack().await {
+                        Ok(ack) => {
+                            metrics.db_latency.observe(started.elapsed().as_secs_f64());
+                            encode(&ServerFrame::Ack {
+                                id: id.as_deref().map(Cow::Borrowed),
+                                room,
+                                seq: Some(ack.seq),
+                                client_msg_id: Some(Cow::Owned(ack.client_msg_id)),
+                                duplicate: Some(ack.duplicate),
+                                unchanged: None,
+                            })
+                        }
+                        Err(e) => store_error_frame(id.as_deref(), &e),
+                    };
+                    turn.wait().await;
+                    outbox.push(Item::Reply(frame));
+                    turn.done();
+                }
+                .instrument(send),
+            );
         }
         ClientFrame::Edit {
             id,

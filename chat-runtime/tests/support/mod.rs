@@ -114,11 +114,14 @@ impl Replica {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        // The lines before the start, kept too (start-up warnings).
+        let mut early = Vec::new();
         let started = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("chat runtime started") {
                     return Some(line);
                 }
+                early.push(line);
             }
             None
         })
@@ -138,7 +141,8 @@ impl Replica {
             }
         };
         // Keep draining output so the child never blocks on a full pipe.
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(vec![line.clone()]));
+        early.push(line.clone());
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(early));
         let kept = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(l)) = lines.next_line().await {

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     crd::{AuthMode, BrokerSpec, BrokerType},
-    model::Tenant,
+    model::{Slot, Tenant},
     names::{
         AUTH_KEY_ANNOTATION, AUTH_SECRET_KEY, DATABASE_URI_ANNOTATION, DB_SECRET_URI_KEY,
         ENV_REFS_ANNOTATION, PASSWORD_ANNOTATION, auth_secret_name, db_secret_name, slot_labels,
@@ -175,7 +175,7 @@ fn container(t: &Tenant, slot: &SlotSpec) -> Container {
                 ..ContainerPort::default()
             },
         ]),
-        env: Some(env(t)),
+        env: Some(env(t, slot.slot)),
         resources: Some(
             t.spec
                 .runtime
@@ -243,8 +243,9 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// The runtime's configuration (docs/runtime.md), then the user's variables.
-fn env(t: &Tenant) -> Vec<EnvVar> {
+/// The runtime's configuration (docs/runtime.md), the tracing variables,
+/// then the user's variables.
+fn env(t: &Tenant, slot: Slot) -> Vec<EnvVar> {
     let spec = &t.spec;
     let limits = &spec.limits;
     let drain = (spec.runtime.termination_grace_period_seconds - DRAIN_MARGIN_SECONDS).max(5);
@@ -298,8 +299,42 @@ fn env(t: &Tenant) -> Vec<EnvVar> {
         }
     }
     env.extend(broker_env(spec.runtime.broker.as_ref()));
+    env.extend(tracing_env(t, slot));
     env.extend(spec.runtime.env.iter().cloned());
     env
+}
+
+/// `spec.runtime.tracing` as the standard OpenTelemetry variables the
+/// runtime reads (docs/operations.md, "Tracing"). Without the field,
+/// nothing: the runtime then exports no traces. The resource names the
+/// tenant, its namespace, the slot and the pod (`$(CHAT_POD_NAME)`, defined
+/// above, is expanded by the kubelet).
+fn tracing_env(t: &Tenant, slot: Slot) -> Vec<EnvVar> {
+    let Some(tr) = &t.spec.runtime.tracing else {
+        return Vec::new();
+    };
+    let attributes = [
+        ("service.namespace", t.namespace.as_str()),
+        ("service.instance.id", "$(CHAT_POD_NAME)"),
+        ("k8s.namespace.name", t.namespace.as_str()),
+        ("k8s.pod.name", "$(CHAT_POD_NAME)"),
+        ("chorus.tenant", t.name.as_str()),
+        ("chorus.tenant_id", t.spec.tenant_id.as_str()),
+        ("chorus.slot", slot.as_str()),
+    ]
+    .map(|(k, v)| format!("{k}={v}"))
+    .join(",");
+    vec![
+        value("OTEL_EXPORTER_OTLP_ENDPOINT", &tr.endpoint),
+        value(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            tr.protocol.unwrap_or_default().as_str(),
+        ),
+        value("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        value("OTEL_TRACES_SAMPLER_ARG", tr.sampling_ratio),
+        value("OTEL_SERVICE_NAME", CONTAINER),
+        value("OTEL_RESOURCE_ATTRIBUTES", attributes),
+    ]
 }
 
 /// `spec.runtime.broker` as the runtime's `CHAT_BROKER`, `CHAT_NATS_URL`,
@@ -727,6 +762,96 @@ mod tests {
                 assert!(annotations.contains_key(annotation), "{}", e.name);
             }
         }
+    }
+
+    /// `spec.runtime.tracing` becomes the standard OpenTelemetry variables
+    /// (sampler parent-based by trace id ratio, the tenant in the
+    /// resource); without it no `OTEL_*` variable is set.
+    #[test]
+    fn tracing_sets_the_standard_variables_per_slot() {
+        let (t, plan) = tenant_and_plan(|_| {});
+        let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+        let container = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert!(
+            container
+                .env
+                .iter()
+                .flatten()
+                .all(|e| !e.name.starts_with("OTEL_")),
+            "no tracing, no OTEL_ variable"
+        );
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.runtime.tracing = Some(
+                serde_json::from_value(serde_json::json!({
+                    "endpoint": "http://otel-collector.observability:4318",
+                    "samplingRatio": 0.25,
+                    "protocol": "http/json"
+                }))
+                .unwrap(),
+            );
+        });
+        for slot in [&plan.stable, &plan.other] {
+            let d = build_deployment(&t, slot, &inputs(&plan));
+            let get = |name: &str| env_value(&d, name).and_then(|e| e.value.clone());
+            assert_eq!(
+                get("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+                Some("http://otel-collector.observability:4318")
+            );
+            assert_eq!(
+                get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(),
+                Some("http/json")
+            );
+            assert_eq!(
+                get("OTEL_TRACES_SAMPLER").as_deref(),
+                Some("parentbased_traceidratio")
+            );
+            assert_eq!(get("OTEL_TRACES_SAMPLER_ARG").as_deref(), Some("0.25"));
+            assert_eq!(get("OTEL_SERVICE_NAME").as_deref(), Some("chat-runtime"));
+            let attrs = get("OTEL_RESOURCE_ATTRIBUTES").unwrap();
+            assert!(attrs.contains("chorus.tenant=acme"), "{attrs}");
+            assert!(attrs.contains("k8s.namespace.name=tenants"), "{attrs}");
+            assert!(attrs.contains("k8s.pod.name=$(CHAT_POD_NAME)"), "{attrs}");
+            assert!(
+                attrs.contains(&format!("chorus.slot={}", slot.slot.as_str())),
+                "{attrs}"
+            );
+            // $(CHAT_POD_NAME) expands only if CHAT_POD_NAME comes first.
+            let env = d
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .env
+                .clone()
+                .unwrap();
+            let pos = |n: &str| env.iter().position(|e| e.name == n).unwrap();
+            assert!(pos("CHAT_POD_NAME") < pos("OTEL_RESOURCE_ATTRIBUTES"));
+        }
+        // The default protocol and ratio.
+        let (t, plan) = tenant_and_plan(|ct| {
+            ct.spec.runtime.tracing = Some(
+                serde_json::from_value(serde_json::json!({"endpoint": "http://c:4318"})).unwrap(),
+            );
+        });
+        let d = build_deployment(&t, &plan.stable, &inputs(&plan));
+        let get = |name: &str| env_value(&d, name).and_then(|e| e.value.clone());
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(),
+            Some("http/protobuf")
+        );
+        assert_eq!(get("OTEL_TRACES_SAMPLER_ARG").as_deref(), Some("0.1"));
     }
 
     /// Every `spec.limits` field reaches the runtime's environment, each

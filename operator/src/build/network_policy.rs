@@ -58,11 +58,11 @@ fn pinned(host: &str) -> Option<Vec<NetworkPolicyPeer>> {
 
 /// Egress to the NATS servers of `spec.runtime.broker.nats.url` (comma-
 /// separated `nats://` / `tls://` URLs, port 4222 when none is given): one
-/// rule per server, pinned like the database rule. Without it a tenant with
+/// rule per server, to the destination [`destination`] allows. Without it a tenant with
 /// a NetworkPolicy and the NATS broker could not reach NATS. Servers a NATS
 /// cluster announces later (gossiped cluster URLs) are not known here: list
 /// their CIDR under `allowEgressTo`.
-fn nats_egress(url: &str) -> Vec<NetworkPolicyEgressRule> {
+fn nats_egress(t: &Tenant, url: &str) -> Vec<NetworkPolicyEgressRule> {
     url.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
@@ -71,7 +71,7 @@ fn nats_egress(url: &str) -> Vec<NetworkPolicyEgressRule> {
             let host = uri.host()?.to_string();
             let port = uri.port_u16().unwrap_or(4222);
             Some(NetworkPolicyEgressRule {
-                to: pinned(&host),
+                to: destination(t, &host),
                 ports: Some(vec![tcp(i32::from(port))]),
             })
         })
@@ -172,7 +172,10 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
         nats: Some(nats),
     }) = &t.spec.runtime.broker
     {
-        egress.extend(nats_egress(&nats.url));
+        egress.extend(nats_egress(t, &nats.url));
+    }
+    if let Some(rule) = tracing_egress(t) {
+        egress.push(rule);
     }
     for peer in &np.allow_egress_to {
         egress.push(NetworkPolicyEgressRule {
@@ -197,6 +200,36 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
         }),
     };
     vec![deny, allow]
+}
+
+/// The OTLP receiver of `spec.runtime.tracing`: pinned to its address when
+/// the endpoint names an IP, to its namespace when it names a Service
+/// (`<service>.<namespace>.svc[.<cluster domain>]`, or a bare `<service>` of
+/// the tenant's namespace), by port only otherwise (NetworkPolicy cannot
+/// match DNS names; add a CIDR under allowEgressTo to pin it).
+fn tracing_egress(t: &Tenant) -> Option<NetworkPolicyEgressRule> {
+    let (host, port) = t.spec.runtime.tracing.as_ref()?.host_port()?;
+    Some(NetworkPolicyEgressRule {
+        to: destination(t, &host),
+        ports: Some(vec![tcp(i32::from(port))]),
+    })
+}
+
+/// Where an egress rule to `host` may go: its address when `host` is an IP;
+/// the Service's namespace for `<service>` (the tenant's own namespace) and
+/// `<service>.<namespace>.svc[.<cluster domain>]`; anywhere (port only) for
+/// other names, which NetworkPolicy cannot match.
+fn destination(t: &Tenant, host: &str) -> Option<Vec<NetworkPolicyPeer>> {
+    if let Some(ip) = pinned(host) {
+        return Some(ip);
+    }
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    let namespace = match labels.as_slice() {
+        [_service] => Some(t.namespace.clone()),
+        [_service, ns, "svc", ..] => Some((*ns).to_string()),
+        _ => None,
+    };
+    namespace.map(|namespace| vec![namespace_peer(&NamespacePeer { namespace })])
 }
 
 #[cfg(test)]
@@ -269,7 +302,7 @@ mod tests {
             ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
             ct.spec.runtime.broker = serde_json::from_value(serde_json::json!({
                 "type": "Nats",
-                "nats": {"url": "nats://nats.nats.svc:4223, tls://u:p@10.1.2.3, nats://[fd00::7]:4300"}
+                "nats": {"url": "nats://nats.example.com:4223, tls://u:p@10.1.2.3, nats://[fd00::7]:4300"}
             }))
             .unwrap();
         });
@@ -293,6 +326,48 @@ mod tests {
                 (Some("fd00::7/128".into()), Some(IntOrString::Int(4300))),
             ]
         );
+    }
+
+    #[test]
+    fn the_tracing_receiver_is_reachable_and_pinned_where_it_can_be() {
+        let rule = |endpoint: &str| {
+            let (t, plan) = tenant_and_plan(|ct| {
+                ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
+                ct.spec.runtime.tracing = Some(
+                    serde_json::from_value(serde_json::json!({"endpoint": endpoint})).unwrap(),
+                );
+            });
+            let nps = build_network_policies(&t, &inputs(&plan));
+            let egress = nps[1].spec.as_ref().unwrap().egress.clone().unwrap();
+            assert_eq!(egress.len(), 3, "dns, database, tracing");
+            egress[2].clone()
+        };
+        let port = |r: &NetworkPolicyEgressRule| r.ports.as_ref().unwrap()[0].port.clone();
+        let namespace = |r: &NetworkPolicyEgressRule| {
+            r.to.as_ref().unwrap()[0]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubernetes.io/metadata.name"]
+                .clone()
+        };
+        let svc = rule("http://otel-collector.observability.svc.cluster.local:4318");
+        assert_eq!(namespace(&svc), "observability");
+        assert_eq!(port(&svc), Some(IntOrString::Int(4318)));
+        let bare = rule("http://collector");
+        assert_eq!(namespace(&bare), "tenants");
+        assert_eq!(port(&bare), Some(IntOrString::Int(4318)));
+        let ip = rule("http://10.1.2.3:14318/");
+        assert_eq!(
+            ip.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr,
+            "10.1.2.3/32"
+        );
+        assert_eq!(port(&ip), Some(IntOrString::Int(14318)));
+        let external = rule("https://otlp.example.com");
+        assert!(external.to.is_none(), "by port only");
+        assert_eq!(port(&external), Some(IntOrString::Int(443)));
     }
 
     #[test]

@@ -56,6 +56,7 @@ use crate::{
     error::{Error, Result},
     rollout::{self, Phase, Plan},
     status::{self, Observations, Problem},
+    telemetry::TRACE_TARGET,
     validate::{InvalidSpec, validate},
 };
 
@@ -76,8 +77,14 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
     ctx.reconcile_count.fetch_add(1, Ordering::Relaxed);
     let ns = ct.namespace().unwrap_or_default();
     let api: Api<ChatTenant> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", tenant = %ct.name_any(), namespace = %ns);
-    finalizer(&api, FINALIZER, ct, |event| async {
+    let span = tracing::info_span!(
+        "reconcile",
+        tenant = %ct.name_any(),
+        namespace = %ns,
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let result = finalizer(&api, FINALIZER, ct, |event| async {
         match event {
             Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
             Finalizer::Cleanup(ct) => {
@@ -87,9 +94,23 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
             }
         }
     })
-    .instrument(span)
+    .instrument(span.clone())
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Err(e) = &result
+        && chorus_telemetry::enabled()
+    {
+        span.record("otel.status_code", "error");
+        span.record("error", tracing::field::display(e));
+    }
+    result
+}
+
+/// A reconcile step's span (trace-only: log lines keep the reconcile's),
+/// named after the step: `database`, `auth`, `observe`, `analysis`,
+/// `rollout`, `apply`, `backup`, `status`.
+fn step(name: &'static str) -> tracing::Span {
+    tracing::info_span!(target: TRACE_TARGET, "step", otel.name = name)
 }
 
 /// Requeues failures with exponential backoff and counts them by reason.
@@ -118,16 +139,25 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
     let mut first_error: Option<Error> = None;
 
     // 1. Database: server Secret, role, database, connection Secret.
-    let (db, (db_host, db_port)) = match dereference::load_server(ctx, &t).await {
-        Ok(server) => (
-            database::provision(ctx, &ct, &t, &server).await,
-            (server.host.clone(), server.port),
-        ),
-        Err(e) => (
-            DatabaseOutcome::server_unusable(old, e),
-            (String::new(), 5432),
-        ),
-    };
+    let (db, (db_host, db_port)) = async {
+        match dereference::load_server(ctx, &t).await {
+            Ok(server) => {
+                ctx.metrics
+                    .tenants
+                    .database_server(&t, format!("{}:{}", server.host, server.port));
+                (
+                    database::provision(ctx, &ct, &t, &server).await,
+                    (server.host.clone(), server.port),
+                )
+            }
+            Err(e) => (
+                DatabaseOutcome::server_unusable(old, e),
+                (String::new(), 5432),
+            ),
+        }
+    }
+    .instrument(step("database"))
+    .await;
     let DatabaseOutcome {
         state: database,
         password_changed_at,
@@ -138,7 +168,10 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
     first_error = first_error.or(error);
 
     // 2. Authentication material.
-    let auth_key_hash = match auth::ensure_auth(ctx, &ct, &t).await {
+    let auth_key_hash = match auth::ensure_auth(ctx, &ct, &t)
+        .instrument(step("auth"))
+        .await
+    {
         Ok(Auth::Key(hash)) => Some(hash),
         Ok(Auth::NoKey) => None,
         Ok(Auth::Invalid(p)) => {
@@ -153,14 +186,21 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
 
     // Values the pods read from Secrets and ConfigMaps at start-up.
     // `Err`: unreadable right now, the pods keep what they run with.
-    let env_refs_hash = dereference::env_refs_hash(ctx, &t).await;
+    let observe = step("observe");
+    let env_refs_hash = dereference::env_refs_hash(ctx, &t)
+        .instrument(observe.clone())
+        .await;
 
     // 3. Gateway API presence.
-    let gateway = dereference::gateway(ctx, &t).await;
+    let gateway = dereference::gateway(ctx, &t)
+        .instrument(observe.clone())
+        .await;
     problems.extend(gateway.problem);
 
     // 4. Observe the slots, plan, build, apply.
-    let slots = dereference::observe_deployments(ctx, &t).await?;
+    let slots = dereference::observe_deployments(ctx, &t)
+        .instrument(observe)
+        .await?;
     let env_refs_hash = match env_refs_hash {
         Ok(hash) => hash,
         Err(e) => {
@@ -172,15 +212,25 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
     let judgement = ctx
         .scrapes
         .judge(ctx, &t, old, jiff::Timestamp::now().as_second())
+        .instrument(step("analysis"))
         .await;
-    let plan = rollout::plan(
-        &t,
-        old,
-        slots.detail(t.stable_slot.other()),
-        gateway.use_routes,
-        jiff::Timestamp::now().as_second(),
-        judgement.as_ref(),
+    let rollout_span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "step",
+        otel.name = "rollout",
+        phase = tracing::field::Empty
     );
+    let plan = rollout_span.in_scope(|| {
+        rollout::plan(
+            &t,
+            old,
+            slots.detail(t.stable_slot.other()),
+            gateway.use_routes,
+            jiff::Timestamp::now().as_second(),
+            judgement.as_ref(),
+        )
+    });
+    rollout_span.record("phase", tracing::field::debug(&plan.phase));
     let inputs = Inputs {
         plan: &plan,
         database_host: &db_host,
@@ -196,8 +246,12 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
             .or(slots.running_database_uri_hash.as_deref()),
         env_refs_hash: env_refs_hash.as_deref(),
     };
-    let children = build_children(&t, &inputs);
-    match apply_children(&ctx.client, &ctx.children, &t, &children, gateway.served).await {
+    let children = rollout_span.in_scope(|| build_children(&t, &inputs));
+    drop(rollout_span);
+    match apply_children(&ctx.client, &ctx.children, &t, &children, gateway.served)
+        .instrument(step("apply"))
+        .await
+    {
         Ok(applied) => {
             for child in applied.deleted {
                 ctx.publish(&ct, Event::ChildDeleted { child }).await;
@@ -213,7 +267,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
     }
 
     // 5. Backups: the CronJob's finished Jobs.
-    let backups = match backup::observe(ctx, &t).await {
+    let backups = match backup::observe(ctx, &t).instrument(step("backup")).await {
         Ok(obs) => obs,
         Err(e) => {
             first_error.get_or_insert(e);
@@ -230,19 +284,25 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         password_changed_at,
         rotation_request_handled,
     };
-    let mut new = status::compute(old, &t, &plan, &obs, &now);
+    let status_span = step("status");
+    let mut new = status_span.in_scope(|| status::compute(old, &t, &plan, &obs, &now));
     if backups.is_some() || t.spec.backup.is_none() {
         backup::apply(&mut new, &t, backups.as_ref(), &now);
     }
-    ctx.write_status(api, &ct, &new).await?;
-    ctx.metrics.tenants.observe(&t, &new);
-    let backup_events = backup::events(old, &new);
-    for event in events::rollout_events(old, &plan)
-        .into_iter()
-        .chain(backup_events)
-    {
-        ctx.publish(&ct, event).await;
+    async {
+        ctx.write_status(api, &ct, &new).await?;
+        ctx.metrics.tenants.observe(&t, &new);
+        let backup_events = backup::events(old, &new);
+        for event in events::rollout_events(old, &plan)
+            .into_iter()
+            .chain(backup_events)
+        {
+            ctx.publish(&ct, event).await;
+        }
+        Ok::<_, Error>(())
     }
+    .instrument(status_span)
+    .await?;
 
     if let Some(e) = first_error {
         return Err(e);
@@ -339,3 +399,6 @@ mod tests {
 
 #[cfg(test)]
 mod requests;
+
+#[cfg(test)]
+mod traces;

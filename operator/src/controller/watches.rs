@@ -20,6 +20,7 @@ use crate::{
     cache,
     children::{ChildKind, Children, KindFold},
     crd::ChatTenant,
+    database::connections::INTERVAL,
     names::managed_selector,
 };
 
@@ -40,12 +41,28 @@ pub async fn run(
         stopped.health.controller_stopped();
         stopped.children.clear();
     });
-    futures::future::join_all(
+    let controllers = futures::future::join_all(
         scopes
             .into_iter()
             .map(|ns| run_scope(ctx.clone(), ns, shutdown.clone())),
-    )
-    .await;
+    );
+    // The database servers' connection figures, while this replica leads.
+    tokio::select! {
+        _ = controllers => {}
+        _ = collect_connections(ctx.clone()) => {}
+    }
+}
+
+/// Reads the connection figures of every database server provisioned on,
+/// every [`INTERVAL`], into the operator's gauges. Never returns.
+async fn collect_connections(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let figures = ctx.databases.connections().await;
+        ctx.metrics.observe_connections(&figures);
+    }
 }
 
 /// `None` (every namespace) or each listed namespace once. Pure.

@@ -123,6 +123,7 @@ pub struct ChatTenantSpec {
 /// The chat-runtime pods of the stable slot.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tracing) || !has(self.env) || self.env.all(e, !e.name.startsWith('OTEL_'))").message("spec.runtime.env: OTEL_* variables are set by the operator from spec.runtime.tracing; remove them, or remove spec.runtime.tracing to set them by hand"))]
 pub struct RuntimeSpec {
     /// Container image of the chat runtime, for example
     /// `ghcr.io/chorus-dev/chat-runtime:0.1.0`.
@@ -163,6 +164,82 @@ pub struct RuntimeSpec {
     /// "Choosing a broker").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerSpec>,
+
+    /// OpenTelemetry traces of the runtime pods, exported over OTLP/HTTP
+    /// (docs/operations.md, "Tracing"). Off when absent. The operator sets
+    /// the pods' `OTEL_*` variables from it, so `spec.runtime.env` must not
+    /// set any while it is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+/// `spec.runtime.tracing`: where the runtime sends its traces and how many.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry Collector, Tempo,
+    /// Jaeger), for example `http://otel-collector.observability:4318`; the
+    /// runtime posts to `<endpoint>/v1/traces`. `http://` or `https://`.
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('http://') || self.startsWith('https://')) && url(self).getHostname() != ''").message("spec.runtime.tracing.endpoint must be an http:// or https:// URL with a host, such as http://otel-collector.observability:4318 (the runtime posts to <endpoint>/v1/traces)"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: String,
+
+    /// Share of traces kept, 0 to 1 (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`):
+    /// a trace started by the runtime (a WebSocket frame, an HTTP request
+    /// without a sampled `traceparent`) is kept with this probability;
+    /// one continuing a caller's trace follows the caller's decision.
+    /// Default 0.1.
+    #[serde(default = "default_sampling_ratio")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("spec.runtime.tracing.samplingRatio must be between 0 and 1 (0.1 keeps one trace in ten)"))]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: f64,
+
+    /// Wire format: `http/protobuf` (default) or `http/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<TracingProtocol>,
+}
+
+fn default_sampling_ratio() -> f64 {
+    0.1
+}
+
+impl TracingSpec {
+    /// The endpoint's host (brackets removed from an IPv6 address) and
+    /// port (4318 for `http://`, 443 for `https://` when none is given);
+    /// `None` unless it is an `http(s)://` URL with a host.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let uri: http::Uri = self.endpoint.parse().ok()?;
+        let default = match uri.scheme_str()? {
+            "http" => 4318,
+            "https" => 443,
+            _ => return None,
+        };
+        let host = uri.host().filter(|h| !h.is_empty())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_string(), uri.port_u16().unwrap_or(default)))
+    }
+}
+
+/// OTLP/HTTP encodings the runtime speaks (not gRPC).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TracingProtocol {
+    /// Protobuf over HTTP (`application/x-protobuf`), port 4318 by convention.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON over HTTP (`application/json`).
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl TracingProtocol {
+    /// The `OTEL_EXPORTER_OTLP_PROTOCOL` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http/protobuf",
+            Self::HttpJson => "http/json",
+        }
+    }
 }
 
 /// `spec.runtime.broker`: which transport the replicas share.

@@ -3,6 +3,7 @@
 //! reclaim.
 
 pub mod claim;
+pub mod connections;
 pub mod ident;
 pub mod pool;
 pub mod provision;
@@ -13,6 +14,7 @@ use futures::future::BoxFuture;
 use rand::{Rng, distr::Alphanumeric};
 
 pub use claim::ClaimError;
+pub use connections::ServerConnections;
 pub use ident::{Ident, IdentError};
 pub use pool::AdminPools;
 pub use provision::{
@@ -134,6 +136,11 @@ pub trait Provisioner: Send + Sync {
         server: &'a ServerConfig,
         db: &'a TenantDatabase,
     ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>>;
+    /// The connection figures of the servers provisioned on so far
+    /// ([`connections`]); none by default.
+    fn connections(&self) -> BoxFuture<'_, Vec<ServerConnections>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// The real [`Provisioner`]: the functions of [`provision`] on the server,
@@ -183,6 +190,10 @@ impl Provisioner for Postgres {
         db: &'a TenantDatabase,
     ) -> BoxFuture<'a, Result<DropOutcome, DatabaseError>> {
         Box::pin(drop_tenant(&self.pools, server, db))
+    }
+
+    fn connections(&self) -> BoxFuture<'_, Vec<ServerConnections>> {
+        Box::pin(self.pools.connections())
     }
 }
 

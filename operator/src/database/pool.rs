@@ -18,7 +18,9 @@ use sqlx::{
     pool::{PoolConnection, PoolOptions},
 };
 
-use super::{DatabaseError, server::CONNECT_TIMEOUT, server::ServerConfig};
+use super::{
+    DatabaseError, connections::ServerConnections, server::CONNECT_TIMEOUT, server::ServerConfig,
+};
 
 /// Admin connections per server at most.
 pub const ADMIN_POOL_SIZE: u32 = 4;
@@ -99,6 +101,41 @@ impl AdminPools {
                 source,
             }),
         }
+    }
+
+    /// The connection figures of every server this operator has a pool for
+    /// (one query each, on a pooled connection; a server that cannot be
+    /// asked now is left out and logged).
+    pub async fn connections(&self) -> Vec<ServerConnections> {
+        let servers: Vec<Arc<ServerConfig>> = match self.pools.lock() {
+            // One pool per address is enough (several admin logins may
+            // share a server).
+            Ok(pools) => {
+                let mut by_address: HashMap<(String, u16), Arc<ServerConfig>> = HashMap::new();
+                for (config, _) in pools.values() {
+                    by_address
+                        .entry((config.host.clone(), config.port))
+                        .or_insert_with(|| config.clone());
+                }
+                by_address.into_values().collect()
+            }
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        for server in servers {
+            let address = format!("{}:{}", server.host, server.port);
+            let read = async {
+                let mut conn = self.acquire(&server).await?;
+                super::connections::read(&mut conn, address.clone()).await
+            };
+            match read.await {
+                Ok(figures) => out.push(figures),
+                Err(e) => {
+                    tracing::warn!(server = %address, error = %e, "cannot read the server's connection figures")
+                }
+            }
+        }
+        out
     }
 
     /// Admin connections open now, over every server (idle or in use).

@@ -209,13 +209,26 @@ spec:
     let m = chorus_operator::metrics::Metrics::default();
     m.failed("apply");
     m.tenants.observe(&t, ct.status.as_ref().unwrap());
+    // One collection of the database servers' connection figures.
+    m.tenants.database_server(&t, "pg:5432".into());
+    m.observe_connections(&[chorus_operator::database::ServerConnections {
+        server: "pg:5432".into(),
+        max: 100,
+        total: 3,
+        by_role: [("chat_acme".to_string(), 2)].into(),
+    }]);
     m.render()
 }
 
 #[test]
 fn every_metric_in_a_rule_or_panel_exists() {
     let operator = operator_metrics_after_a_reconcile();
-    let runtime = chat_runtime::metrics::Metrics::default().render();
+    let runtime = {
+        let m = chat_runtime::metrics::Metrics::default();
+        // What a scrape sets before rendering.
+        m.observe_pool(3, 1, 10);
+        m.render()
+    };
     let mut exists = exposed(&operator);
     exists.extend(exposed(&runtime));
     assert!(
@@ -300,6 +313,15 @@ fn the_chart_readme_covers_every_value_and_the_schema_refuses_bad_ones() {
         (
             "databaseServers[0].name=pg,databaseServers[0].host=h",
             "password",
+        ),
+        (
+            "tracing.otlpEndpoint=otel-collector:4318",
+            "/tracing/otlpEndpoint",
+        ),
+        ("tracing.samplingRatio=2", "/tracing/samplingRatio"),
+        (
+            "monitoring.prometheusRule.databaseConnectionsRatio=80",
+            "/monitoring/prometheusRule/databaseConnectionsRatio",
         ),
     ] {
         let err = run(
