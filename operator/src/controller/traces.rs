@@ -10,7 +10,14 @@ use tracing_subscriber::prelude::*;
 use super::reconcile;
 use crate::fixtures::{context, tenant_path};
 
+// Run alone, in a process of its own (scripts/test.sh does:
+// `cargo test -p chorus-operator --lib controller::traces -- --ignored`):
+// next to the other unit tests on parallel threads, a span call site first
+// hit on another thread (with no subscriber) while this test's scoped
+// dispatcher is being installed can keep a cached "never" interest, and a
+// step span goes missing about every other run.
 #[tokio::test]
+#[ignore = "run alone by scripts/test.sh (scoped dispatchers and parallel tests race)"]
 async fn a_reconcile_is_a_span_with_a_child_per_step() {
     let receiver = Receiver::start().await.expect("receiver");
     let provider =
