@@ -66,7 +66,9 @@ setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down test
 step "running unit and integration tests"
 cargo test --workspace --locked
 step "the operator's reconcile trace, alone in its process (controller::traces)"
-cargo test -p chorus-operator --lib --locked -- --ignored controller::traces
+# (--workspace: the same features as above, so nothing is rebuilt; every
+# other test binary filters itself out.)
+cargo test --workspace --locked -q -- --ignored controller::traces
 
 step "browser test of the web client (Debian chromium + playwright-core)"
 if [ ! -x /usr/bin/chromium ]; then
