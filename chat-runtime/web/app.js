@@ -116,7 +116,7 @@ async function refreshRooms() {
       b.textContent = r.unread;
       li.appendChild(b);
     }
-    li.addEventListener('click', () => openRoom(r.id));
+    li.addEventListener('click', () => openRoom(r.id).catch((e) => console.warn('chorus: opening the room failed:', e.message)));
     list.appendChild(li);
   }
   const pub = (await api('GET', '/api/v1/rooms?scope=public')).rooms.filter((r) => !r.role);
@@ -127,10 +127,14 @@ async function refreshRooms() {
     li.textContent = '# ' + r.name + ' (' + r.members + ')';
     li.dataset.publicRoom = r.id;
     li.addEventListener('click', async () => {
-      await api('POST', '/api/v1/rooms/' + r.id + '/join');
-      await refreshRooms();
-      subscribe(r.id);
-      openRoom(r.id);
+      try {
+        await api('POST', '/api/v1/rooms/' + r.id + '/join');
+        await refreshRooms();
+        subscribe(r.id);
+        await openRoom(r.id);
+      } catch (err) {
+        alert(err.message);
+      }
     });
     plist.appendChild(li);
   }
@@ -139,11 +143,15 @@ async function refreshRooms() {
 
 $('new-room').addEventListener('submit', async (e) => {
   e.preventDefault();
-  const data = await api('POST', '/api/v1/rooms', {name: $('new-room-name').value, kind: $('new-room-kind').value});
-  $('new-room-name').value = '';
-  await refreshRooms();
-  subscribe(data.room.id);
-  openRoom(data.room.id);
+  try {
+    const data = await api('POST', '/api/v1/rooms', {name: $('new-room-name').value, kind: $('new-room-kind').value});
+    $('new-room-name').value = '';
+    await refreshRooms();
+    subscribe(data.room.id);
+    await openRoom(data.room.id);
+  } catch (err) {
+    alert(err.message);
+  }
 });
 
 $('new-dm').addEventListener('submit', async (e) => {
@@ -187,7 +195,7 @@ $('messages').addEventListener('scroll', async () => {
   const box = $('messages');
   if (box.scrollTop === 0 && state.current !== null) {
     const before = box.scrollHeight;
-    await loadOlder(state.current, false);
+    try { await loadOlder(state.current, false); } catch (_) { return; /* offline: the next scroll retries */ }
     render(true);
     box.scrollTop = box.scrollHeight - before;
   }
@@ -358,7 +366,9 @@ function onFrame(f) {
         // Fresh, too far behind, or another epoch: reload the latest page.
         rs.messages.clear(); rs.oldest = null; rs.loaded = false;
         rs.cursor = f.last_seq;
-        if (f.room === state.current) loadOlder(f.room, true).then(() => render());
+        // A failed load (the server went away meanwhile) waits for the next
+        // subscribe, which reloads; it must not become an uncaught error.
+        if (f.room === state.current) loadOlder(f.room, true).then(() => render(), () => {});
       }
       break;
     }
