@@ -814,7 +814,7 @@ pub async fn drop_tenant(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::database) mod tests {
     use super::*;
 
     const MARK: &str = "chorus.dev/tenant=tenants/acme";
@@ -828,7 +828,8 @@ mod tests {
         }
     }
 
-    fn admin() -> AdminRow {
+    /// A superuser admin that is not a member of the tenant role.
+    pub(in crate::database) fn admin() -> AdminRow {
         AdminRow {
             name: "postgres".into(),
             superuser: true,
@@ -836,7 +837,8 @@ mod tests {
         }
     }
 
-    fn healthy_role() -> RoleRow {
+    /// The tenant role as the operator leaves it.
+    pub(in crate::database) fn healthy_role() -> RoleRow {
         RoleRow {
             can_login: true,
             superuser: false,

@@ -600,6 +600,7 @@ pub async fn drop_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::database::provision::tests::{admin, healthy_role};
 
     const MARK: &str = "chorus.dev/tenant=tenants/acme";
 
@@ -613,29 +614,6 @@ mod tests {
             connection_limit: 50,
             owner: "tenants/acme".into(),
             isolation: Isolation::schema(ident("chorus_tenants")).unwrap(),
-        }
-    }
-
-    fn healthy_role() -> RoleRow {
-        RoleRow {
-            can_login: true,
-            superuser: false,
-            createdb: false,
-            createrole: false,
-            replication: false,
-            bypassrls: false,
-            connection_limit: 50,
-            valid_until: None,
-            has_password: Some(true),
-            comment: Some(MARK.into()),
-        }
-    }
-
-    fn admin() -> AdminRow {
-        AdminRow {
-            name: "postgres".into(),
-            superuser: true,
-            member_of_tenant: false,
         }
     }
 
