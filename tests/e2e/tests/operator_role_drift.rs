@@ -42,6 +42,11 @@ fn tenant(prefix: &str, limit: i32) -> TenantDatabase {
     }
 }
 
+/// The tests of this file share one PostgreSQL server; the one that fills
+/// it takes this lock for writing, the others for reading, so no test here
+/// meets "too many clients" by another's doing.
+static SERVER_SLOTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn sql(s: String) {
     catalog::admin_sql(s).await.unwrap();
 }
@@ -54,6 +59,7 @@ async fn drop_tenant(db: &TenantDatabase) {
 
 #[tokio::test]
 async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
+    let _slots = SERVER_SLOTS.read().await;
     let (server, db) = (server(), tenant("expiry", 5));
     let pools = AdminPools::default();
     ensure(&pools, &server, &db, &PasswordAction::Set("pw-1".into()))
@@ -130,6 +136,7 @@ async fn an_expiry_or_nologin_set_by_hand_is_diagnosed_and_repaired() {
 
 #[tokio::test]
 async fn a_missing_role_is_created_with_the_secrets_password() {
+    let _slots = SERVER_SLOTS.read().await;
     let (server, db) = (server(), tenant("crash", 5));
     let pools = AdminPools::default();
     // The Secret was written, then the operator died before CREATE ROLE.
@@ -153,6 +160,7 @@ async fn a_missing_role_is_created_with_the_secrets_password() {
 
 #[tokio::test]
 async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
+    let _slots = SERVER_SLOTS.write().await;
     let (server, db) = (server(), tenant("limit", 1));
     let pools = AdminPools::default();
     ensure(&pools, &server, &db, &PasswordAction::Set("pw".into()))
@@ -183,16 +191,15 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
     // already" comes before authentication. Not a working login, even
     // though the role is at its limit (the state alone said Ok before).
     held.extend(fill(&catalog_admin_url(), true).await);
-    let at_limit = check_login(&pools, &server, &db, "pw").await;
+    let login = || check_login(&pools, &server, &db, "pw");
+    let at_limit = while_full(&mut held, login).await;
     drop(tenant_held);
     held.extend(fill(&catalog_admin_url(), true).await);
-    let below_limit = check_login(&pools, &server, &db, "pw").await;
+    let below_limit = while_full(&mut held, login).await;
     // An operator with no pooled connection yet gets "busy", not
     // "unreachable" nor a login verdict.
-    let fresh = Postgres::default();
-    let busy = fresh
-        .ensure(&server, &db, &PasswordAction::Keep("pw".into()))
-        .await;
+    let (fresh, keep) = (Postgres::default(), PasswordAction::Keep("pw".into()));
+    let busy = while_full(&mut held, || fresh.ensure(&server, &db, &keep)).await;
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(own_limit.unwrap(), LoginCheck::Ok);
@@ -220,6 +227,29 @@ async fn too_many_connections_is_the_roles_limit_or_a_full_server() {
 /// The admin URL of the test server (a superuser).
 fn catalog_admin_url() -> String {
     std::env::var("CHORUS_TEST_DATABASE_URL").unwrap()
+}
+
+/// Runs `check` on a full server and returns its verdict. A client outside
+/// this file (an operator an earlier test left running, say) may free a
+/// slot at any moment and let the check's login in, which would test
+/// nothing: a slot found free after the check is taken, and the check runs
+/// again.
+async fn while_full<T, F: Future<Output = T>>(
+    held: &mut Vec<PgConnection>,
+    check: impl Fn() -> F,
+) -> T {
+    for _ in 0..20 {
+        let verdict = check().await;
+        let mut freed = false;
+        while let Ok(c) = PgConnection::connect(&catalog_admin_url()).await {
+            held.push(c);
+            freed = true;
+        }
+        if !freed {
+            return verdict;
+        }
+    }
+    panic!("the server never stayed full for the length of one check");
 }
 
 /// Opens connections at `url` until the server refuses one (`all`) or only
@@ -262,6 +292,7 @@ async fn fill(url: &str, all: bool) -> Vec<PgConnection> {
 /// sessions (counted by a login of their own).
 #[tokio::test]
 async fn reconciles_share_a_small_pool_of_admin_connections() {
+    let _slots = SERVER_SLOTS.read().await;
     let admin = format!("opadmin_{}", unique_suffix());
     sql(format!(
         "CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB PASSWORD 'a'"
@@ -314,6 +345,7 @@ async fn reconciles_share_a_small_pool_of_admin_connections() {
 /// (written before a crash), then ChatTenant `x` is applied.
 #[tokio::test]
 async fn a_tenant_whose_secret_came_first_gets_a_role_with_that_password() {
+    let _slots = SERVER_SLOTS.read().await;
     let env = OperatorEnv::new("op-drift", Duration::from_secs(5))
         .await
         .unwrap();
