@@ -243,6 +243,20 @@ async fn fanout(rt: &Runtime, members: usize, rate: u64, seconds: u64) -> Result
         sending.as_secs_f64()
     );
     latencies.print("send->deliver latency");
+    // Where a slow delivery's time went: the commit (the runtime's own
+    // send->ack histogram) or the fan-out after it.
+    if let (Some(n), Some(fast), Some(ok)) = (
+        rt.metric("chat_send_ack_seconds_count").await,
+        rt.metric("chat_send_ack_seconds_bucket{le=\"0.025\"}")
+            .await,
+        rt.metric("chat_send_ack_seconds_bucket{le=\"0.05\"}").await,
+    ) {
+        println!(
+            "server send->ack (commit): {:.0} of {n:.0} sends over 25 ms, {:.0} over 50 ms",
+            n - fast,
+            n - ok
+        );
+    }
     let rate_out = latencies.count() as f64 / elapsed.as_secs_f64();
     println!(
         "deliveries: {} of {expected} ({rate_out:.0}/s)",
