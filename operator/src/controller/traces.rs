@@ -11,7 +11,8 @@ use super::reconcile;
 use crate::fixtures::{context, tenant_path};
 
 // Run alone, in a process of its own (scripts/test.sh does:
-// `cargo test -p chorus-operator --lib controller::traces -- --ignored`):
+// `cargo test --workspace --locked -- --ignored controller::traces`, with the
+// workspace's features, so nothing is rebuilt):
 // next to the other unit tests on parallel threads, a span call site first
 // hit on another thread (with no subscriber) while this test's scoped
 // dispatcher is being installed can keep a cached "never" interest, and a
