@@ -60,6 +60,21 @@ pub struct PgUrl {
     pub port: u16,
 }
 
+/// The test server's admin as the operator's [`ServerConfig`] (plain
+/// loopback connection, `sslmode=disable`).
+///
+/// [`ServerConfig`]: chorus_operator::database::ServerConfig
+pub fn admin_server_config() -> Result<chorus_operator::database::ServerConfig> {
+    let pg = admin_url_parts()?;
+    Ok(chorus_operator::database::ServerConfig {
+        host: pg.host,
+        port: pg.port,
+        username: pg.user,
+        password: pg.password,
+        ssl_mode: "disable".into(),
+    })
+}
+
 /// Splits the test server's admin URL.
 pub fn admin_url_parts() -> Result<PgUrl> {
     let url = database_admin_url()?;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chorus_e2e::{catalog, operator::admin_url_parts, unique_suffix};
+use chorus_e2e::{catalog, unique_suffix};
 use chorus_operator::{
     crd::ChatTenant,
     database::{Ident, PasswordAction, Postgres, Provisioner, ServerConfig, TenantDatabase},
@@ -16,14 +16,7 @@ use chorus_operator::{
 use sqlx::{Connection, PgConnection};
 
 fn server() -> ServerConfig {
-    let pg = admin_url_parts().unwrap();
-    ServerConfig {
-        host: pg.host,
-        port: pg.port,
-        username: pg.user,
-        password: pg.password,
-        ssl_mode: "disable".into(),
-    }
+    chorus_e2e::operator::admin_server_config().unwrap()
 }
 
 /// The value of the sample `name{labels}` in `text`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chorus_e2e::{
     catalog,
-    operator::{OperatorEnv, admin_url_parts, create_tenant, secret_text, tenant_yaml},
+    operator::{OperatorEnv, create_tenant, secret_text, tenant_yaml},
     unique_suffix,
 };
 use chorus_operator::database::{
@@ -23,14 +23,7 @@ use kube::api::{ObjectMeta, PostParams};
 use sqlx::{Connection, PgConnection};
 
 fn server() -> ServerConfig {
-    let pg = admin_url_parts().unwrap();
-    ServerConfig {
-        host: pg.host,
-        port: pg.port,
-        username: pg.user,
-        password: pg.password,
-        ssl_mode: "disable".into(),
-    }
+    chorus_e2e::operator::admin_server_config().unwrap()
 }
 
 fn tenant(prefix: &str, limit: i32) -> TenantDatabase {

@@ -21,14 +21,7 @@ use chorus_operator::database::{
 use sqlx::{Connection, PgConnection};
 
 fn server() -> ServerConfig {
-    let pg = admin_url_parts().unwrap();
-    ServerConfig {
-        host: pg.host,
-        port: pg.port,
-        username: pg.user,
-        password: pg.password,
-        ssl_mode: "disable".into(),
-    }
+    chorus_e2e::operator::admin_server_config().unwrap()
 }
 
 fn suffix() -> String {
