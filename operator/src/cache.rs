@@ -1,5 +1,5 @@
-//! The controller's cache of owned children: one reflector store per child
-//! kind and watch scope, filled by the very watches that start reconciles
+//! The controller's cache of owned children: one store per child kind and
+//! watch scope ([`packed::PackedStore`], each object kept as deflated JSON), filled by the very watches that start reconciles
 //! (`controller/watches.rs` registers them). A reconcile reads the children
 //! it applies, prunes and observes from here, so a resync of N tenants costs
 //! no LIST and no GET of children: each kind is listed once when its watch
@@ -20,12 +20,13 @@ use std::{
     time::Duration,
 };
 
-use kube::{
-    Resource, ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
-};
+use kube::Resource;
 
 use crate::children::ChildKind;
+
+pub mod packed;
+
+pub use packed::PackedStore;
 
 /// How long a reconcile waits for a store's initial list before it reads
 /// from the apiserver instead.
@@ -54,7 +55,7 @@ impl std::fmt::Debug for ChildCache {
 impl ChildCache {
     /// Registers the store of kind `K` for `scope` (`None`: every
     /// namespace), replacing an earlier one of the same kind and scope.
-    pub fn register<K: ChildKind>(&self, scope: Option<String>, store: Store<K>) {
+    pub fn register<K: ChildKind>(&self, scope: Option<String>, store: PackedStore<K>) {
         if let Ok(mut entries) = self.entries.write() {
             entries.retain(|e| !(e.kind == TypeId::of::<K>() && e.scope == scope));
             entries.push(Entry {
@@ -75,23 +76,23 @@ impl ChildCache {
 
     /// The store of kind `K` covering `namespace`, once it has listed;
     /// `None` when there is none or it did not list within [`READY_WAIT`].
-    pub async fn store<K: ChildKind>(&self, namespace: &str) -> Option<Store<K>> {
+    pub async fn store<K: ChildKind>(&self, namespace: &str) -> Option<PackedStore<K>> {
         let store = self.entries.read().ok()?.iter().find_map(|e| {
             let covers = e.scope.as_deref().is_none_or(|s| s == namespace);
             (e.kind == TypeId::of::<K>() && covers)
-                .then(|| e.store.downcast_ref::<Store<K>>().cloned())
+                .then(|| e.store.downcast_ref::<PackedStore<K>>().cloned())
                 .flatten()
         })?;
         match tokio::time::timeout(READY_WAIT, store.wait_until_ready()).await {
-            Ok(Ok(())) => Some(store),
-            _ => None,
+            Ok(()) => Some(store),
+            Err(_) => None,
         }
     }
 }
 
 /// One cached object of `store`.
-pub fn cached<K: ChildKind>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>> {
-    store.get(&ObjectRef::new(name).within(namespace))
+pub fn cached<K: ChildKind>(store: &PackedStore<K>, namespace: &str, name: &str) -> Option<Arc<K>> {
+    store.get(namespace, name)
 }
 
 /// Drops what the cache never reads from a watched object. Applied to every
@@ -107,23 +108,18 @@ pub fn slim<K: Resource>(obj: &mut K) {
 /// The cached objects of `store` in `namespace` whose labels include every
 /// pair of `labels`.
 pub fn labelled<K: ChildKind>(
-    store: &Store<K>,
+    store: &PackedStore<K>,
     namespace: &str,
     labels: &[(&str, &str)],
 ) -> Vec<Arc<K>> {
-    store.state_filter(|o| {
-        o.namespace().as_deref() == Some(namespace)
-            && labels
-                .iter()
-                .all(|(k, v)| o.labels().get(*k).map(String::as_str) == Some(*v))
-    })
+    store.labelled(namespace, labels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-    use kube::runtime::{reflector, watcher};
+    use kube::{ResourceExt, runtime::watcher};
 
     fn deployment(ns: &str, name: &str, tenant: &str) -> Deployment {
         serde_json::from_value(serde_json::json!({
@@ -137,8 +133,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_is_found_by_kind_and_scope_once_listed() {
         let cache = ChildCache::default();
-        let (reader, mut writer) = reflector::store::<Deployment>();
-        cache.register(Some("a".into()), reader);
+        let writer = PackedStore::<Deployment>::default();
+        cache.register(Some("a".into()), writer.clone());
         let mut d = deployment("a", "t-blue", "t");
         slim(&mut d);
         assert!(d.metadata.managed_fields.is_none());

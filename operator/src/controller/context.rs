@@ -73,6 +73,8 @@ pub struct Context {
     pub(super) scrapes: super::analysis::Scrapes,
     /// Tenants whose database was found in order a moment ago.
     pub(super) verified: super::verified::Verified,
+    /// The server Secrets' data, by the version the watch saw.
+    pub(super) server_secrets: Arc<super::server_secrets::ServerSecrets>,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             scrapes: super::analysis::Scrapes::default(),
             verified: super::verified::Verified::default(),
+            server_secrets: Arc::default(),
         }
     }
 

@@ -81,21 +81,32 @@ pub(super) async fn fresh_tenant(
         .map_err(Error::kube("reading the ChatTenant"))
 }
 
-/// The admin connection settings from the server Secret.
+/// The admin connection settings from the server Secret (its data kept per
+/// version the watch saw: [`super::server_secrets`]).
 pub(super) async fn load_server(
     ctx: &Context,
     t: &Tenant,
 ) -> Result<ServerConfig, ServerSecretError> {
     let name = t.spec.database.server_ref.name.clone();
     let namespace = ctx.settings.server_namespace.clone();
+    let parse = |data: &super::server_secrets::SecretData, namespace: String, name: String| {
+        ServerConfig::from_secret_data(&name, data).map_err(|source| ServerSecretError::Invalid {
+            namespace,
+            name,
+            source,
+        })
+    };
+    if let Some(data) = ctx.server_secrets.current(&name) {
+        return parse(&data, namespace, name);
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     match api.get_opt(&name).await {
-        Ok(Some(secret)) => ServerConfig::from_secret_data(&name, &secret.data.unwrap_or_default())
-            .map_err(|source| ServerSecretError::Invalid {
-                namespace,
-                name,
-                source,
-            }),
+        Ok(Some(secret)) => {
+            let data = secret.data.unwrap_or_default();
+            ctx.server_secrets
+                .remember(&name, secret.metadata.resource_version.as_deref(), &data);
+            parse(&data, namespace, name)
+        }
         Ok(None) => Err(ServerSecretError::Missing { namespace, name }),
         Err(source) => Err(ServerSecretError::Unreadable {
             namespace,

@@ -41,6 +41,7 @@ mod database;
 mod dereference;
 pub mod events;
 mod referenced;
+mod server_secrets;
 mod verified;
 mod watches;
 

@@ -20,7 +20,9 @@ use kube::{
     },
 };
 
-use super::Settings;
+use std::sync::Arc;
+
+use super::{Settings, server_secrets::ServerSecrets};
 use crate::crd::ChatTenant;
 
 type SecretMeta = PartialObjectMeta<Secret>;
@@ -33,25 +35,30 @@ pub(super) fn secret_events(
     settings: &Settings,
     namespace: Option<&str>,
     tenants: Store<ChatTenant>,
+    server_secrets: Arc<ServerSecrets>,
 ) -> (
     SecretEvents,
     impl Fn(SecretMeta) -> Vec<ObjectRef<ChatTenant>> + Send + Sync + 'static,
 ) {
-    let watch = |api: Api<SecretMeta>| {
+    let server_ns = settings.server_namespace.clone();
+    let watch = |ns: &str| {
+        let api = Api::namespaced(client.clone(), ns);
+        // The server namespace's versions keep the server Secrets' reads.
+        let follow = (ns == server_ns).then(|| server_secrets.clone());
         watcher(api, watcher::Config::default())
             .default_backoff()
+            .inspect(move |event| {
+                if let (Some(s), Ok(event)) = (&follow, event) {
+                    s.follow(event);
+                }
+            })
             .touched_objects()
             .predicate_filter(predicates::resource_version, Default::default())
             .boxed()
     };
-    let server_ns = settings.server_namespace.clone();
     let stream = match secret_watch_namespaces(namespace, &server_ns).as_slice() {
-        [one] => watch(Api::namespaced(client.clone(), one)),
-        many => futures::stream::select_all(
-            many.iter()
-                .map(|ns| watch(Api::namespaced(client.clone(), ns))),
-        )
-        .boxed(),
+        [one] => watch(one),
+        many => futures::stream::select_all(many.iter().map(|ns| watch(ns))).boxed(),
     };
     let mapper = move |secret: SecretMeta| {
         let (name, ns) = (secret.name_any(), secret.namespace().unwrap_or_default());

@@ -91,6 +91,8 @@ async fn run_scope(
     let (reader, writer) = reflector::store();
     let main = watcher(tenants, watcher::Config::default().any_semantic())
         .default_backoff()
+        // managedFields are never read, and were most of a stored tenant.
+        .modify(cache::slim::<ChatTenant>)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
@@ -104,8 +106,13 @@ async fn run_scope(
         }
         futures::future::pending::<()>().await
     };
-    let (referenced, to_tenants) =
-        referenced::secret_events(&client, &ctx.settings, ns.as_deref(), reader.clone());
+    let (referenced, to_tenants) = referenced::secret_events(
+        &client,
+        &ctx.settings,
+        ns.as_deref(),
+        reader.clone(),
+        ctx.server_secrets.clone(),
+    );
     // A burst of child events for one tenant (its children created, its
     // pods coming up) makes one reconcile, not one each.
     let config = controller::Config::default()
@@ -172,8 +179,8 @@ where
     }
 }
 
-/// Adds a watch of every owned kind to the controller, through a reflector
-/// whose store the reconciles read ([`crate::cache`]).
+/// Adds a watch of every owned kind to the controller, feeding a
+/// [`cache::PackedStore`] the reconciles read ([`crate::cache`]).
 struct Owns {
     controller: Controller<ChatTenant>,
     client: Client,
@@ -191,13 +198,19 @@ impl KindFold<'_> for Owns {
             return self;
         }
         let api = namespaced_or_all::<K>(&self.client, &self.namespace);
-        let (reader, writer) = reflector::store::<K>();
-        self.ctx.children.register(self.namespace.clone(), reader);
+        let store = cache::PackedStore::<K>::default();
+        self.ctx
+            .children
+            .register(self.namespace.clone(), store.clone());
         let mut last = HashMap::new();
         let stream = watcher(api, self.config.clone())
             .default_backoff()
             .modify(cache::slim::<K>)
-            .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    store.apply_watcher_event(event);
+                }
+            })
             .filter_map(move |event| futures::future::ready(trigger(&mut last, event)));
         Self {
             controller: self.controller.owns_stream(stream),
@@ -217,23 +230,33 @@ impl KindFold<'_> for Owns {
 /// deletion always; a new or changed object only when [`trigger_hash`]
 /// changed (not for its own `resourceVersion`, nor for the status of a kind
 /// whose status the operator does not read). `last` holds the hash of each
-/// object seen.
+/// object seen, by a hash of its namespace and name (16 bytes an object,
+/// where an `ObjectRef` key held four strings).
 fn trigger<K: ChildKind>(
-    last: &mut HashMap<ObjectRef<K>, u64>,
+    last: &mut HashMap<u64, u64>,
     event: Result<watcher::Event<K>, watcher::Error>,
 ) -> Option<Result<K, watcher::Error>> {
     match event {
         Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
             let hash = trigger_hash(&obj);
-            (last.insert(ObjectRef::from_obj(&obj), hash) != Some(hash)).then_some(Ok(obj))
+            (last.insert(object_key(&obj), hash) != Some(hash)).then_some(Ok(obj))
         }
         Ok(watcher::Event::Delete(obj)) => {
-            last.remove(&ObjectRef::from_obj(&obj));
+            last.remove(&object_key(&obj));
             Some(Ok(obj))
         }
         Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
         Err(e) => Some(Err(e)),
     }
+}
+
+/// A hash of `obj`'s namespace and name. Pure.
+fn object_key<K: kube::Resource>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.meta().namespace.hash(&mut h);
+    obj.meta().name.hash(&mut h);
+    h.finish()
 }
 
 /// The Deployment status fields a reconcile reads
