@@ -12,6 +12,10 @@
 #
 # CHORUS_CP_LAUNCHER names a launcher binary built elsewhere (the control
 # plane's other binaries still come from $CP_BIN, which is then not rebuilt).
+#
+# CHORUS_BENCH_HEAPTRACK=<file> runs the operator under heaptrack (Debian's
+# `heaptrack` package), writing <file>.zst, and skips the restart; read it
+# with `heaptrack_print -f <file>.zst` (docs/operations.md, "Scale").
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
 if [ -z "${CHORUS_CP_LAUNCHER:-}" ]; then
@@ -31,6 +35,11 @@ cp_pid=$!
 db=test-bench-operator
 # The bench's PostgreSQL holds about 8 MB per tenant: deleted at the end.
 stop() {
+  if [ -n "${CHORUS_BENCH_HEAPTRACK:-}" ]; then
+    # heaptrack's wrapper was stopped, not the operator under it.
+    pkill -TERM -f "^$BIN/chorus-operator" 2>/dev/null || true
+    for _ in $(seq 1 120); do pgrep -f heaptrack_interpret >/dev/null || break; sleep 0.5; done
+  fi
   kill -TERM "$cp_pid" 2>/dev/null || true
   "$CHORUS_ROOT/scripts/db.sh" purge "$db" >/dev/null 2>&1 || true
 }
@@ -52,8 +61,18 @@ for pid in $(pgrep -P "$cp_pid" || true); do
 done
 pg_pid=$("$CHORUS_ROOT/scripts/db.sh" pid "$db" || true)
 [ -n "$pg_pid" ] && cpu+=(--cpu "postgres=$pg_pid")
+operator=$BIN/chorus-operator
+restart=--restart
+if [ -n "${CHORUS_BENCH_HEAPTRACK:-}" ]; then
+  command -v heaptrack >/dev/null || die "heaptrack is not installed (apt-get install heaptrack)"
+  operator=$state/operator-under-heaptrack
+  printf '#!/usr/bin/env bash\nexec heaptrack -o %q %q "$@"\n' \
+    "$CHORUS_BENCH_HEAPTRACK" "$BIN/chorus-operator" >"$operator"
+  chmod +x "$operator"
+  restart=
+fi
 step "operator-bench ${ARGS:-} (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
-# shellcheck disable=SC2086 # ARGS is a list of flags
+# shellcheck disable=SC2086 # ARGS is a list of flags; restart is empty or one
 "$BIN/operator-bench" --kubeconfig "$state/kubeconfig" --database-url "$DB" \
-  --operator "$BIN/chorus-operator" "${cpu[@]}" --restart ${ARGS:-}
+  --operator "$operator" "${cpu[@]}" $restart ${ARGS:-}
 step "done (load average: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -26,6 +26,15 @@ use crate::{
     status,
 };
 
+/// How long one Event recorder is used. kube-runtime's recorder keeps every
+/// Event it published for 6 minutes (its `CACHE_TTL`), to count a repeat
+/// into the first one's `series`, and its table never shrinks: after a
+/// burst of 1,000 new tenants it held about 18 MiB, the operator's largest
+/// item (heaptrack, docs/operations.md "Scale"). A new recorder every 6
+/// minutes frees it; a repeat that straddles the change starts a new Event
+/// instead of counting into the old one.
+const RECORDER_LIFETIME: Duration = Duration::from_secs(6 * 60);
+
 /// Operator settings shared by every reconcile.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -66,7 +75,9 @@ pub struct Context {
     /// The watch caches of owned children (registered by the watches).
     pub children: ChildCache,
     pub(super) databases: Arc<dyn Provisioner>,
-    recorder: Recorder,
+    /// kube-runtime's recorder and when it was made ([`RECORDER_LIFETIME`]).
+    recorder: Mutex<(Recorder, Instant)>,
+    reporter: Reporter,
     gateway_cache: Mutex<Option<(Instant, bool)>>,
     failures: Mutex<HashMap<ObjectRef<ChatTenant>, u32>>,
     /// The release analysis' last scrapes.
@@ -90,13 +101,14 @@ impl Context {
         metrics: Arc<Metrics>,
         databases: Arc<dyn Provisioner>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "chorus-operator".into(),
-                instance: Some(settings.instance.clone()),
-            },
-        );
+        let reporter = Reporter {
+            controller: "chorus-operator".into(),
+            instance: Some(settings.instance.clone()),
+        };
+        let recorder = Mutex::new((
+            Recorder::new(client.clone(), reporter.clone()),
+            Instant::now(),
+        ));
         Self {
             client,
             settings,
@@ -106,6 +118,7 @@ impl Context {
             children: ChildCache::default(),
             databases,
             recorder,
+            reporter,
             gateway_cache: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             scrapes: super::analysis::Scrapes::default(),
@@ -125,8 +138,31 @@ impl Context {
             action: event.action(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &ct.object_ref(&())).await {
+        if let Err(e) = self.recorder().publish(&ev, &ct.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// The Event recorder ([`Self::renew_recorder`] first).
+    fn recorder(&self) -> Recorder {
+        self.renew_recorder();
+        match self.recorder.lock() {
+            Ok(r) => r.0.clone(),
+            Err(_) => Recorder::new(self.client.clone(), self.reporter.clone()),
+        }
+    }
+
+    /// Replaces the Event recorder once it is [`RECORDER_LIFETIME`] old, so
+    /// its cache is freed. Called before each publish and every minute
+    /// (`watches::run`), so an idle operator frees it too.
+    pub(super) fn renew_recorder(&self) {
+        if let Ok(mut r) = self.recorder.lock()
+            && r.1.elapsed() >= RECORDER_LIFETIME
+        {
+            *r = (
+                Recorder::new(self.client.clone(), self.reporter.clone()),
+                Instant::now(),
+            );
         }
     }
 

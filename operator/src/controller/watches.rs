@@ -50,6 +50,17 @@ pub async fn run(
     tokio::select! {
         _ = controllers => {}
         _ = collect_connections(ctx.clone()) => {}
+        _ = renew_recorder(ctx.clone()) => {}
+    }
+}
+
+/// Lets the Event recorder be replaced every minute when it is old enough
+/// (`Context::renew_recorder`). Never returns.
+async fn renew_recorder(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        ctx.renew_recorder();
     }
 }
 
