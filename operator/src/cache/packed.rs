@@ -18,7 +18,7 @@ use std::{
     collections::HashMap,
     io::Read,
     marker::PhantomData,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
@@ -118,54 +118,70 @@ where
     /// Applies one watch event (the reflector's `apply_watcher_event`).
     pub fn apply_watcher_event(&self, event: &watcher::Event<K>) {
         match event {
-            watcher::Event::Init => {
-                if let Ok(mut listing) = self.shared.listing.lock() {
-                    *listing = Some(HashMap::new());
-                }
-            }
+            watcher::Event::Init => *self.listing() = Some(HashMap::new()),
             watcher::Event::InitApply(obj) => {
-                if let Some((k, p)) = self.packed(obj)
-                    && let Ok(mut listing) = self.shared.listing.lock()
-                {
-                    listing.get_or_insert_with(HashMap::new).insert(k, p);
+                if let Some((k, p)) = self.packed(obj) {
+                    self.listing().get_or_insert_with(HashMap::new).insert(k, p);
                 }
             }
             watcher::Event::InitDone => {
-                let listed = self
-                    .shared
-                    .listing
-                    .lock()
-                    .ok()
-                    .and_then(|mut l| l.take())
-                    .unwrap_or_default();
-                if let Ok(mut objects) = self.shared.objects.write() {
-                    *objects = listed;
-                    objects.shrink_to_fit();
-                }
+                let listed = self.listing().take().unwrap_or_default();
+                let mut objects = self.objects_mut();
+                *objects = listed;
+                objects.shrink_to_fit();
+                drop(objects);
                 self.shared.ready.send_replace(true);
             }
             watcher::Event::Apply(obj) => {
-                if let Some((k, p)) = self.packed(obj)
-                    && let Ok(mut objects) = self.shared.objects.write()
-                {
-                    objects.insert(k, p);
+                let packed = self.packed(obj);
+                let mut objects = self.objects_mut();
+                match packed {
+                    Some((k, p)) => {
+                        objects.insert(k, p);
+                    }
+                    // Not the old version either: readers see none.
+                    None => {
+                        objects.remove(&key(&obj.namespace().unwrap_or_default(), &obj.name_any()));
+                    }
                 }
             }
             watcher::Event::Delete(obj) => {
                 let k = key(&obj.namespace().unwrap_or_default(), &obj.name_any());
-                if let Ok(mut objects) = self.shared.objects.write() {
-                    objects.remove(&k);
-                }
+                self.objects_mut().remove(&k);
             }
         }
+    }
+
+    // Poisoning is ignored: no code panics while holding these locks, and
+    // every write replaces whole entries.
+    fn objects_mut(&self) -> RwLockWriteGuard<'_, HashMap<Key, Packed>> {
+        self.shared
+            .objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn objects(&self) -> RwLockReadGuard<'_, HashMap<Key, Packed>> {
+        self.shared
+            .objects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listing(&self) -> MutexGuard<'_, Option<HashMap<Key, Packed>>> {
+        self.shared
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn packed(&self, obj: &K) -> Option<(Key, Packed)> {
         match pack(obj) {
             Ok(kp) => Some(kp),
             Err(e) => {
-                // Left out of the store: a reader then sees no object and
-                // applies it (a write, never a skipped repair).
+                // Left out of the store (an older version too): a reader
+                // then sees no object and applies it (a write, never a
+                // skipped repair).
                 tracing::warn!(error = %e, name = %obj.name_any(), "could not cache an object");
                 None
             }
@@ -186,18 +202,13 @@ where
 
     /// The object `namespace/name`, decoded.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        let objects = self.shared.objects.read().ok()?;
-        let p = objects.get(&key(namespace, name))?;
-        decoded(p)
+        decoded(self.objects().get(&key(namespace, name))?)
     }
 
     /// The objects in `namespace` whose labels include every pair of
     /// `labels`, decoded.
     pub fn labelled(&self, namespace: &str, labels: &[(&str, &str)]) -> Vec<Arc<K>> {
-        let Ok(objects) = self.shared.objects.read() else {
-            return Vec::new();
-        };
-        objects
+        self.objects()
             .values()
             .filter(|p| {
                 &*p.namespace == namespace
@@ -211,11 +222,11 @@ where
 
     /// How many objects are stored, and their deflated bytes.
     pub fn footprint(&self) -> (usize, usize) {
-        self.shared
-            .objects
-            .read()
-            .map(|o| (o.len(), o.values().map(|p| p.deflated.len()).sum()))
-            .unwrap_or_default()
+        let objects = self.objects();
+        (
+            objects.len(),
+            objects.values().map(|p| p.deflated.len()).sum(),
+        )
     }
 }
 

@@ -96,15 +96,21 @@ pub(super) async fn load_server(
             source,
         })
     };
-    if let Some(data) = ctx.server_secrets.current(&name) {
+    // The watch scope covering the tenant (`watches::scopes`).
+    let scope = (!ctx.settings.watch_namespaces.is_empty()).then(|| t.namespace.clone());
+    if let Some(data) = ctx.server_secrets.current(&scope, &name) {
         return parse(&data, namespace, name);
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     match api.get_opt(&name).await {
         Ok(Some(secret)) => {
             let data = secret.data.unwrap_or_default();
-            ctx.server_secrets
-                .remember(&name, secret.metadata.resource_version.as_deref(), &data);
+            ctx.server_secrets.remember(
+                &scope,
+                &name,
+                secret.metadata.resource_version.as_deref(),
+                &data,
+            );
             parse(&data, namespace, name)
         }
         Ok(None) => Err(ServerSecretError::Missing { namespace, name }),

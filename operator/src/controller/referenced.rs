@@ -43,13 +43,15 @@ pub(super) fn secret_events(
     let server_ns = settings.server_namespace.clone();
     let watch = |ns: &str| {
         let api = Api::namespaced(client.clone(), ns);
-        // The server namespace's versions keep the server Secrets' reads.
+        // The server namespace's versions keep this scope's server Secret
+        // reads.
         let follow = (ns == server_ns).then(|| server_secrets.clone());
+        let scope = namespace.map(str::to_string);
         watcher(api, watcher::Config::default())
             .default_backoff()
             .inspect(move |event| {
                 if let (Some(s), Ok(event)) = (&follow, event) {
-                    s.follow(event);
+                    s.follow(&scope, event);
                 }
             })
             .touched_objects()

@@ -40,6 +40,7 @@ pub async fn run(
     let _stopped = scopeguard(move || {
         stopped.health.controller_stopped();
         stopped.children.clear();
+        stopped.server_secrets.clear();
     });
     let controllers = futures::future::join_all(
         scopes
