@@ -75,4 +75,7 @@ step "operator-bench ${ARGS:-} (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 # shellcheck disable=SC2086 # ARGS is a list of flags; restart is empty or one
 "$BIN/operator-bench" --kubeconfig "$state/kubeconfig" --database-url "$DB" \
   --operator "$operator" "${cpu[@]}" $restart ${ARGS:-}
+if [ -n "${CHORUS_BENCH_HEAPTRACK:-}" ]; then
+  step "under heaptrack the RSS lines above are its wrapper's; the heap: heaptrack_print -f $CHORUS_BENCH_HEAPTRACK.zst"
+fi
 step "done (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
