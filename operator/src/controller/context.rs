@@ -35,6 +35,38 @@ use crate::{
 /// instead of counting into the old one.
 const RECORDER_LIFETIME: Duration = Duration::from_secs(6 * 60);
 
+/// How many Events one recorder publishes before it is replaced, whatever
+/// its age. Each cached Event takes about 2 KiB of table and strings (17.7
+/// MiB for the ~9,000 Events of a 1,000-tenant burst, heaptrack on
+/// 2026-12-01), and the table is sized in powers of two with 7/8 of its
+/// slots usable: 768 Events fit a 1,024-slot table, about 2 MiB in all. A
+/// burst of new tenants then costs no more Event memory than a quiet day;
+/// only a repeat straddling a change starts a new Event.
+const RECORDER_EVENTS: u32 = 768;
+
+/// Whether a recorder made `age` ago that has published `published` Events
+/// is replaced ([`RECORDER_LIFETIME`], [`RECORDER_EVENTS`]). Pure.
+fn recorder_spent(age: Duration, published: u32) -> bool {
+    age >= RECORDER_LIFETIME || published >= RECORDER_EVENTS
+}
+
+/// The recorder in use, when it was made and how many Events it published.
+struct RecorderSlot {
+    recorder: Recorder,
+    made: Instant,
+    published: u32,
+}
+
+impl RecorderSlot {
+    fn new(client: &Client, reporter: &Reporter) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            made: Instant::now(),
+            published: 0,
+        }
+    }
+}
+
 /// Operator settings shared by every reconcile.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -75,8 +107,8 @@ pub struct Context {
     /// The watch caches of owned children (registered by the watches).
     pub children: ChildCache,
     pub(super) databases: Arc<dyn Provisioner>,
-    /// kube-runtime's recorder and when it was made ([`RECORDER_LIFETIME`]).
-    recorder: Mutex<(Recorder, Instant)>,
+    /// kube-runtime's recorder, its age and Events ([`recorder_spent`]).
+    recorder: Mutex<RecorderSlot>,
     reporter: Reporter,
     gateway_cache: Mutex<Option<(Instant, bool)>>,
     failures: Mutex<HashMap<ObjectRef<ChatTenant>, u32>>,
@@ -105,10 +137,7 @@ impl Context {
             controller: "chorus-operator".into(),
             instance: Some(settings.instance.clone()),
         };
-        let recorder = Mutex::new((
-            Recorder::new(client.clone(), reporter.clone()),
-            Instant::now(),
-        ));
+        let recorder = Mutex::new(RecorderSlot::new(&client, &reporter));
         Self {
             client,
             settings,
@@ -143,26 +172,27 @@ impl Context {
         }
     }
 
-    /// The Event recorder ([`Self::renew_recorder`] first).
+    /// The Event recorder for one more Event ([`Self::renew_recorder`]
+    /// first).
     fn recorder(&self) -> Recorder {
         self.renew_recorder();
         match self.recorder.lock() {
-            Ok(r) => r.0.clone(),
+            Ok(mut r) => {
+                r.published = r.published.saturating_add(1);
+                r.recorder.clone()
+            }
             Err(_) => Recorder::new(self.client.clone(), self.reporter.clone()),
         }
     }
 
-    /// Replaces the Event recorder once it is [`RECORDER_LIFETIME`] old, so
-    /// its cache is freed. Called before each publish and every minute
+    /// Replaces the Event recorder once it is spent ([`recorder_spent`]),
+    /// so its cache is freed. Called before each publish and every minute
     /// (`watches::run`), so an idle operator frees it too.
     pub(super) fn renew_recorder(&self) {
         if let Ok(mut r) = self.recorder.lock()
-            && r.1.elapsed() >= RECORDER_LIFETIME
+            && recorder_spent(r.made.elapsed(), r.published)
         {
-            *r = (
-                Recorder::new(self.client.clone(), self.reporter.clone()),
-                Instant::now(),
-            );
+            *r = RecorderSlot::new(&self.client, &self.reporter);
         }
     }
 
@@ -238,6 +268,15 @@ pub(super) fn backoff(attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorder_is_replaced_when_old_or_after_its_share_of_events() {
+        let minute = Duration::from_secs(60);
+        assert!(!recorder_spent(minute, 0));
+        assert!(!recorder_spent(5 * minute, RECORDER_EVENTS - 1));
+        assert!(recorder_spent(6 * minute, 0), "its cache's TTL");
+        assert!(recorder_spent(Duration::ZERO, RECORDER_EVENTS), "a burst");
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_to_five_minutes() {

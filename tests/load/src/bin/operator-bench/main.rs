@@ -5,7 +5,8 @@
 //! `--tenants` ChatTenants at once and prints:
 //!
 //! - time to the first Ready, p50, p99 and all Ready (from the first create);
-//! - the operator's peak RSS and PostgreSQL's peak client connections;
+//! - the operator's RSS before the first ChatTenant (its base), its peak
+//!   RSS and PostgreSQL's peak client connections;
 //! - the operator's requests during one idle resync interval, counted at the
 //!   apiserver (API Priority and Fairness, `chorus_e2e::requests`): the
 //!   operator impersonates a ServiceAccount of its own for that;
@@ -449,6 +450,13 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     };
 
     let operator = Operator::start(args).await?;
+    // The operator's own base, so the RSS lines below can be read per tenant.
+    if let Some((rss, _)) = probe::rss_kib(operator.pid()) {
+        println!(
+            "operator RSS before the first ChatTenant: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
     // Peaks: operator RSS (VmHWM), PostgreSQL client connections.
     let peak_pg = Arc::new(AtomicI64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
