@@ -275,7 +275,8 @@ where
 }
 
 /// Applies every child and deletes the ones no longer wanted, kind by kind
-/// in the order of [`Children::fold`]: all applies first, then all prunes.
+/// in the order of [`Children::fold`] (the objects of one kind at once): all
+/// applies first, then all prunes.
 /// Children are looked up in `cache` (read from the apiserver for kinds it
 /// has no store of). `gateway_api` says whether the HTTPRoute CRD is served
 /// (routes are then applied when built, and pruned when not).
@@ -325,15 +326,17 @@ impl<'c> KindFold<'c> for Pass<'c> {
         if !built.is_empty() {
             self.applies.push(Box::pin(async move {
                 let store = cache.store::<K>(&t.namespace).await;
-                let mut written = 0;
-                for obj in built {
+                // The objects of one kind at once (a tenant's four Services
+                // cost one round trip, not four); kinds stay in order.
+                let applies = built.iter().map(|obj| {
                     let observed = match &store {
                         Some(s) => Observed::Known(cached(s, &t.namespace, &obj.name_any())),
                         None => Observed::Unknown,
                     };
-                    written += usize::from(apply_one(client, &t.namespace, obj, observed).await?);
-                }
-                Ok(written)
+                    apply_one(client, &t.namespace, obj, observed)
+                });
+                let written = futures::future::try_join_all(applies).await?;
+                Ok(written.into_iter().map(usize::from).sum())
             }));
         }
         if K::PRUNED {
