@@ -317,7 +317,11 @@ impl Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        // As the operator image sets it (scripts/images.sh), unless the
+        // caller chose a value.
+        let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into());
         let child = tokio::process::Command::new(&args.operator)
+            .env("MALLOC_ARENA_MAX", arenas)
             .env("KUBECONFIG", &path)
             .env("POD_NAMESPACE", SERVER_NS)
             .env("CHORUS_NO_LEADER_ELECTION", "true")
