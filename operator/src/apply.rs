@@ -275,8 +275,9 @@ where
 }
 
 /// Applies every child and deletes the ones no longer wanted, kind by kind
-/// in the order of [`Children::fold`] (the objects of one kind at once): all
-/// applies first, then all prunes.
+/// in the order of [`Children::fold`] (the objects of one kind at once,
+/// unless [`ChildKind::APPLIED_IN_ORDER`]): all applies first, then all
+/// prunes.
 /// Children are looked up in `cache` (read from the apiserver for kinds it
 /// has no store of). `gateway_api` says whether the HTTPRoute CRD is served
 /// (routes are then applied when built, and pruned when not).
@@ -326,8 +327,6 @@ impl<'c> KindFold<'c> for Pass<'c> {
         if !built.is_empty() {
             self.applies.push(Box::pin(async move {
                 let store = cache.store::<K>(&t.namespace).await;
-                // The objects of one kind at once (a tenant's four Services
-                // cost one round trip, not four); kinds stay in order.
                 let applies = built.iter().map(|obj| {
                     let observed = match &store {
                         Some(s) => Observed::Known(cached(s, &t.namespace, &obj.name_any())),
@@ -335,8 +334,19 @@ impl<'c> KindFold<'c> for Pass<'c> {
                     };
                     apply_one(client, &t.namespace, obj, observed)
                 });
-                let written = futures::future::try_join_all(applies).await?;
-                Ok(written.into_iter().map(usize::from).sum())
+                let mut written = 0;
+                if K::APPLIED_IN_ORDER {
+                    for apply in applies {
+                        written += usize::from(apply.await?);
+                    }
+                } else {
+                    // At once: a tenant's four Services cost one round
+                    // trip, not four.
+                    for w in futures::future::try_join_all(applies).await? {
+                        written += usize::from(w);
+                    }
+                }
+                Ok(written)
             }));
         }
         if K::PRUNED {

@@ -50,9 +50,18 @@ pub trait ChildKind:
     /// Whether objects of this kind that the spec no longer asks for are
     /// deleted.
     const PRUNED: bool = true;
+
+    /// Whether the objects of this kind are applied one after another, in
+    /// the order built, rather than at once.
+    const APPLIED_IN_ORDER: bool = false;
 }
 
-impl ChildKind for Deployment {}
+/// The stable slot's Deployment is built first and applied first: an abort
+/// or rollback scales it up before the other slot down, and when its apply
+/// fails the other slot is left as it was (never both at zero).
+impl ChildKind for Deployment {
+    const APPLIED_IN_ORDER: bool = true;
+}
 impl ChildKind for Service {}
 impl ChildKind for PodDisruptionBudget {}
 impl ChildKind for NetworkPolicy {}

@@ -13,7 +13,8 @@
 //! The children of different tenants are nearly the same object: each store
 //! deflates against a preset dictionary (RFC 1951 matches reaching into
 //! text the decoder already holds, as zlib's `deflateSetDictionary`), the
-//! JSON of the first object it packed, kept for the store's life. A
+//! JSON of the first object it packed, kept for the store's life (without
+//! a Secret's or ConfigMap's values: [`redacted`]). A
 //! Deployment then packs into a few hundred bytes, not 1.5 KiB
 //! (`a_deployment_is_kept_in_a_fraction_of_its_json`). Labels are kept as
 //! one `key=value` line each in one string, one allocation per object.
@@ -157,10 +158,25 @@ fn inflate(deflated: &[u8], dictionary: &[u8]) -> Result<Vec<u8>, PackError> {
     }
 }
 
+/// `json` without the values of a Secret or ConfigMap (`data`,
+/// `stringData`, `binaryData`), for a dictionary: it outlives the object it
+/// came from, and must not keep a tenant's password or key after the Secret
+/// changed or went (random values gain nothing from a dictionary anyway).
+fn redacted(json: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(json) else {
+        return Vec::new();
+    };
+    for field in ["data", "stringData", "binaryData"] {
+        obj.remove(field);
+    }
+    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
 impl Shared {
     /// The store's dictionary, made from `json` when it has none yet.
     fn dictionary(&self, json: &[u8]) -> &[u8] {
         self.dictionary.get_or_init(|| {
+            let json = redacted(json);
             let start = json.len().saturating_sub(MAX_DICTIONARY);
             json.get(start..).unwrap_or_default().into()
         })
@@ -449,6 +465,30 @@ mod tests {
             other,
             "round trip"
         );
+    }
+
+    #[test]
+    fn a_dictionary_keeps_no_secret_value() {
+        use k8s_openapi::{ByteString, api::core::v1::Secret};
+        let store = PackedStore::<Secret>::default();
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("t-db".into());
+        secret.metadata.namespace = Some("a".into());
+        secret.data = Some(
+            [(
+                "password".to_string(),
+                ByteString(b"hunter2-hunter2".to_vec()),
+            )]
+            .into(),
+        );
+        store.apply_watcher_event(&watcher::Event::Apply(secret.clone()));
+        let dictionary = store.shared.dictionary.get().unwrap();
+        let text = String::from_utf8_lossy(dictionary);
+        assert!(text.contains("t-db"), "{text}");
+        assert!(!text.contains("password"), "{text}");
+        // base64 of the password.
+        assert!(!text.contains("aHVudGVyMi1odW50ZXIy"), "{text}");
+        assert_eq!(*store.get("a", "t-db").unwrap(), secret, "round trip");
     }
 
     #[test]

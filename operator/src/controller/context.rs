@@ -65,6 +65,13 @@ impl RecorderSlot {
             published: 0,
         }
     }
+
+    /// Starts a new recorder when this one is spent ([`recorder_spent`]).
+    fn renew_if_spent(&mut self, client: &Client, reporter: &Reporter) {
+        if recorder_spent(self.made.elapsed(), self.published) {
+            *self = Self::new(client, reporter);
+        }
+    }
 }
 
 /// Operator settings shared by every reconcile.
@@ -172,12 +179,12 @@ impl Context {
         }
     }
 
-    /// The Event recorder for one more Event ([`Self::renew_recorder`]
-    /// first).
+    /// The Event recorder for one more Event, a new one when the one in use
+    /// is spent (one lock for both, so the count holds under concurrency).
     fn recorder(&self) -> Recorder {
-        self.renew_recorder();
         match self.recorder.lock() {
             Ok(mut r) => {
+                r.renew_if_spent(&self.client, &self.reporter);
                 r.published = r.published.saturating_add(1);
                 r.recorder.clone()
             }
@@ -186,13 +193,11 @@ impl Context {
     }
 
     /// Replaces the Event recorder once it is spent ([`recorder_spent`]),
-    /// so its cache is freed. Called before each publish and every minute
-    /// (`watches::run`), so an idle operator frees it too.
+    /// so its cache is freed. Called every minute (`watches::run`), so an
+    /// idle operator frees it too; each publish checks as well.
     pub(super) fn renew_recorder(&self) {
-        if let Ok(mut r) = self.recorder.lock()
-            && recorder_spent(r.made.elapsed(), r.published)
-        {
-            *r = RecorderSlot::new(&self.client, &self.reporter);
+        if let Ok(mut r) = self.recorder.lock() {
+            r.renew_if_spent(&self.client, &self.reporter);
         }
     }
 

@@ -45,7 +45,9 @@ fn dockerfile(path: &str) -> Shape {
     shape
 }
 
-fn archive(name: &str) -> Shape {
+/// The image config (`config` of the OCI/Docker image config JSON) inside
+/// the archive `make images` wrote.
+fn archive_config(name: &str) -> Value {
     let cache = std::env::var("CHORUS_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/chorus"));
@@ -72,7 +74,11 @@ fn archive(name: &str) -> Shape {
     let manifest: Value = serde_json::from_slice(&read("manifest.json")).unwrap();
     let config: Value =
         serde_json::from_slice(&read(manifest[0]["Config"].as_str().unwrap())).unwrap();
-    let c = &config["config"];
+    config["config"].clone()
+}
+
+fn archive(name: &str) -> Shape {
+    let c = &archive_config(name);
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
@@ -101,6 +107,21 @@ fn the_operator_image_and_its_dockerfile_agree() {
     let built = archive("chorus-operator.tar");
     assert_eq!(built, dockerfile("operator/Dockerfile"));
     assert_eq!(built.user, "65532:65532", "non-root");
+}
+
+/// Both builds of the operator image keep glibc's malloc to 2 arenas
+/// (docs/operations.md, "Scale").
+#[test]
+fn the_operator_image_keeps_two_malloc_arenas() {
+    let env = archive_config("chorus-operator.tar")["Env"].clone();
+    assert!(
+        env.as_array()
+            .is_some_and(|e| e.iter().any(|v| v == "MALLOC_ARENA_MAX=2")),
+        "{env}"
+    );
+    let text = std::fs::read_to_string(repo_root().join("operator/Dockerfile")).unwrap();
+    let last = text.rsplit("\nFROM ").next().unwrap();
+    assert!(last.lines().any(|l| l.trim() == "ENV MALLOC_ARENA_MAX=2"));
 }
 
 #[test]
