@@ -8,7 +8,12 @@ use std::sync::Arc;
 
 use kube::{Api, runtime::controller::Action};
 
-use super::{Context, ServerSecretError, dereference::load_server, events::Event, now};
+use super::{
+    Context, ServerSecretError,
+    dereference::{fresh_tenant, load_server},
+    events::Event,
+    now,
+};
 use crate::{
     crd::{ChatTenant, ReclaimPolicy},
     database::{DropOutcome, Ident},
@@ -66,8 +71,12 @@ pub(super) async fn cleanup(
                     "database"
                 }
             );
-            let new = deletion_blocked(&ct, &message);
-            ctx.write_status(api, &ct, &new).await?;
+            // The cached tenant carries no status (`cache::slim_tenant`):
+            // the condition goes onto the stored one, if it is still there.
+            if let Some(stored) = fresh_tenant(api, &ct).await? {
+                let new = deletion_blocked(&stored, &message);
+                ctx.write_status(api, &stored, &new).await?;
+            }
             ctx.publish(&ct, Event::DeletionBlocked { message }).await;
             Err(e)
         }

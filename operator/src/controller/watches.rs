@@ -103,8 +103,8 @@ async fn run_scope(
     let (reader, writer) = reflector::store();
     let main = watcher(tenants, watcher::Config::default().any_semantic())
         .default_backoff()
-        // managedFields are never read, and were most of a stored tenant.
-        .modify(cache::slim::<ChatTenant>)
+        // Spec and identity only: reconciles read the tenant fresh.
+        .modify(cache::slim_tenant)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_changes, Default::default());
