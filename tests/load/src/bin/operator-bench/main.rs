@@ -58,6 +58,9 @@ use serde_json::json;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// How often the wait for Ready prints a progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Parser)]
 #[command(about = "Scale figures of the Chorus operator on a kwok control plane")]
 struct Args {
@@ -535,10 +538,22 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     );
 
     let deadline = start + Duration::from_secs(args.timeout_seconds);
+    // A progress line on stderr every 30 s: the wait is minutes long, and
+    // the RSS along the way shows its slope per tenant.
+    let mut progress_at = Instant::now() + PROGRESS_EVERY;
     loop {
         let ready = seen.lock().map(|s| s.ready_at.len()).unwrap_or_default();
         if ready >= args.tenants || Instant::now() > deadline {
             break;
+        }
+        if Instant::now() >= progress_at {
+            progress_at += PROGRESS_EVERY;
+            eprintln!(
+                "  {:.0} s: Ready {ready}/{}, operator RSS {:.1} MiB",
+                start.elapsed().as_secs_f64(),
+                args.tenants,
+                rss_now.load(Ordering::Relaxed) as f64 / 1024.0
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
