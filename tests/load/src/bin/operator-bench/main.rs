@@ -92,6 +92,14 @@ struct Args {
     /// each) or `schema` (a schema each in one shared database).
     #[arg(long, value_enum, default_value_t = Isolation::Database)]
     isolation: Isolation,
+    /// Namespaces the tenants are spread over, round robin: `bench` alone
+    /// (1), or `bench-0` .. `bench-<N-1>`. The control plane's own
+    /// controllers match each pod and ReplicaSet against every Deployment,
+    /// Service and PodDisruptionBudget of its namespace, so thousands of
+    /// tenants in one namespace cost them time that grows with the square
+    /// of the count (the operator's own work does not change).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    namespaces: u32,
     /// `spec.runtime.replicas` of every tenant (kwok pods; the control plane's
     /// 4 fake nodes take 3,000 pods each).
     #[arg(long, default_value_t = 2)]
@@ -178,6 +186,15 @@ impl CpuSample {
 }
 
 const NS: &str = "bench";
+
+/// The namespace of tenant `i` of `n` namespaces (`--namespaces`).
+fn namespace_of(i: usize, n: u32) -> String {
+    if n <= 1 {
+        NS.to_string()
+    } else {
+        format!("{NS}-{}", i % n as usize)
+    }
+}
 const SERVER_NS: &str = "chorus-system";
 const MANAGER: &str = "operator-bench";
 /// The label naming a child's tenant.
@@ -204,9 +221,29 @@ async fn main() -> Result<(), Error> {
     setup(&client, &args).await?;
     let counter = RequestCounter::install(&client, SERVER_NS).await?;
     drop(pg);
-    let result = run(&client, &args, &counter).await;
+    // Interrupted (Ctrl-C, `kill`): the run is dropped, and with it the
+    // operator it started (`kill_on_drop`), instead of left running.
+    let result = tokio::select! {
+        r = run(&client, &args, &counter) => r,
+        s = interrupted() => Err(format!("interrupted by {s}").into()),
+    };
     counter.remove().await;
     result
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// The CRD, namespaces, the server Secret and the operator's identity.
@@ -219,7 +256,8 @@ async fn setup(client: &Client, args: &Args) -> Result<(), Error> {
         &Patch::Apply(&crd),
     )
     .await?;
-    for ns in [NS, SERVER_NS] {
+    let tenant_namespaces = (0..args.namespaces as usize).map(|i| namespace_of(i, args.namespaces));
+    for ns in tenant_namespaces.chain([SERVER_NS.to_string()]) {
         let api: Api<Namespace> = Api::all(client.clone());
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         api.patch(
@@ -400,7 +438,8 @@ fn condition(ct: &ChatTenant, type_: &str) -> Option<String> {
 }
 
 async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(), Error> {
-    let tenants: Api<ChatTenant> = Api::namespaced(client.clone(), NS);
+    // Every namespace: the bench's are the only tenants on its control plane.
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = {
         let seen = seen.clone();
@@ -431,7 +470,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
 
     let deployments = {
         let seen = seen.clone();
-        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let api: Api<Deployment> = Api::all(client.clone());
         tokio::spawn(async move {
             let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
                 .default_backoff()
@@ -496,8 +535,9 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     };
 
     println!(
-        "applying {} ChatTenants at once ({} pods each, operator concurrency {}, resync {} s, isolation {})",
+        "applying {} ChatTenants at once in {} namespace(s) ({} pods each, operator concurrency {}, resync {} s, isolation {})",
         args.tenants,
+        args.namespaces,
         args.replicas,
         args.concurrency,
         args.resync_seconds,
@@ -508,13 +548,15 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     let start = Instant::now();
     let isolation = args.isolation.spec_value();
     let replicas = args.replicas;
+    let namespaces = args.namespaces;
     futures::stream::iter(0..args.tenants)
         .map(|i| {
-            let tenants = tenants.clone();
+            let ns = namespace_of(i, namespaces);
+            let tenants: Api<ChatTenant> = Api::namespaced(client.clone(), &ns);
             async move {
                 let ct: ChatTenant = serde_json::from_value(json!({
                     "apiVersion": "chorus.dev/v1alpha1", "kind": "ChatTenant",
-                    "metadata": {"name": format!("t-{i}"), "namespace": NS},
+                    "metadata": {"name": format!("t-{i}"), "namespace": ns},
                     "spec": {
                         "tenantId": format!("t-{i}"),
                         "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0", "replicas": replicas,
