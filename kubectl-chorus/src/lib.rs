@@ -373,10 +373,10 @@ mod tests {
                 "database": {"serverRef": {"name": "pg"}, "name": "chat_acme"}}
         }))
         .unwrap();
-        ct.status = Some(ChatTenantStatus {
+        ct.status = Some(Box::new(ChatTenantStatus {
             release,
             ..ChatTenantStatus::default()
-        });
+        }));
         ct
     }
 

@@ -842,7 +842,7 @@ mod tests {
             let judgement = self.judgement.take();
             let p = plan(
                 &t,
-                stored.status.as_ref(),
+                stored.status.as_deref(),
                 &other,
                 self.gateway,
                 self.now,
@@ -861,10 +861,10 @@ mod tests {
                 rotation_request_handled: None,
             };
             let now = Time(jiff::Timestamp::from_second(self.now).unwrap());
-            let new = status::compute(stored.status.as_ref(), &t, &p, &obs, &now);
+            let new = status::compute(stored.status.as_deref(), &t, &p, &obs, &now);
             self.events
-                .extend(rollout_events(stored.status.as_ref(), &p));
-            self.ct.status = Some(new);
+                .extend(rollout_events(stored.status.as_deref(), &p));
+            self.ct.status = Some(Box::new(new));
             for s in [&p.stable, &p.other] {
                 let d = dep(self, s.slot);
                 if d.image.as_deref() != Some(s.image.as_str()) {
@@ -1532,7 +1532,7 @@ mod tests {
             ),
             (
                 "analysis: failing intervals in a row abort the canary; inconclusive ones change nothing",
-                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                |s| s.rollout.analysis = Some(Box::default()),
                 vec![
                     Edit(|s| canary(s, V2, 25)),
                     Expect(Phase::Canary, (B, V1, 4), (G, V2, 1), 20),
@@ -1561,10 +1561,10 @@ mod tests {
             (
                 "analysis failing while promoting aborts before the cut-over",
                 |s| {
-                    s.rollout.analysis = Some(crate::crd::AnalysisSpec {
+                    s.rollout.analysis = Some(Box::new(crate::crd::AnalysisSpec {
                         failure_limit: 1,
                         ..Default::default()
-                    })
+                    }))
                 },
                 vec![
                     Edit(|s| canary(s, V2, 25)),
@@ -1579,7 +1579,7 @@ mod tests {
             ),
             (
                 "analysis step: waits for passes counted from its start, then the steps go on",
-                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                |s| s.rollout.analysis = Some(Box::default()),
                 vec![
                     Edit(|s| {
                         steps(s, V2, &[(Some(25), None), (None, None), (Some(50), None)]);
@@ -1614,7 +1614,7 @@ mod tests {
             ),
             (
                 "analysis failing in the rollback window rolls back at once; after it, nothing",
-                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                |s| s.rollout.analysis = Some(Box::default()),
                 after_promoted_canary(vec![
                     Judge(Verdict::Fail),
                     Expect(Phase::Promoted, (G, V2, 4), (B, V1, 4), 0),
@@ -1635,7 +1635,7 @@ mod tests {
             ),
             (
                 "analysis failures after the rollback window do nothing",
-                |s| s.rollout.analysis = Some(crate::crd::AnalysisSpec::default()),
+                |s| s.rollout.analysis = Some(Box::default()),
                 after_promoted_canary(vec![
                     Wait(301),
                     Judge(Verdict::Fail),

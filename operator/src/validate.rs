@@ -430,7 +430,7 @@ spec:
     #[test]
     fn keeps_the_stable_slot_from_status() {
         let mut ct = sample();
-        ct.status = Some(ChatTenantStatus {
+        ct.status = Some(Box::new(ChatTenantStatus {
             stable: Some(SlotStatus {
                 revision: "r".into(),
                 image: "i".into(),
@@ -439,7 +439,7 @@ spec:
                 available_replicas: 0,
             }),
             ..ChatTenantStatus::default()
-        });
+        }));
         assert_eq!(validate(&ct).unwrap().stable_slot, Slot::Green);
     }
 

@@ -180,7 +180,8 @@ fn container(t: &Tenant, slot: &SlotSpec) -> Container {
             t.spec
                 .runtime
                 .resources
-                .clone()
+                .as_deref()
+                .cloned()
                 .unwrap_or_else(default_resources),
         ),
         startup_probe: Some(probe("/startupz", 2, 60)),
@@ -298,7 +299,7 @@ fn env(t: &Tenant, slot: Slot) -> Vec<EnvVar> {
             }
         }
     }
-    env.extend(broker_env(spec.runtime.broker.as_ref()));
+    env.extend(broker_env(spec.runtime.broker.as_deref()));
     env.extend(tracing_env(t, slot));
     env.extend(spec.runtime.env.iter().cloned());
     env

@@ -71,7 +71,7 @@ pub(crate) mod tests {
         let t = validate(&ct).unwrap();
         let p = plan(
             &t,
-            ct.status.as_ref(),
+            ct.status.as_deref(),
             &SlotObservation::default(),
             false,
             0,

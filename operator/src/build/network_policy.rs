@@ -170,7 +170,7 @@ pub fn build_network_policies(t: &Tenant, inputs: &Inputs) -> Vec<NetworkPolicy>
     if let Some(crate::crd::BrokerSpec {
         kind: crate::crd::BrokerType::Nats,
         nats: Some(nats),
-    }) = &t.spec.runtime.broker
+    }) = t.spec.runtime.broker.as_deref()
     {
         egress.extend(nats_egress(t, &nats.url));
     }
@@ -374,7 +374,7 @@ mod tests {
     fn the_operator_may_scrape_when_analysis_is_on() {
         let (t, plan) = tenant_and_plan(|ct| {
             ct.spec.network_policy = serde_json::from_value(serde_json::json!({})).unwrap();
-            ct.spec.rollout.analysis = Some(crate::crd::AnalysisSpec::default());
+            ct.spec.rollout.analysis = Some(Box::default());
         });
         let nps = build_network_policies(&t, &inputs(&plan));
         let ingress = nps[1].spec.as_ref().unwrap().ingress.clone().unwrap();

@@ -92,7 +92,7 @@ async fn drop_database(ctx: &Context, ct: &ChatTenant) -> Result<DropOutcome> {
 /// The status while deletion waits for the server. Pure (but for the clock).
 fn deletion_blocked(ct: &ChatTenant, message: &str) -> crate::crd::ChatTenantStatus {
     let generation = ct.metadata.generation.unwrap_or(0);
-    let mut new = ct.status.clone().unwrap_or_default();
+    let mut new = ct.status.as_deref().cloned().unwrap_or_default();
     status::set_condition(
         &mut new.conditions,
         status::types::DATABASE_READY,

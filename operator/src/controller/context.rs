@@ -232,7 +232,7 @@ impl Context {
         ct: &ChatTenant,
         new: &ChatTenantStatus,
     ) -> Result<()> {
-        let wrote = status::write(api, &ct.name_any(), ct.status.as_ref(), new)
+        let wrote = status::write(api, &ct.name_any(), ct.status.as_deref(), new)
             .await
             .map_err(Error::kube("writing status"))?;
         if wrote {

@@ -136,7 +136,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         return Ok(Action::await_change());
     };
     let now = now();
-    let old = ct.status.as_ref();
+    let old = ct.status.as_deref();
     if ct.spec.suspend {
         return suspended(ctx, api, &ct, &now).await;
     }
@@ -332,7 +332,7 @@ async fn suspended(
     ct: &ChatTenant,
     now: &Time,
 ) -> Result<Action> {
-    let old = ct.status.as_ref();
+    let old = ct.status.as_deref();
     let generation = ct.metadata.generation.unwrap_or(0);
     let new = status::compute_blocked(old, generation, Some(SUSPENDED), None, now);
     let was = old.is_some_and(|s| {
@@ -362,7 +362,7 @@ async fn invalid_spec(
 ) -> Result<Action> {
     let message = format!("{invalid}; fix the spec and re-apply");
     let generation = ct.metadata.generation.unwrap_or(0);
-    let new = status::compute_blocked(ct.status.as_ref(), generation, None, Some(&message), now);
+    let new = status::compute_blocked(ct.status.as_deref(), generation, None, Some(&message), now);
     ctx.write_status(api, ct, &new).await?;
     ctx.publish(ct, Event::InvalidSpec { message }).await;
     Ok(Action::await_change())

@@ -130,7 +130,7 @@ mod tests {
         assert!(!names_secret(&ct, "tenants", "jwt", SERVER_NS));
         ct.spec.auth = AuthSpec {
             mode: AuthMode::External,
-            external_jwt: Some(ExternalJwt {
+            external_jwt: Some(Box::new(ExternalJwt {
                 secret_ref: Some(SecretKeyRef {
                     name: "jwt".into(),
                     key: "hs256".into(),
@@ -138,7 +138,7 @@ mod tests {
                 jwks_uri: None,
                 issuer: "https://id.example.com".into(),
                 audience: "chat".into(),
-            }),
+            })),
         };
         assert!(names_secret(&ct, "tenants", "jwt", SERVER_NS));
         assert!(!names_secret(&ct, "elsewhere", "jwt", SERVER_NS));

@@ -25,7 +25,9 @@ use super::status::ChatTenantStatus;
     version = "v1alpha1",
     kind = "ChatTenant",
     namespaced,
-    status = "ChatTenantStatus",
+    // Boxed: the controller caches a ChatTenant per tenant with no status,
+    // and an inline `Option<ChatTenantStatus>` is 1,104 bytes even then.
+    status = "Box<ChatTenantStatus>",
     shortname = "ct",
     category = "chorus",
     doc = "A chat tenant: its own PostgreSQL database, chat-runtime pods with autoscaling, network isolation and an endpoint, and blue-green or canary rollouts of new runtime versions.",
@@ -76,7 +78,7 @@ pub struct ChatTenantSpec {
     /// (leave that field out of manifests you re-apply). When absent, no HPA
     /// exists and `spec.runtime.replicas` is used as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<AutoscalingSpec>,
+    pub autoscaling: Option<Box<AutoscalingSpec>>,
 
     /// The tenant's PostgreSQL database and role.
     pub database: DatabaseSpec,
@@ -92,13 +94,13 @@ pub struct ChatTenantSpec {
     /// The public endpoint. When absent the tenant is reachable only inside
     /// the cluster, at the Service `<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exposure: Option<ExposureSpec>,
+    pub exposure: Option<Box<ExposureSpec>>,
 
     /// Network isolation. When set, a default-deny NetworkPolicy plus
     /// allow rules for the listed namespaces, DNS and the database are
     /// created. When absent, no NetworkPolicy is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_policy: Option<NetworkPolicySpec>,
+    pub network_policy: Option<Box<NetworkPolicySpec>>,
 
     /// PodDisruptionBudget settings.
     #[serde(default)]
@@ -111,7 +113,7 @@ pub struct ChatTenantSpec {
     /// Scheduled backups of the tenant's database (`pg_dump` into a
     /// PersistentVolumeClaim). When absent, no backup CronJob exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<super::BackupSpec>,
+    pub backup: Option<Box<super::BackupSpec>>,
 
     /// When true the operator stops changing anything for this tenant (no
     /// child object, database or status change except the Suspended
@@ -139,7 +141,7 @@ pub struct RuntimeSpec {
     /// CPU and memory requests and limits of the runtime container. Defaults:
     /// requests 100m CPU and 128Mi memory, limit 512Mi memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
 
     /// Seconds a pod may take to stop. On SIGTERM the runtime turns unready
     /// and closes WebSockets with a reconnect code spread over this period
@@ -163,14 +165,14 @@ pub struct RuntimeSpec {
     /// Messages stay durable in PostgreSQL either way (docs/runtime.md,
     /// "Choosing a broker").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker: Option<BrokerSpec>,
+    pub broker: Option<Box<BrokerSpec>>,
 
     /// OpenTelemetry traces of the runtime pods, exported over OTLP/HTTP
     /// (docs/operations.md, "Tracing"). Off when absent. The operator sets
     /// the pods' `OTEL_*` variables from it, so `spec.runtime.env` must not
     /// set any while it is present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<TracingSpec>,
+    pub tracing: Option<Box<TracingSpec>>,
 }
 
 /// `spec.runtime.tracing`: where the runtime sends its traces and how many.
@@ -523,7 +525,7 @@ pub struct AuthSpec {
 
     /// Verification settings for `External` mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_jwt: Option<ExternalJwt>,
+    pub external_jwt: Option<Box<ExternalJwt>>,
 }
 
 /// Authentication mode.
@@ -868,7 +870,7 @@ pub struct RolloutSpec {
     /// `AnalysisFailed`), before the cut-over and, after it, within the
     /// rollback window (`drainSeconds`). Without it, nothing is measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<AnalysisSpec>,
+    pub analysis: Option<Box<AnalysisSpec>>,
 }
 
 /// Thresholds of the release analysis (docs/operations.md, "Analysis").

@@ -437,7 +437,7 @@ async fn wait_status(
     wait_for(what, T, || {
         let api = api.clone();
         async move {
-            let st = api.get("acme").await.ok()?.status?;
+            let st = *api.get("acme").await.ok()?.status?;
             check(&st).then_some(st)
         }
     })
