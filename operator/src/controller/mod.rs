@@ -14,9 +14,7 @@
 //!
 //! A failing step does not stop the later ones: the status reports every
 //! problem, and the first error makes the reconcile retry with backoff.
-//! A new tenant gets the finalizer and its provisioning in one reconcile
-//! ([`finalizer_first`]); deletion runs [`cleanup`] under the finalizer.
-//! [`watches`] says what
+//! Deletion runs [`cleanup`] under the finalizer. [`watches`] says what
 //! starts a reconcile; [`context`] holds what reconciles share.
 
 use std::{
@@ -42,7 +40,6 @@ mod context;
 mod database;
 mod dereference;
 pub mod events;
-mod finalizer_first;
 mod referenced;
 mod server_secrets;
 mod verified;
@@ -88,24 +85,19 @@ pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action>
         otel.status_code = tracing::field::Empty,
         error = tracing::field::Empty,
     );
-    // The finalizer first, then provisioning in the same reconcile.
-    let result = async {
-        let ct = finalizer_first::ensure(&api, ct, FINALIZER).await?;
-        finalizer(&api, FINALIZER, ct, |event| async {
-            match event {
-                Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
-                Finalizer::Cleanup(ct) => {
-                    ctx.metrics.tenants.forget(&ns, &ct.name_any());
-                    ctx.verified.forget(&ct);
-                    cleanup::cleanup(ct, &ctx, &api).await
-                }
+    let result = finalizer(&api, FINALIZER, ct, |event| async {
+        match event {
+            Finalizer::Apply(ct) => apply_spec(&ct, &ctx, &api).await,
+            Finalizer::Cleanup(ct) => {
+                ctx.metrics.tenants.forget(&ns, &ct.name_any());
+                ctx.verified.forget(&ct);
+                cleanup::cleanup(ct, &ctx, &api).await
             }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
-    }
+        }
+    })
     .instrument(span.clone())
-    .await;
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(e) = &result
         && chorus_telemetry::enabled()
     {

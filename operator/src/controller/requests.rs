@@ -49,32 +49,29 @@ fn event_reasons(seen: &[Seen]) -> Vec<String> {
         .collect()
 }
 
-/// The first reconcile of a new tenant adds the finalizer (a JSON patch
-/// testing the list it read), then provisions in the same reconcile: its
-/// Secrets, its children, a status. Nothing outside the ChatTenant is made
-/// before the finalizer is in place.
 #[tokio::test]
-async fn a_new_tenant_gets_the_finalizer_then_its_secrets_children_and_status() {
+async fn the_first_reconcile_only_adds_the_finalizer() {
     let (ctx, verifier) = context();
     let seen = run(&ctx, &verifier).await;
-    let mut want = vec![TENANT, DB_SECRET, EVENT, EVENT, EVENT, AUTH_SECRET, EVENT];
+    assert_eq!(writes(&seen), [TENANT]);
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["chorus.dev/cleanup"]},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_new_tenant_gets_its_secrets_then_its_children_then_a_status() {
+    let (ctx, verifier) = context();
+    run(&ctx, &verifier).await;
+    let seen = run(&ctx, &verifier).await;
+    let mut want = vec![DB_SECRET, EVENT, EVENT, EVENT, AUTH_SECRET, EVENT];
     want.extend(CHILDREN);
     want.push(STATUS);
     assert_eq!(writes(&seen), want);
-    let finalizer = seen.iter().find(|s| s.line() == TENANT).map(|s| &s.body);
-    assert_eq!(
-        finalizer,
-        Some(&serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": ["chorus.dev/cleanup"]},
-        ]))
-    );
-    assert!(
-        !seen
-            .iter()
-            .any(|s| s.line() == TENANT && s.uri.contains("fieldManager")),
-        "the finalizer is a JSON patch, not an apply"
-    );
     assert_eq!(
         event_reasons(&seen),
         [
@@ -85,10 +82,7 @@ async fn a_new_tenant_gets_the_finalizer_then_its_secrets_children_and_status() 
         ]
     );
     // Every apply is a forced server-side apply by the operator.
-    for s in seen
-        .iter()
-        .filter(|s| s.method == "PATCH" && s.line() != TENANT)
-    {
+    for s in seen.iter().filter(|s| s.method == "PATCH") {
         assert!(
             s.uri.contains("fieldManager=chorus-operator") && s.uri.contains("force=true"),
             "{}",
@@ -106,9 +100,8 @@ async fn a_new_tenant_gets_the_finalizer_then_its_secrets_children_and_status() 
     assert_eq!(ready.map(|c| c["status"].clone()), Some("True".into()));
 }
 
-/// Runs the reconciles that bring the sample tenant to rest: the finalizer
-/// with the first provisioning, one more that sees the Deployments it made,
-/// and one to spare.
+/// Runs the reconciles that bring the sample tenant to rest: the finalizer,
+/// the first provisioning, and one more that sees the Deployments it made.
 async fn settled() -> (Arc<Context>, ApiServerVerifier) {
     let (ctx, verifier) = context();
     for _ in 0..3 {
