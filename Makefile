@@ -20,7 +20,7 @@ test: ## every check: fmt, clippy, unit tests, integration suites on a real cont
 bench: ## load-test the chat runtime (release build, loopback, dev PostgreSQL); prints the README figures
 	@scripts/bench.sh
 
-bench-operator: ## the operator at scale on a kwok-only control plane of its own (ARGS="--tenants 10000 --hold")
+bench-operator: ## the operator at scale on a kwok-only control plane of its own (ARGS="--tenants 10000 --namespaces 100 --hold")
 	@scripts/bench-operator.sh
 
 cluster-up: ## start the local cluster (control plane, one real node, kwok, metrics-server); prints `export KUBECONFIG=...`

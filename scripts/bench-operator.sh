@@ -8,7 +8,7 @@
 # `operator-bench` driver (tests/load). Both servers stop at the end.
 #
 #   make bench-operator                                   # 1,000 tenants, restart measured
-#   make bench-operator ARGS="--tenants 10000 --hold --resync-seconds 300"
+#   make bench-operator ARGS="--tenants 10000 --namespaces 100 --isolation schema --hold --resync-seconds 300"
 #
 # CHORUS_CP_LAUNCHER names a launcher binary built elsewhere (the control
 # plane's other binaries still come from $CP_BIN, which is then not rebuilt).
