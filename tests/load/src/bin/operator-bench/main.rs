@@ -95,9 +95,9 @@ struct Args {
     /// Namespaces the tenants are spread over, round robin: `bench` alone
     /// (1), or `bench-0` .. `bench-<N-1>`. The control plane's own
     /// controllers match each pod and ReplicaSet against every Deployment,
-    /// Service and PodDisruptionBudget of its namespace, so thousands of
-    /// tenants in one namespace cost them time that grows with the square
-    /// of the count (the operator's own work does not change).
+    /// Service and PodDisruptionBudget of its namespace, so their work per
+    /// tenant grows with the tenants in that namespace (the operator's own
+    /// work does not change; README, "Operator at scale").
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     namespaces: u32,
     /// `spec.runtime.replicas` of every tenant (kwok pods; the control plane's
