@@ -29,7 +29,9 @@ state=${CHORUS_BENCH_STATE:-$CHORUS_CACHE/run/bench-operator}
 mkdir -p "$state"
 rm -f "$state/ready"
 step "starting a kwok-only control plane (state: $state)"
-setsid nohup "$launcher" --bin-dir "$CP_BIN" --state-dir "$state" --kwok-only --fake-nodes 4 \
+profiling=
+[ -n "${CHORUS_BENCH_PPROF:-}" ] && profiling=--profiling
+setsid nohup "$launcher" --bin-dir "$CP_BIN" --state-dir "$state" --kwok-only --fake-nodes 4 $profiling \
   --exit-with-pid $$ >"$state/launcher.log" 2>&1 < /dev/null &
 cp_pid=$!
 db=test-bench-operator
@@ -70,6 +72,14 @@ if [ -n "${CHORUS_BENCH_HEAPTRACK:-}" ]; then
     "$CHORUS_BENCH_HEAPTRACK" "$BIN/chorus-operator" >"$operator"
   chmod +x "$operator"
   restart=
+fi
+if [ -n "${CHORUS_BENCH_PPROF:-}" ]; then
+  (
+    sleep "${CHORUS_BENCH_PPROF_AFTER:-30}"
+    kubectl --kubeconfig "$state/kubeconfig" --request-timeout=0 get --raw \
+      "/debug/pprof/profile?seconds=${CHORUS_BENCH_PPROF_SECONDS:-60}" >"$CHORUS_BENCH_PPROF" &&
+      echo "==> kube-apiserver CPU profile saved: go tool pprof -top $CHORUS_BENCH_PPROF" >&2
+  ) &
 fi
 step "operator-bench ${ARGS:-} (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 # shellcheck disable=SC2086 # ARGS is a list of flags; restart is empty or one

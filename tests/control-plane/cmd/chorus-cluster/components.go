@@ -56,6 +56,9 @@ func startEtcd(ctx context.Context, sup *supervisor, binDir, stateDir string) (s
 // `kubernetes` Service), authorizes kubelets with the Node authorizer, talks
 // to the kubelet with its own client certificate and serves aggregated APIs
 // (metrics-server).
+// apiserverProfiling turns on kube-apiserver's /debug/pprof (--profiling).
+var apiserverProfiling bool
+
 func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir string, p *pkiFiles, etcdURL string, timeout time.Duration, node *nodeConfig) (string, error) {
 	host := "127.0.0.1"
 	if node != nil {
@@ -110,7 +113,7 @@ func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir strin
 		"--service-account-signing-key-file=" + p.saKey,
 		"--api-audiences=https://kubernetes.default.svc.cluster.local",
 		"--allow-privileged=true",
-		"--profiling=false",
+		fmt.Sprintf("--profiling=%t", apiserverProfiling),
 		"--v=1",
 	}, modeFlags...)
 	if err := sup.start("kube-apiserver", filepath.Join(binDir, "kube-apiserver"), args...); err != nil {

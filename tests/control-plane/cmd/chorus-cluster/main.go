@@ -40,8 +40,10 @@ func main() {
 		fakeNodes  = flag.Int("fake-nodes", 4, "with --node or --kwok-only: how many kwok fake nodes to create")
 		kwokOnly   = flag.Bool("kwok-only", false, "also run kube-controller-manager, kube-scheduler and kwok with --fake-nodes untainted fake nodes, and no real node (no root, no machine lock): a separate control plane for scale benchmarks")
 		cleanup    = flag.Bool("cleanup", false, "only remove what an earlier (killed) launcher left for --state-dir, then exit")
+		profile    = flag.Bool("profiling", false, "serve kube-apiserver's /debug/pprof (for `make bench-operator` with CHORUS_BENCH_PPROF; off otherwise, as in production)")
 	)
 	flag.Parse()
+	apiserverProfiling = *profile
 	log.SetFlags(log.LstdFlags | log.Lmsgprefix)
 	log.SetPrefix("chorus-cluster: ")
 	if (*binDir == "" && !*cleanup) || *stateDir == "" {

@@ -25,6 +25,7 @@
 
 #![allow(clippy::print_stdout)] // a CLI that prints its report
 
+mod floor;
 mod probe;
 
 use std::{
@@ -114,6 +115,12 @@ struct Args {
     /// The CRD manifest.
     #[arg(long, default_value = "crds/chattenants.chorus.dev.yaml")]
     crd: PathBuf,
+    /// Measure the control plane alone: apply each tenant's children
+    /// directly (the operator's builders, one apply each; no operator, no
+    /// database) and time every Deployment to an available pod
+    /// (`floor.rs`). `--concurrency` tenants are applied at a time.
+    #[arg(long)]
+    floor: bool,
 }
 
 /// `--isolation`.
@@ -144,16 +151,18 @@ fn parse_process(s: &str) -> Result<(String, u32), String> {
 struct CpuSample(Vec<(String, f64)>);
 
 impl CpuSample {
-    fn take(args: &Args, operator: u32) -> Self {
+    fn take(args: &Args, operator: Option<u32>) -> Self {
         let mut v: Vec<(String, f64)> = args
             .cpu
             .iter()
             .map(|(name, pid)| (name.clone(), probe::cpu_seconds(*pid).unwrap_or_default()))
             .collect();
-        v.push((
-            "chorus-operator".into(),
-            probe::cpu_seconds(operator).unwrap_or_default(),
-        ));
+        if let Some(pid) = operator {
+            v.push((
+                "chorus-operator".into(),
+                probe::cpu_seconds(pid).unwrap_or_default(),
+            ));
+        }
         v.push((
             "operator-bench".into(),
             probe::cpu_seconds(std::process::id()).unwrap_or_default(),
@@ -224,7 +233,8 @@ async fn main() -> Result<(), Error> {
     // Interrupted (Ctrl-C, `kill`): the run is dropped, and with it the
     // operator it started (`kill_on_drop`), instead of left running.
     let result = tokio::select! {
-        r = run(&client, &args, &counter) => r,
+        r = run(&client, &args, &counter), if !args.floor => r,
+        r = floor::run(&client, &args), if args.floor => r,
         s = interrupted() => Err(format!("interrupted by {s}").into()),
     };
     counter.remove().await;
@@ -468,32 +478,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         })
     };
 
-    let deployments = {
-        let seen = seen.clone();
-        let api: Api<Deployment> = Api::all(client.clone());
-        tokio::spawn(async move {
-            let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
-                .default_backoff()
-                .applied_objects();
-            futures::pin_mut!(stream);
-            while let Ok(Some(d)) = stream.try_next().await {
-                let Some(tenant) = d.labels().get(TENANT_LABEL).cloned() else {
-                    continue;
-                };
-                let available = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.available_replicas)
-                    .unwrap_or(0);
-                let Ok(mut s) = seen.lock() else { break };
-                let now = Instant::now();
-                s.deployment_at.entry(tenant.clone()).or_insert(now);
-                if available > 0 {
-                    s.available_at.entry(tenant).or_insert(now);
-                }
-            }
-        })
-    };
+    let deployments = spawn_deployment_watch(client, seen.clone());
 
     let operator = Operator::start(args).await?;
     // The operator's own base, so the RSS lines below can be read per tenant.
@@ -543,7 +528,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         args.resync_seconds,
         args.isolation.spec_value()
     );
-    let cpu0 = CpuSample::take(args, operator.pid());
+    let cpu0 = CpuSample::take(args, Some(operator.pid()));
     let requests0 = (apiserver_requests(client).await, counter.counts().await?);
     let start = Instant::now();
     let isolation = args.isolation.spec_value();
@@ -554,17 +539,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
             let ns = namespace_of(i, namespaces);
             let tenants: Api<ChatTenant> = Api::namespaced(client.clone(), &ns);
             async move {
-                let ct: ChatTenant = serde_json::from_value(json!({
-                    "apiVersion": "chorus.dev/v1alpha1", "kind": "ChatTenant",
-                    "metadata": {"name": format!("t-{i}"), "namespace": ns},
-                    "spec": {
-                        "tenantId": format!("t-{i}"),
-                        "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0", "replicas": replicas,
-                                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
-                        "database": {"serverRef": {"name": "shared-pg"}, "name": format!("chat_bench_{i}"),
-                                     "isolation": isolation}
-                    }
-                }))?;
+                let ct = tenant_manifest(i, &ns, replicas, isolation)?;
                 tenants.create(&PostParams::default(), &ct).await?;
                 Ok::<_, Error>(())
             }
@@ -629,7 +604,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
     let burst = start.elapsed();
     println!(
         "CPU until all Ready: {}",
-        CpuSample::take(args, operator.pid()).since(&cpu0, burst)
+        CpuSample::take(args, Some(operator.pid())).since(&cpu0, burst)
     );
     let requests1 = (apiserver_requests(client).await, counter.counts().await?);
     if let Ok(s) = seen.lock() {
@@ -640,27 +615,10 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         "operator requests until all Ready: {} writes, {} LISTs, {} other reads",
         operator_requests.writes, operator_requests.lists, operator_requests.others
     );
-    let mut all: Vec<(String, f64)> = requests1
-        .0
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v - requests0.0.get(k).copied().unwrap_or_default(),
-            )
-        })
-        .filter(|(k, v)| *v > 0.0 && !k.starts_with("WATCH"))
-        .collect();
-    all.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total: f64 = all.iter().map(|a| a.1).sum();
-    let top: Vec<String> = all
-        .iter()
-        .take(14)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    println!(
-        "apiserver requests until all Ready (every client): {total}; {}",
-        top.join(", ")
+    print_apiserver_requests(
+        "apiserver requests until all Ready",
+        &requests0.0,
+        &requests1.0,
     );
     let metrics = operator.metrics().await;
     println!(
@@ -704,7 +662,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         }
         let restarted = Instant::now();
         operator = Operator::start(args).await?;
-        let cpu0 = CpuSample::take(args, operator.pid());
+        let cpu0 = CpuSample::take(args, Some(operator.pid()));
         let deadline = restarted + Duration::from_secs(args.timeout_seconds);
         while operator.reconciles().await < args.tenants as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -712,7 +670,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         let flapped = seen.lock().map(|s| s.flapped.len()).unwrap_or_default();
         println!(
             "CPU of the restart: {}",
-            CpuSample::take(args, operator.pid()).since(&cpu0, restarted.elapsed())
+            CpuSample::take(args, Some(operator.pid())).since(&cpu0, restarted.elapsed())
         );
         println!(
             "restart: {} reconciles in {:.1} s; tenants whose DatabaseReady left True: {flapped}",
@@ -778,4 +736,75 @@ fn print_phases(s: &Seen, since_start: impl Fn(&HashMap<String, Instant>) -> Vec
         gap(&s.deployment_at, &s.available_at),
     );
     row("available -> Ready", gap(&s.available_at, &s.ready_at));
+}
+
+/// ChatTenant `t-<i>` of the bench in `ns`.
+fn tenant_manifest(
+    i: usize,
+    ns: &str,
+    replicas: u32,
+    isolation: &str,
+) -> Result<ChatTenant, Error> {
+    let mut ct = ChatTenant::new(
+        &format!("t-{i}"),
+        serde_json::from_value(json!({
+            "tenantId": format!("t-{i}"),
+            "runtime": {"image": "ghcr.io/chorus-dev/chat-runtime:0.1.0", "replicas": replicas,
+                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
+            "database": {"serverRef": {"name": "shared-pg"}, "name": format!("chat_bench_{i}"),
+                         "isolation": isolation}
+        }))?,
+    );
+    ct.metadata.namespace = Some(ns.to_string());
+    Ok(ct)
+}
+
+/// Records when each tenant's first Deployment appears and first has an
+/// available pod.
+fn spawn_deployment_watch(client: &Client, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    let api: Api<Deployment> = Api::all(client.clone());
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+            .default_backoff()
+            .applied_objects();
+        futures::pin_mut!(stream);
+        while let Ok(Some(d)) = stream.try_next().await {
+            let Some(tenant) = d.labels().get(TENANT_LABEL).cloned() else {
+                continue;
+            };
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            let Ok(mut s) = seen.lock() else { break };
+            let now = Instant::now();
+            s.deployment_at.entry(tenant.clone()).or_insert(now);
+            if available > 0 {
+                s.available_at.entry(tenant).or_insert(now);
+            }
+        }
+    })
+}
+
+/// `<label> (every client): <total>; <verb resource> <n>, ...`: the
+/// apiserver's requests between two readings, largest first (no WATCHes).
+fn print_apiserver_requests(
+    label: &str,
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) {
+    let mut all: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or_default()))
+        .filter(|(k, v)| *v > 0.0 && !k.starts_with("WATCH"))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = all.iter().map(|a| a.1).sum();
+    let top: Vec<String> = all
+        .iter()
+        .take(14)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("{label} (every client): {total}; {}", top.join(", "));
 }
