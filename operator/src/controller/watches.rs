@@ -165,8 +165,14 @@ async fn run_scope(
     }
 }
 
-/// How long a tenant's reconcile waits for more events about it.
-const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a tenant's reconcile waits for more events about it (each new
+/// event restarts the wait). It sits on the path of every step of a new
+/// tenant (finalizer, provisioning, Ready), so it is short: with 1,000
+/// tenants applied at once (`make bench-operator`, README "Operator at
+/// scale") 100 ms gave the first Ready after 4.5, 4.8 and 5.1 s against
+/// 4.9, 5.3 and 5.3 s with 500 ms, the same time to all Ready (99 to 100 s)
+/// and 1 % more reconciles.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs `f` when dropped.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
