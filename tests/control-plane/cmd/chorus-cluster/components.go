@@ -47,6 +47,9 @@ func startEtcd(ctx context.Context, sup *supervisor, binDir, stateDir string) (s
 	return clientURL, nil
 }
 
+// apiserverProfiling turns on kube-apiserver's /debug/pprof (--profiling).
+var apiserverProfiling bool
+
 // startAPIServer runs kube-apiserver with RBAC authorization, client
 // certificate authentication and service-account keys, and waits for /readyz.
 //
@@ -56,9 +59,6 @@ func startEtcd(ctx context.Context, sup *supervisor, binDir, stateDir string) (s
 // `kubernetes` Service), authorizes kubelets with the Node authorizer, talks
 // to the kubelet with its own client certificate and serves aggregated APIs
 // (metrics-server).
-// apiserverProfiling turns on kube-apiserver's /debug/pprof (--profiling).
-var apiserverProfiling bool
-
 func startAPIServer(ctx context.Context, sup *supervisor, binDir, stateDir string, p *pkiFiles, etcdURL string, timeout time.Duration, node *nodeConfig) (string, error) {
 	host := "127.0.0.1"
 	if node != nil {
