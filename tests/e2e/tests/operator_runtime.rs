@@ -24,16 +24,33 @@ use kube::api::{DeleteParams, ListParams};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(120);
+/// How long a tenant's pods may take to be all ready after the tenant is.
+const PODS_READY: Duration = Duration::from_secs(90);
 
 /// The tenant's pods: all Running and Ready, no restarts, from the image the
 /// spec names.
+///
+/// Ready on the ChatTenant means enough pods are available (`replicas -
+/// disruption.maxUnavailable`, at least one), so a second pod may still be
+/// starting when it turns True: this waits up to [`PODS_READY`] for every
+/// pod's container to be ready before it asserts.
 async fn assert_pods_serving(env: &OperatorEnv, tenant: &str, image: &str) -> Vec<Pod> {
-    let pods = env
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("chorus.dev/tenant={tenant}")))
-        .await
-        .unwrap()
-        .items;
+    let list = ListParams::default().labels(&format!("chorus.dev/tenant={tenant}"));
+    let deadline = tokio::time::Instant::now() + PODS_READY;
+    let pods = loop {
+        let pods = env.api::<Pod>().list(&list).await.unwrap().items;
+        let all_ready = !pods.is_empty()
+            && pods.iter().all(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
+            });
+        if all_ready || tokio::time::Instant::now() > deadline {
+            break pods;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(!pods.is_empty(), "no pods for tenant {tenant}");
     for p in &pods {
         let status = p.status.clone().unwrap();
