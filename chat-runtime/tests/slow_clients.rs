@@ -24,7 +24,7 @@ async fn a_client_flooding_pings_without_reading_is_disconnected() {
 
     // Each ping is answered with a pong echoing the 64-character id; the
     // client never reads. Far more pongs than the socket buffers and the
-    // 1024-frame queue hold.
+    // 4,096-frame queue hold.
     let ping = format!(r#"{{"type":"ping","id":"{}"}}"#, "p".repeat(64));
     let started = Instant::now();
     let mut sent = 0u32;

@@ -71,6 +71,9 @@ impl Item {
     }
 }
 
+/// Slots a drained queue keeps; more are given back once it is empty.
+const KEEP_SLOTS: usize = 64;
+
 /// What happened to a pushed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -167,6 +170,11 @@ impl Outbox {
                 let mut s = self.lock();
                 if let Some(item) = s.items.pop_front() {
                     s.bytes = s.bytes.saturating_sub(item.bytes());
+                    if s.items.is_empty() && s.items.capacity() > KEEP_SLOTS {
+                        // A socket that fell behind once does not keep
+                        // thousands of slots for the rest of its life.
+                        s.items.shrink_to(KEEP_SLOTS);
+                    }
                     return Some(item);
                 }
                 if s.closed {
@@ -249,6 +257,20 @@ mod tests {
         let q = Outbox::new(100, 100);
         assert_eq!(q.push(event(1, 60)), Push::Queued);
         assert_eq!(q.push(event(2, 60)), Push::Overflow);
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_slots_back() {
+        let q = Outbox::new(4096, 1 << 20);
+        for seq in 0..2000 {
+            assert_eq!(q.push(event(seq, 10)), Push::Queued);
+        }
+        assert!(q.lock().items.capacity() >= 2000);
+        for _ in 0..2000 {
+            assert!(q.pop().await.is_some());
+        }
+        assert!(q.is_empty());
+        assert!(q.lock().items.capacity() <= KEEP_SLOTS);
     }
 
     #[tokio::test]
