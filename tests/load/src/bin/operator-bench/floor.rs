@@ -17,7 +17,6 @@
 //! run cannot avoid.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -40,7 +39,7 @@ use kube::{Api, Client, api::PostParams, core::DynamicObject};
 
 use crate::{
     Args, CpuSample, Error, PROGRESS_EVERY, Seen, apiserver_requests, namespace_of,
-    print_apiserver_requests, probe, spawn_deployment_watch, tenant_manifest,
+    print_apiserver_requests, print_times, sorted_since, spawn_deployment_watch, tenant_manifest,
 };
 
 /// One server-side apply per built child, in the order of `Children::fold`.
@@ -160,20 +159,7 @@ pub async fn run(client: &Client, args: &Args) -> Result<(), Error> {
         .lock()
         .map(|s| sorted_since(&s.available_at, start))
         .unwrap_or_default();
-    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
-    println!(
-        "a pod available: {}/{}; first {}, p50 {}, p99 {}, all {}",
-        times.len(),
-        args.tenants,
-        secs(times.first().copied().unwrap_or_default()),
-        secs(probe::percentile(&times, 50.0)),
-        secs(probe::percentile(&times, 99.0)),
-        if times.len() >= args.tenants {
-            secs(times.last().copied().unwrap_or_default())
-        } else {
-            "not reached".into()
-        },
-    );
+    print_times("a pod available", &times, args.tenants);
     println!(
         "CPU until all available: {}",
         CpuSample::take(args, None).since(&cpu0, wall)
@@ -185,13 +171,4 @@ pub async fn run(client: &Client, args: &Args) -> Result<(), Error> {
     );
     deployments.abort();
     Ok(())
-}
-
-fn sorted_since(at: &HashMap<String, Instant>, start: Instant) -> Vec<Duration> {
-    let mut v: Vec<Duration> = at
-        .values()
-        .map(|t| t.saturating_duration_since(start))
-        .collect();
-    v.sort();
-    v
 }

@@ -574,32 +574,12 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let since_start = |at: &HashMap<String, Instant>| -> Vec<Duration> {
-        let mut v: Vec<Duration> = at
-            .values()
-            .map(|t| t.saturating_duration_since(start))
-            .collect();
-        v.sort();
-        v
-    };
+    let since_start = |at: &HashMap<String, Instant>| sorted_since(at, start);
     let times = seen
         .lock()
         .map(|s| since_start(&s.ready_at))
         .unwrap_or_default();
-    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
-    println!(
-        "Ready: {}/{}; first {}, p50 {}, p99 {}, all {}",
-        times.len(),
-        args.tenants,
-        secs(times.first().copied().unwrap_or_default()),
-        secs(probe::percentile(&times, 50.0)),
-        secs(probe::percentile(&times, 99.0)),
-        if times.len() >= args.tenants {
-            secs(times.last().copied().unwrap_or_default())
-        } else {
-            "not reached".into()
-        },
-    );
+    print_times("Ready", &times, args.tenants);
 
     let burst = start.elapsed();
     println!(
@@ -704,6 +684,34 @@ async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
 
 /// Where each tenant's time to Ready went: p50 and last of each milestone
 /// (from the first create), then the per-tenant gaps between them.
+/// How long after `start` each instant of `at` came, sorted.
+fn sorted_since(at: &HashMap<String, Instant>, start: Instant) -> Vec<Duration> {
+    let mut v: Vec<Duration> = at
+        .values()
+        .map(|t| t.saturating_duration_since(start))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `label: n/total; first, p50, p99, all` of sorted times (`all`: "not
+/// reached" while fewer than `total` came).
+fn print_times(label: &str, times: &[Duration], total: usize) {
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "{label}: {}/{total}; first {}, p50 {}, p99 {}, all {}",
+        times.len(),
+        secs(times.first().copied().unwrap_or_default()),
+        secs(probe::percentile(times, 50.0)),
+        secs(probe::percentile(times, 99.0)),
+        if times.len() >= total {
+            secs(times.last().copied().unwrap_or_default())
+        } else {
+            "not reached".into()
+        },
+    );
+}
+
 fn print_phases(s: &Seen, since_start: impl Fn(&HashMap<String, Instant>) -> Vec<Duration>) {
     let secs = |d: Duration| format!("{:.1}", d.as_secs_f64());
     let row = |name: &str, v: Vec<Duration>| {
