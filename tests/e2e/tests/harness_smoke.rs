@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chorus_e2e::{TestNamespace, admin_client, fresh_database, service_account_client, wait_for};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, ServiceAccount},
@@ -21,6 +21,7 @@ use kube::{
     Api, CustomResource, CustomResourceExt, ResourceExt,
     api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
+        WatchStreamExt,
         wait::{await_condition, conditions},
         watcher,
     },
@@ -78,14 +79,24 @@ async fn crd_watch_and_server_side_apply_conflict() {
     .expect("CRD not Established within 30s")
     .unwrap();
 
-    // Watch, then create: the watch (not its initial list) must see the new
-    // object, so wait for the initial list to finish before creating it.
+    // Watch, then create: the watch must deliver the new object. A watch
+    // error is not the end of the stream: kube-runtime's watcher yields it and
+    // then lists again. A fresh CRD shows why: its watch cache starts after
+    // the first list, so the first WATCH can get 410 "too old resource
+    // version" (seen in CI: "645 (661)"), and a client that stops there has a
+    // watch that never resumes. After such a re-list the object arrives in the
+    // new initial list (InitApply) instead of as an Apply.
     let widgets: Api<Widget> = Api::namespaced(client.clone(), &ns.name);
-    let mut events = watcher(widgets.clone(), watcher::Config::default()).boxed();
+    let mut events = watcher(widgets.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut watch_errors = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(event) = events.try_next().await.unwrap() {
-            if matches!(event, watcher::Event::InitDone) {
-                return;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => return,
+                Ok(_) => {}
+                Err(e) => watch_errors.push(e.to_string()),
             }
         }
         panic!("watch ended before its initial list");
@@ -100,17 +111,23 @@ async fn crd_watch_and_server_side_apply_conflict() {
         .unwrap();
     assert_eq!(created.spec.size, 1);
     let observed = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(event) = events.try_next().await.unwrap() {
-            if let watcher::Event::Apply(w) = event
-                && w.name_any() == "w1"
-            {
-                return w;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(w) | watcher::Event::InitApply(w))
+                    if w.name_any() == "w1" =>
+                {
+                    return w;
+                }
+                Ok(_) => {}
+                Err(e) => watch_errors.push(e.to_string()),
             }
         }
         panic!("watch ended");
     })
     .await
-    .expect("the watch did not deliver the created object as an event");
+    .unwrap_or_else(|_| {
+        panic!("the watch did not deliver the created object; watch errors: {watch_errors:?}")
+    });
     assert_eq!(observed.spec.size, 1);
 
     // Two field managers disagree on one field: the second gets a conflict.

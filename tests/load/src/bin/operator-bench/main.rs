@@ -494,7 +494,7 @@ async fn run(client: &Client, args: &Args, counter: &RequestCounter) -> Result<(
                 .default_backoff()
                 .applied_objects();
             futures::pin_mut!(stream);
-            while let Ok(Some(ct)) = stream.try_next().await {
+            while let Some(ct) = next_object(&mut stream).await {
                 let Ok(mut s) = seen.lock() else { break };
                 if condition(&ct, "Ready").as_deref() == Some("True") {
                     s.ready_at.entry(ct.name_any()).or_insert_with(Instant::now);
@@ -811,7 +811,7 @@ fn spawn_deployment_watch(client: &Client, seen: Arc<Mutex<Seen>>) -> tokio::tas
             .default_backoff()
             .applied_objects();
         futures::pin_mut!(stream);
-        while let Ok(Some(d)) = stream.try_next().await {
+        while let Some(d) = next_object(&mut stream).await {
             let Some(tenant) = d.labels().get(TENANT_LABEL).cloned() else {
                 continue;
             };
@@ -850,4 +850,19 @@ fn print_apiserver_requests(
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!("{label} (every client): {total}; {}", top.join(", "));
+}
+
+/// The next object of a watch, past its errors. kube-runtime's watcher
+/// yields an error (a 410 "too old resource version" from a fresh CRD's
+/// watch cache, a dropped connection) and then lists again, so an error is
+/// not the end of the stream; stopping there would freeze the bench's clock.
+async fn next_object<K>(
+    stream: &mut (impl futures::Stream<Item = Result<K, watcher::Error>> + Unpin),
+) -> Option<K> {
+    loop {
+        match stream.next().await? {
+            Ok(object) => return Some(object),
+            Err(e) => eprintln!("watch error, the watch lists again: {e}"),
+        }
+    }
 }
