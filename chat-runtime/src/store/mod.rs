@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod events;
+mod group_commit;
 pub mod rooms;
 
 use std::time::{Duration, Instant};
