@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
 use sqlx::{FromRow, Row, postgres::PgRow, types::Json};
 
-pub use super::group_commit::{Committed, CommittedEvent, RoomSend};
 use super::{
-    RoomId, Seq, Store, StoreError, StoreResult, UserId, accounts::User, append_event,
-    check_no_nul, next_seq, rooms::Role,
+    RoomId, Seq, Store, StoreError, StoreResult, UserId,
+    accounts::User,
+    append_event, check_no_nul, next_seq,
+    rooms::{Role, room_absent},
 };
 pub use crate::protocol::Attachment;
-use crate::protocol::{RoomEvent, StoredEvent, UserRef};
+use crate::protocol::{RoomEvent, StoredEvent, UserRef, event::MessagePayload};
 
 /// Attachments per message.
 pub const MAX_ATTACHMENTS: usize = 10;
@@ -183,7 +184,385 @@ impl<'r> FromRow<'r, PgRow> for EventRow {
     }
 }
 
+/// One send of a group commit ([`Store::send_many`]).
+#[derive(Clone, Debug)]
+pub struct RoomSend {
+    /// The room.
+    pub room: RoomId,
+    /// The sender.
+    pub user: User,
+    /// The message.
+    pub message: NewMessage,
+}
+
+/// A message event just committed by this replica: its payload as stored
+/// (serialized once; the fan-out builds the event frame from these bytes).
+#[derive(Clone, Debug)]
+pub struct CommittedEvent {
+    /// Seq.
+    pub seq: Seq,
+    /// The payload as stored, a JSON object.
+    pub payload: String,
+    /// Commit time, milliseconds since the epoch (fan-out latency metric).
+    pub created_ms: i64,
+}
+
+/// What a group commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Each send's answer, in the order given.
+    pub results: Vec<StoreResult<SendAck>>,
+    /// The events committed, by room, each room's in seq order.
+    pub events: Vec<(RoomId, Vec<CommittedEvent>)>,
+}
+
+impl Committed {
+    /// `n` sends that all failed with `e`.
+    fn failed(n: usize, e: StoreError) -> Self {
+        let results = if n == 1 {
+            vec![Err(e)]
+        } else {
+            let msg = e.to_string();
+            (0..n)
+                .map(|_| Err(StoreError::Db(sqlx::Error::Protocol(msg.clone()))))
+                .collect()
+        };
+        Self {
+            results,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Whether the database refused the statement (a constraint, a bad value):
+/// retrying the batch in parts isolates the culprit. Anything else (no
+/// connection, a timeout) would fail the parts too.
+fn refused_by_database(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(_)))
+}
+
+/// Events of one room committed one transaction at a time, merged into one
+/// list per room (each still in seq order).
+fn merge_rooms(events: Vec<(RoomId, Vec<CommittedEvent>)>) -> Vec<(RoomId, Vec<CommittedEvent>)> {
+    let mut merged: Vec<(RoomId, Vec<CommittedEvent>)> = Vec::new();
+    for (room, list) in events {
+        match merged.iter_mut().find(|(r, _)| *r == room) {
+            Some((_, all)) => all.extend(list),
+            None => merged.push((room, list)),
+        }
+    }
+    merged
+}
+
 impl Store {
+    /// Sends several messages to one room in one transaction: the group
+    /// commit of [`Store::send_many`] for a single room (see there).
+    pub async fn send_batch(
+        &self,
+        room: RoomId,
+        batch: &[(User, NewMessage)],
+    ) -> Vec<StoreResult<SendAck>> {
+        let sends: Vec<RoomSend> = batch
+            .iter()
+            .map(|(user, message)| RoomSend {
+                room,
+                user: user.clone(),
+                message: message.clone(),
+            })
+            .collect();
+        self.send_many(&sends).await.results
+    }
+
+    /// Sends messages to any number of rooms in one transaction (the
+    /// committer's group commit: one commit, one WAL flush, for all of
+    /// them). Results come back in order; each is the answer to that send:
+    /// a retry with an already used `client_msg_id` (also within the batch)
+    /// gets the original ack with `duplicate: true` and writes nothing,
+    /// non-members and absent rooms get a refusal, and each room's new
+    /// messages take consecutive seqs in batch order. The room rows are
+    /// locked first, in id order, so sends from other replicas serialize
+    /// with this one and two group commits never deadlock.
+    ///
+    /// When the transaction fails on something the database refused, its
+    /// messages are committed again room by room, and a room that fails
+    /// again one message at a time (in order), so one message the database
+    /// refuses fails only its own sender. A failure to reach the database
+    /// fails the whole batch at once.
+    ///
+    /// Also returned: the events committed, by room in seq order, as the
+    /// fan-out would read them back (so local subscribers are served
+    /// without that read).
+    pub async fn send_many(&self, batch: &[RoomSend]) -> Committed {
+        let all: Vec<&RoomSend> = batch.iter().collect();
+        let e = match self.send_many_tx(&all).await {
+            Ok(done) => return done,
+            Err(e) => e,
+        };
+        if !refused_by_database(&e) || batch.len() == 1 {
+            return Committed::failed(batch.len(), e);
+        }
+        tracing::warn!(
+            size = batch.len(),
+            error = %e,
+            "group commit failed; committing its messages room by room"
+        );
+        let mut rooms: Vec<RoomId> = batch.iter().map(|s| s.room).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut results: Vec<Option<StoreResult<SendAck>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let mut events = Vec::new();
+        for room in rooms {
+            let index: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].room == room)
+                .collect();
+            let sends: Vec<&RoomSend> = index.iter().map(|&i| &batch[i]).collect();
+            let done = match self.send_many_tx(&sends).await {
+                Ok(done) => done,
+                Err(e) if sends.len() == 1 || !refused_by_database(&e) => {
+                    Committed::failed(sends.len(), e)
+                }
+                Err(_) => {
+                    let mut one_by_one = Committed::default();
+                    for send in sends {
+                        let done = self
+                            .send_many_tx(&[send])
+                            .await
+                            .unwrap_or_else(|e| Committed::failed(1, e));
+                        one_by_one.results.extend(done.results);
+                        one_by_one.events.extend(done.events);
+                    }
+                    one_by_one.events = merge_rooms(one_by_one.events);
+                    one_by_one
+                }
+            };
+            for (i, r) in index.into_iter().zip(done.results) {
+                results[i] = Some(r);
+            }
+            events.extend(done.events);
+        }
+        Committed {
+            results: results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(StoreError::Invalid("the send was not stored; retry".into()))
+                    })
+                })
+                .collect(),
+            events,
+        }
+    }
+
+    async fn send_many_tx(&self, batch: &[&RoomSend]) -> StoreResult<Committed> {
+        use std::collections::{HashMap, hash_map::Entry};
+        let mut tx = self.begin().await?;
+        let mut room_ids: Vec<RoomId> = batch.iter().map(|s| s.room).collect();
+        room_ids.sort_unstable();
+        room_ids.dedup();
+        // Locked in id order (no deadlock between group commits); the
+        // commit's time comes along (`now()` is the transaction's start, the
+        // `created_at` the rows get by default).
+        let locked: Vec<(RoomId, Seq, String, String, i64)> = sqlx::query_as(
+            "SELECT id, last_seq, kind, \
+                    to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                    (extract(epoch FROM now()) * 1000)::bigint \
+             FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&room_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some((_, _, _, created_at, created_ms)) = locked.first().cloned() else {
+            tx.rollback().await?;
+            return Ok(Committed {
+                results: batch.iter().map(|s| Err(room_absent(s.room))).collect(),
+                events: Vec::new(),
+            });
+        };
+        // (next seq, public) per room.
+        let mut rooms: HashMap<RoomId, (Seq, bool)> = locked
+            .into_iter()
+            .map(|(id, last, kind, _, _)| (id, (last, kind == "public")))
+            .collect();
+        // Per send: a member? already stored (its seq)? its thread root a
+        // message (and itself no reply)?
+        let checks: Vec<(bool, Option<Seq>, Option<bool>)> = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM room_members rm WHERE rm.room_id = k.r AND rm.user_id = k.u), \
+                    (SELECT m.seq FROM messages m \
+                      WHERE m.room_id = k.r AND m.sender_id = k.u AND m.client_msg_id = k.c), \
+                    (SELECT m.thread_root_seq IS NULL FROM messages m \
+                      WHERE m.room_id = k.r AND m.seq = k.t AND m.deleted_at IS NULL) \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) WITH ORDINALITY AS k(r, u, c, t, i) \
+             ORDER BY k.i",
+        )
+        .bind(batch.iter().map(|s| s.room).collect::<Vec<_>>())
+        .bind(batch.iter().map(|s| s.user.id).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|s| s.message.client_msg_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|s| s.message.thread_root)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if checks.len() != batch.len() {
+            return Err(StoreError::Invalid(
+                "the send could not be checked; retry".into(),
+            ));
+        }
+
+        let mut results = Vec::with_capacity(batch.len());
+        // Sends of this batch already given a seq, for retries within it.
+        let mut taken: HashMap<(RoomId, UserId, &str), Seq> = HashMap::new();
+        let n = batch.len();
+        let (mut w_room, mut w_seq, mut w_sender, mut w_cmid, mut w_body, mut w_root) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut w_att, mut w_payload) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (send, (member, stored, root_ok)) in batch.iter().zip(checks) {
+            let (room, user, m) = (send.room, &send.user, &send.message);
+            let Some((next, public)) = rooms.get_mut(&room) else {
+                results.push(Err(room_absent(room)));
+                continue;
+            };
+            if !member {
+                // A non-member of a private room or DM is told the room is
+                // absent.
+                results.push(Err(if *public {
+                    StoreError::Forbidden(format!(
+                        "you are not a member of room {room}; join it first"
+                    ))
+                } else {
+                    room_absent(room)
+                }));
+                continue;
+            }
+            let slot = match taken.entry((room, user.id, m.client_msg_id.as_str())) {
+                Entry::Occupied(e) => {
+                    results.push(Ok(SendAck {
+                        seq: *e.get(),
+                        client_msg_id: m.client_msg_id.clone(),
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                Entry::Vacant(e) => e,
+            };
+            if let Some(seq) = stored {
+                results.push(Ok(SendAck {
+                    seq,
+                    client_msg_id: m.client_msg_id.clone(),
+                    duplicate: true,
+                }));
+                slot.insert(seq);
+                continue;
+            }
+            if let Some(root) = m.thread_root {
+                match root_ok {
+                    None => {
+                        results.push(Err(StoreError::Invalid(format!(
+                            "thread_root {root} is not a message in room {room}"
+                        ))));
+                        continue;
+                    }
+                    Some(false) => {
+                        results.push(Err(StoreError::Invalid(format!(
+                            "thread_root {root} is itself a reply; reply to its root"
+                        ))));
+                        continue;
+                    }
+                    Some(true) => {}
+                }
+            }
+            let payload = serde_json::to_string(&MessagePayload::new(
+                user,
+                &m.client_msg_id,
+                &m.body,
+                m.thread_root,
+                &m.attachments,
+                &created_at,
+            ))
+            .map_err(|e| StoreError::Invalid(format!("the message did not serialize: {e}")))?;
+            *next += 1;
+            slot.insert(*next);
+            w_room.push(room);
+            w_seq.push(*next);
+            w_sender.push(user.id);
+            w_cmid.push(m.client_msg_id.as_str());
+            w_body.push(m.body.as_str());
+            w_root.push(m.thread_root);
+            w_att.push(Json(&m.attachments));
+            w_payload.push(payload);
+            results.push(Ok(SendAck {
+                seq: *next,
+                client_msg_id: m.client_msg_id.clone(),
+                duplicate: false,
+            }));
+        }
+        if w_seq.is_empty() {
+            tx.rollback().await?;
+            return Ok(Committed {
+                results,
+                events: Vec::new(),
+            });
+        }
+        let (last_room, last_seq): (Vec<RoomId>, Vec<Seq>) = room_ids
+            .iter()
+            .filter_map(|r| rooms.get(r).map(|(next, _)| (*r, *next)))
+            .unzip();
+        // One statement: the rooms' positions, the messages, their events.
+        sqlx::query(
+            "WITH positions AS ( \
+               UPDATE rooms SET last_seq = p.last FROM unnest($1::bigint[], $2::bigint[]) AS p(id, last) \
+               WHERE rooms.id = p.id AND rooms.last_seq < p.last), \
+             stored AS ( \
+               INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, thread_root_seq, attachments) \
+               SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::jsonb[])) \
+             INSERT INTO room_events (room_id, seq, kind, actor_id, message_seq, payload) \
+             SELECT e.room_id, e.seq, 'message', e.sender, e.seq, e.payload::jsonb \
+             FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $10::text[]) AS e(room_id, seq, sender, payload)",
+        )
+        .bind(&last_room)
+        .bind(&last_seq)
+        .bind(&w_room)
+        .bind(&w_seq)
+        .bind(&w_sender)
+        .bind(&w_cmid)
+        .bind(&w_body)
+        .bind(&w_root)
+        .bind(&w_att)
+        .bind(&w_payload)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events: Vec<(RoomId, Vec<CommittedEvent>)> = Vec::new();
+        let mut slot_of: HashMap<RoomId, usize> = HashMap::new();
+        for ((room, seq), payload) in w_room.into_iter().zip(w_seq).zip(w_payload) {
+            let event = CommittedEvent {
+                seq,
+                payload,
+                created_ms,
+            };
+            let slot = *slot_of.entry(room).or_insert_with(|| {
+                events.push((room, Vec::new()));
+                events.len() - 1
+            });
+            events[slot].1.push(event);
+        }
+        Ok(Committed { results, events })
+    }
+
     /// Edits a message (its author only). Returns the edit event's seq.
     pub async fn edit(
         &self,

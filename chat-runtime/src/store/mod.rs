@@ -3,7 +3,6 @@
 
 pub mod accounts;
 pub mod events;
-mod group_commit;
 pub mod rooms;
 
 use std::time::{Duration, Instant};
