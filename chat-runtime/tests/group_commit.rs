@@ -342,3 +342,155 @@ async fn nul_characters_are_refused_naming_the_field() {
         }
     }
 }
+
+/// Two replicas (two pools) group-committing to the same rooms while a third
+/// edits: the room rows' locks order them. Whatever interleaving happens,
+/// every send is acked once with its own seq, every committed event comes
+/// back once for the fan-out, and each room's seqs run 1..=last_seq with no
+/// gap, each a send acked or an edit.
+#[tokio::test]
+async fn replicas_writing_one_room_at_once_leave_no_gap_and_no_duplicate() {
+    use std::collections::BTreeSet;
+
+    let db = fresh_db().await;
+    let connect = || async {
+        let store = Store::connect(&db, 4, Duration::from_secs(10))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    };
+    let (a, b, editor) = (connect().await, connect().await, connect().await);
+    let alice = a.create_user("alice", "Alice", "x").await.unwrap();
+    let bob = a.create_user("bob", "Bob", "x").await.unwrap();
+    let mut rooms = Vec::new();
+    for name in ["one", "two"] {
+        let room = a
+            .create_room(&alice, RoomKind::Public, name, "")
+            .await
+            .unwrap()
+            .id;
+        a.join(room, &bob).await.unwrap();
+        rooms.push(room);
+    }
+    let first = a
+        .send_batch(rooms[0], &[(alice.clone(), message("first", "edit me"))])
+        .await[0]
+        .as_ref()
+        .unwrap()
+        .seq;
+
+    let mut base = std::collections::HashMap::new();
+    for &room in &rooms {
+        base.insert(room, a.last_seq(room).await.unwrap());
+    }
+
+    const BATCHES: usize = 150;
+    // Each writer: batches of 1 to 3 sends over both rooms, one retry of an
+    // earlier send per batch. Returns (room, seq) of every new message acked
+    // and of every event the commit handed to the fan-out.
+    let writer = |store: Store, user: chat_runtime::store::accounts::User, tag: &'static str| {
+        let rooms = rooms.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut fanned) = (Vec::new(), Vec::new());
+            for i in 0..BATCHES {
+                let mut batch: Vec<RoomSend> = (0..=i % 3)
+                    .map(|k| RoomSend {
+                        room: rooms[(i + k) % 2],
+                        user: user.clone(),
+                        message: message(&format!("{tag}-{i}-{k}"), "hi"),
+                    })
+                    .collect();
+                if i > 0 {
+                    batch.push(RoomSend {
+                        room: rooms[(i - 1) % 2],
+                        user: user.clone(),
+                        message: message(&format!("{tag}-{}-0", i - 1), "hi"),
+                    });
+                }
+                let done = store.send_many(&batch).await;
+                for (send, r) in batch.iter().zip(&done.results) {
+                    let ack = r.as_ref().expect("every send of a member is stored");
+                    let retry =
+                        send.message.client_msg_id == format!("{tag}-{}-0", i.saturating_sub(1));
+                    assert_eq!(ack.duplicate, i > 0 && retry, "{send:?} -> {ack:?}");
+                    if !ack.duplicate {
+                        acked.push((send.room, ack.seq));
+                    }
+                }
+                for (room, events) in done.events {
+                    fanned.extend(events.into_iter().map(|e| (room, e.seq)));
+                }
+            }
+            (acked, fanned)
+        })
+    };
+    let (wa, wb) = (
+        writer(a.clone(), alice.clone(), "a"),
+        writer(b.clone(), bob.clone(), "b"),
+    );
+    let edits = {
+        let (room, alice) = (rooms[0], alice.clone());
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..100 {
+                let body = format!("edit {i}");
+                seqs.push((
+                    room,
+                    editor.edit(room, &alice, first, &body, 1000).await.unwrap(),
+                ));
+            }
+            seqs
+        })
+    };
+    let (acked_a, fanned_a) = wa.await.unwrap();
+    let (acked_b, fanned_b) = wb.await.unwrap();
+    let edited = edits.await.unwrap();
+
+    let mut acked: Vec<(i64, i64)> = acked_a.into_iter().chain(acked_b).collect();
+    let mut fanned: Vec<(i64, i64)> = fanned_a.into_iter().chain(fanned_b).collect();
+    acked.sort_unstable();
+    fanned.sort_unstable();
+    assert_eq!(
+        fanned, acked,
+        "the fan-out gets exactly the messages acked as new"
+    );
+    let taken: BTreeSet<(i64, i64)> = acked
+        .iter()
+        .copied()
+        .chain(edited.iter().copied())
+        .collect();
+    assert_eq!(
+        taken.len(),
+        acked.len() + edited.len(),
+        "no seq taken twice"
+    );
+    for &room in &rooms {
+        let last = a.last_seq(room).await.unwrap();
+        let mut stored: Vec<i64> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = a.events_after(room, after, 500).await.unwrap();
+            let Some(end) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            stored.extend(page.iter().map(|e| e.seq));
+            after = end;
+        }
+        assert_eq!(
+            stored,
+            (1..=last).collect::<Vec<_>>(),
+            "room {room}: no gap"
+        );
+        let ours: Vec<i64> = taken
+            .iter()
+            .filter(|(r, _)| *r == room)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            ours,
+            (base[&room] + 1..=last).collect::<Vec<_>>(),
+            "room {room}: every seq since the writers started is a send acked or an edit"
+        );
+    }
+}
