@@ -717,8 +717,6 @@ async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
     }
 }
 
-/// Where each tenant's time to Ready went: p50 and last of each milestone
-/// (from the first create), then the per-tenant gaps between them.
 /// How long after `start` each instant of `at` came, sorted.
 fn sorted_since(at: &HashMap<String, Instant>, start: Instant) -> Vec<Duration> {
     let mut v: Vec<Duration> = at
@@ -747,6 +745,8 @@ fn print_times(label: &str, times: &[Duration], total: usize) {
     );
 }
 
+/// Where each tenant's time to Ready went: p50 and last of each milestone
+/// (from the first create), then the per-tenant gaps between them.
 fn print_phases(s: &Seen, since_start: impl Fn(&HashMap<String, Instant>) -> Vec<Duration>) {
     let secs = |d: Duration| format!("{:.1}", d.as_secs_f64());
     let row = |name: &str, v: Vec<Duration>| {
