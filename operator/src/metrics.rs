@@ -22,6 +22,13 @@ pub struct ServerLabel {
     pub server: String,
 }
 
+/// Label of the waiting-reconciles gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// `change` or `resync` (`controller::admission::Lane`).
+    pub lane: String,
+}
+
 /// All operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -31,6 +38,12 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     /// `chorus_reconcile_duration_seconds`.
     pub duration: Histogram,
+    /// `chorus_reconciles_waiting{lane}`: reconciles waiting for a slot
+    /// (`--max-concurrent-reconciles`).
+    pub reconciles_waiting: Family<LaneLabel, Gauge>,
+    /// `chorus_reconcile_wait_seconds`: how long a reconcile waited for a
+    /// slot.
+    pub reconcile_wait: Histogram,
     /// `chorus_database_ddl_statements_total`.
     pub ddl_statements: Counter,
     /// `chorus_status_writes_total`.
@@ -53,6 +66,8 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let reconciles_waiting = Family::<LaneLabel, Gauge>::default();
+        let reconcile_wait = Histogram::new([0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]);
         let ddl_statements = Counter::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
@@ -70,6 +85,16 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Duration of ChatTenant reconciles",
             duration.clone(),
+        );
+        registry.register(
+            "reconciles_waiting",
+            "ChatTenant reconciles waiting for a slot, by lane (change before resync)",
+            reconciles_waiting.clone(),
+        );
+        registry.register(
+            "reconcile_wait_seconds",
+            "How long ChatTenant reconciles waited for a slot",
+            reconcile_wait.clone(),
         );
         registry.register(
             "database_ddl_statements",
@@ -105,6 +130,8 @@ impl Default for Metrics {
             reconciles,
             failures,
             duration,
+            reconciles_waiting,
+            reconcile_wait,
             ddl_statements,
             status_writes,
             leader,

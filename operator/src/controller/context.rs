@@ -85,8 +85,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Identity reported in Events (pod name).
     pub instance: String,
-    /// Reconciles that may run at once (0: no limit); see
-    /// [`DEFAULT_CONCURRENCY`].
+    /// Reconciles that may run at once, over every watched namespace (0: no
+    /// limit); see [`DEFAULT_CONCURRENCY`]. The others wait in the order of
+    /// [`super::admission`].
     pub concurrency: u16,
 }
 
@@ -125,6 +126,8 @@ pub struct Context {
     pub(super) verified: super::verified::Verified,
     /// The server Secrets' data, by the version the watch saw.
     pub(super) server_secrets: Arc<super::server_secrets::ServerSecrets>,
+    /// The slots reconciles wait for ([`Settings::concurrency`]).
+    pub(super) admission: super::admission::Admission,
 }
 
 impl Context {
@@ -145,6 +148,11 @@ impl Context {
             instance: Some(settings.instance.clone()),
         };
         let recorder = Mutex::new(RecorderSlot::new(&client, &reporter));
+        let admission = super::admission::Admission::new(
+            settings.concurrency,
+            metrics.reconciles_waiting.clone(),
+            metrics.reconcile_wait.clone(),
+        );
         Self {
             client,
             settings,
@@ -160,6 +168,7 @@ impl Context {
             scrapes: super::analysis::Scrapes::default(),
             verified: super::verified::Verified::default(),
             server_secrets: Arc::default(),
+            admission,
         }
     }
 

@@ -32,6 +32,7 @@ use kube::{
 };
 use tracing::Instrument;
 
+mod admission;
 mod analysis;
 mod auth;
 mod backup;
@@ -72,8 +73,15 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-/// Reconciles one ChatTenant.
+/// Reconciles one ChatTenant once one of the slots is free
+/// ([`admission`]). The reconcile itself is boxed, so a reconcile that
+/// waits holds only its tenant and a place in the queue.
 pub async fn reconcile(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action> {
+    let _permit = ctx.admission.admit(&ct).await;
+    Box::pin(reconcile_now(ct, ctx)).await
+}
+
+async fn reconcile_now(ct: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
     ctx.reconcile_count.fetch_add(1, Ordering::Relaxed);
     let ns = ct.namespace().unwrap_or_default();
@@ -314,6 +322,7 @@ async fn apply_spec(cached: &ChatTenant, ctx: &Context, api: &Api<ChatTenant>) -
         &plan,
         jiff::Timestamp::now().as_second(),
     );
+    ctx.admission.resync_in(&ct, requeue, ctx.settings.resync);
     Ok(Action::requeue(requeue))
 }
 

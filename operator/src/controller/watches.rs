@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -101,13 +101,16 @@ async fn run_scope(
     // Only spec changes (generation), finalizer changes and deletion start a
     // reconcile from the ChatTenant itself, so status writes do not echo back.
     let (reader, writer) = reflector::store();
+    let edits = ctx.clone();
     let main = watcher(tenants, watcher::Config::default().any_semantic())
         .default_backoff()
         // Spec and identity only: reconciles read the tenant fresh.
         .modify(cache::slim_tenant)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(spec_changes, Default::default());
+        .predicate_filter(spec_changes, Default::default())
+        // An edit does not wait behind the tenant's resync.
+        .inspect_ok(move |ct| edits.admission.spec_changed(ct));
     // Readiness: this store has its initial list. Never completes: it ends
     // with the controller (returned or aborted).
     let health = ctx.health.clone();
@@ -126,9 +129,11 @@ async fn run_scope(
         ctx.server_secrets.clone(),
     );
     // A burst of child events for one tenant (its children created, its
-    // pods coming up) makes one reconcile, not one each.
+    // pods coming up) makes one reconcile, not one each. No limit here:
+    // reconciles wait for a slot in `admission`'s order, not in
+    // kube-runtime's.
     let config = controller::Config::default()
-        .concurrency(ctx.settings.concurrency)
+        .concurrency(0)
         .debounce(DEBOUNCE);
     let controller = Controller::for_stream(main, reader)
         .with_config(config)
