@@ -133,7 +133,9 @@ impl<W> Queue<W> {
     pub fn release(&mut self) -> Option<W> {
         match self.waiting.pop_first() {
             Some((place, waiter)) => {
-                if place.lane == Lane::Resync {
+                // Only its own entry: a dropped reconcile's place can still
+                // wait beside the tenant's next one.
+                if self.resyncing.get(&place.tenant) == Some(&place) {
                     self.resyncing.remove(&place.tenant);
                 }
                 Some(waiter)
@@ -171,7 +173,7 @@ impl<W> Queue<W> {
     pub fn waiting(&self, lane: Lane) -> usize {
         match lane {
             Lane::Resync => self.resyncing.len(),
-            Lane::Change => self.waiting.len() - self.resyncing.len(),
+            Lane::Change => self.waiting.len().saturating_sub(self.resyncing.len()),
         }
     }
 }
@@ -416,6 +418,21 @@ mod tests {
         assert_eq!(q.waiting(Lane::Resync), 0);
         assert_eq!(q.release(), Some("edited"), "older, and now a change");
         assert_eq!(q.release(), Some("new"));
+    }
+
+    #[test]
+    fn a_dropped_reconciles_place_does_not_hide_the_next_one() {
+        let mut q = Queue::new(1);
+        assert!(q.arrive(at(Lane::Change, 0, 9), "busy"));
+        assert!(!q.arrive(at(Lane::Resync, 5, 1), "dropped"));
+        assert!(!q.arrive(at(Lane::Resync, 5, 1), "next"));
+        assert!(!q.arrive(at(Lane::Resync, 60, 2), "younger"));
+        assert_eq!(q.release(), Some("dropped"));
+        assert_eq!(q.waiting(Lane::Resync), 2, "next and younger");
+        q.spec_changed(1);
+        assert_eq!(q.waiting(Lane::Resync), 1);
+        assert_eq!(q.release(), Some("next"), "moved to the change lane");
+        assert_eq!(q.release(), Some("younger"));
     }
 
     #[tokio::test]

@@ -220,6 +220,24 @@ impl RunningOperator {
         resync: Duration,
         leader: Option<LeaderElection>,
     ) -> Self {
+        Self::start_limited(
+            client,
+            namespace,
+            resync,
+            leader,
+            chorus_operator::controller::DEFAULT_CONCURRENCY,
+        )
+    }
+
+    /// Starts an operator that runs at most `concurrency` reconciles at
+    /// once.
+    pub fn start_limited(
+        client: Client,
+        namespace: &str,
+        resync: Duration,
+        leader: Option<LeaderElection>,
+        concurrency: u16,
+    ) -> Self {
         let (stop, shutdown) = Shutdown::new();
         let instance = leader
             .as_ref()
@@ -230,7 +248,7 @@ impl RunningOperator {
                 watch_namespaces: vec![namespace.into()],
                 resync,
                 instance,
-                concurrency: chorus_operator::controller::DEFAULT_CONCURRENCY,
+                concurrency,
             },
             http_addr: None,
             leader_election: leader,
@@ -353,13 +371,23 @@ impl OperatorEnv {
     /// Sets up namespace `<prefix>-<unique>` and starts the operator with
     /// `resync`.
     pub async fn new(prefix: &str, resync: Duration) -> Result<Self> {
+        Self::limited(
+            prefix,
+            resync,
+            chorus_operator::controller::DEFAULT_CONCURRENCY,
+        )
+        .await
+    }
+
+    /// [`OperatorEnv::new`] with at most `concurrency` reconciles at once.
+    pub async fn limited(prefix: &str, resync: Duration, concurrency: u16) -> Result<Self> {
         let client = crate::admin_client().await?;
         install_crd(&client).await?;
         let ns = crate::TestNamespace::create(&client, prefix).await?.name;
         put_server_secret(&client, &ns, "shared-pg", None).await?;
         let release = format!("op{}", crate::unique_suffix());
         let as_operator = chart_service_account(&client, &ns, &release).await?;
-        let operator = RunningOperator::start(as_operator, &ns, resync);
+        let operator = RunningOperator::start_limited(as_operator, &ns, resync, None, concurrency);
         Ok(Self {
             client,
             ns,
