@@ -18,6 +18,13 @@
 # with `heaptrack_print -f <file>.zst` (docs/operations.md, "Scale").
 source "$(dirname "$0")/lib.sh"
 cd "$CHORUS_ROOT"
+# One run at a time per cache: two share the state directory and PostgreSQL
+# 'test-bench-operator', and each one's start or teardown stops the other's
+# servers. The servers below are started with the lock's descriptor closed,
+# so one left running never holds it.
+mkdir -p "$CHORUS_CACHE/run"
+exec 9>"$CHORUS_CACHE/run/bench-operator.lock"
+flock -n 9 || die "another make bench-operator is running with CHORUS_CACHE=$CHORUS_CACHE (it stops this run's servers, and this run its); wait until its make has exited"
 if [ -z "${CHORUS_CP_LAUNCHER:-}" ]; then
   "$CHORUS_ROOT/scripts/build-control-plane.sh"
 fi
@@ -32,7 +39,7 @@ step "starting a kwok-only control plane (state: $state)"
 profiling=
 [ -n "${CHORUS_BENCH_PPROF:-}" ] && profiling=--profiling
 setsid nohup "$launcher" --bin-dir "$CP_BIN" --state-dir "$state" --kwok-only --fake-nodes 4 $profiling \
-  --exit-with-pid $$ >"$state/launcher.log" 2>&1 < /dev/null &
+  --exit-with-pid $$ >"$state/launcher.log" 2>&1 < /dev/null 9>&- &
 cp_pid=$!
 db=test-bench-operator
 # The bench's PostgreSQL holds about 8 MB per tenant: deleted at the end.
@@ -52,7 +59,7 @@ for _ in $(seq 1 1440); do
   sleep 0.25
 done
 [ -f "$state/ready" ] || die "the control plane was not ready after 360s; logs in $state"
-DB=$("$CHORUS_ROOT/scripts/db.sh" up "$db")
+DB=$("$CHORUS_ROOT/scripts/db.sh" up "$db" 9>&-)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # The CPU time of each component is reported per phase: the launcher's
 # children (etcd, kube-apiserver, ...) and PostgreSQL's postmaster (whose
