@@ -15,9 +15,10 @@
 //!    resync never delays a new tenant or an edit, even when the operator
 //!    cannot keep up with the resync interval.
 //! 2. **The older tenant** (`metadata.creationTimestamp`, then a fixed
-//!    order of the tenants created in the same second). A tenant that started provisioning finishes before a younger
-//!    one starts, so a burst makes tenants Ready one after another rather
-//!    than all near its end, and a tenant waits only behind older ones.
+//!    order of the tenants created in the same second). A tenant that
+//!    started provisioning finishes before a younger one starts, so a burst
+//!    makes tenants Ready one after another rather than all near its end,
+//!    and a tenant waits only behind older ones.
 //! 3. **Arrival.**
 //!
 //! A reconcile is in the resync lane when it comes no earlier than the
@@ -31,7 +32,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{Hash, Hasher},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -112,8 +112,7 @@ impl<W> Queue<W> {
         }
     }
 
-    /// A reconcile of `tenant` arrives at `place`: `true` when it takes a
-    /// free slot now, `false` when `waiter` is queued (woken by a
+    /// A reconcile arrives at `place`: `true` when it takes a free slot now, `false` when `waiter` is queued (woken by a
     /// [`Queue::release`]).
     pub fn arrive(&mut self, mut place: Place, waiter: W) -> bool {
         if self.free > 0 {
@@ -148,20 +147,22 @@ impl<W> Queue<W> {
     }
 
     /// `tenant`'s spec changed: a resync of it that waits moves to the
-    /// change lane, keeping its age.
-    pub fn spec_changed(&mut self, tenant: TenantKey) {
+    /// change lane, keeping its age. Returns whether one moved.
+    pub fn spec_changed(&mut self, tenant: TenantKey) -> bool {
         let Some(place) = self.resyncing.remove(&tenant) else {
-            return;
+            return false;
         };
-        if let Some(entry) = self.waiting.remove(&place) {
-            self.waiting.insert(
-                Place {
-                    lane: Lane::Change,
-                    ..place
-                },
-                entry,
-            );
-        }
+        let Some(entry) = self.waiting.remove(&place) else {
+            return false;
+        };
+        self.waiting.insert(
+            Place {
+                lane: Lane::Change,
+                ..place
+            },
+            entry,
+        );
+        true
     }
 
     /// `tenant`'s last reconcile asked for the plain resync at `due`.
@@ -294,10 +295,14 @@ impl Admission {
     /// own watch saw it).
     pub fn spec_changed(&self, ct: &ChatTenant) {
         let Some(shared) = &self.shared else { return };
-        if let Ok(mut q) = shared.queue.lock() {
-            q.spec_changed(tenant_key(ct));
+        let moved = shared
+            .queue
+            .lock()
+            .is_ok_and(|mut q| q.spec_changed(tenant_key(ct)));
+        // Only then do the gauges change: this runs for every spec event.
+        if moved {
+            shared.observe();
         }
-        shared.observe();
     }
 }
 
@@ -314,12 +319,9 @@ fn place(ct: &ChatTenant, tenant: TenantKey, lane: Lane) -> Place {
     }
 }
 
-/// A hash of `ct`'s namespace and name.
+/// `ct`'s key: the hash the child watches use ([`super::watches`]).
 fn tenant_key(ct: &ChatTenant) -> TenantKey {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ct.metadata.namespace.hash(&mut h);
-    ct.metadata.name.hash(&mut h);
-    h.finish()
+    super::watches::object_key(ct)
 }
 
 #[cfg(test)]
@@ -413,8 +415,8 @@ mod tests {
         assert!(q.arrive(at(Lane::Change, 0, 9), "busy"));
         assert!(!q.arrive(at(Lane::Resync, 5, 1), "edited"));
         assert!(!q.arrive(at(Lane::Change, 60, 2), "new"));
-        q.spec_changed(1);
-        q.spec_changed(3);
+        assert!(q.spec_changed(1));
+        assert!(!q.spec_changed(3), "not waiting");
         assert_eq!(q.waiting(Lane::Resync), 0);
         assert_eq!(q.release(), Some("edited"), "older, and now a change");
         assert_eq!(q.release(), Some("new"));
@@ -429,7 +431,7 @@ mod tests {
         assert!(!q.arrive(at(Lane::Resync, 60, 2), "younger"));
         assert_eq!(q.release(), Some("dropped"));
         assert_eq!(q.waiting(Lane::Resync), 2, "next and younger");
-        q.spec_changed(1);
+        assert!(q.spec_changed(1));
         assert_eq!(q.waiting(Lane::Resync), 1);
         assert_eq!(q.release(), Some("next"), "moved to the change lane");
         assert_eq!(q.release(), Some("younger"));

@@ -273,8 +273,9 @@ fn trigger<K: ChildKind>(
     }
 }
 
-/// A hash of `obj`'s namespace and name. Pure.
-fn object_key<K: kube::Resource>(obj: &K) -> u64 {
+/// A hash of `obj`'s namespace and name. Pure. Also the tenant's key in
+/// the reconcile queue ([`super::admission`]).
+pub(super) fn object_key<K: kube::Resource>(obj: &K) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     obj.meta().namespace.hash(&mut h);
